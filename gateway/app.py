@@ -1,0 +1,181 @@
+"""The aiohttp application: state under typed AppKeys, resources opened and closed in
+`cleanup_ctx`, one edge middleware (request id, SERVER span, error rendering).
+
+State is split in two. `Runtime` is everything compiled from one config (catalog, keys, router);
+it is immutable and read once per request, so a future reload swaps it whole while in-flight
+requests finish on the one they started with. `Gateway` holds what lives as long as the process
+(telemetry, providers, the simulator).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from gateway import telemetry as telemetry_mod
+from gateway.call import Caller
+from gateway.config import GatewayConfig
+from gateway.errors import (
+    InternalError,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    PodiumError,
+    RouteNotFound,
+    render,
+)
+from gateway.identity import KeyRing
+from gateway.litellm_provider import LiteLLMProvider
+from gateway.provider import Provider
+from gateway.simulator import SimModel, start_simulator
+from gateway.telemetry import Telemetry
+from routing.catalog import Catalog, Deployment
+from routing.router import Router
+
+log = logging.getLogger("podium")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Everything compiled from one config; never mutated."""
+    config: GatewayConfig
+    catalog: Catalog
+    keys: KeyRing
+    router: Router
+    loaded_at: int
+
+    @classmethod
+    def compile(cls, config: GatewayConfig) -> Runtime:
+        catalog = Catalog.from_config(config)
+        return cls(config=config, catalog=catalog, keys=KeyRing(config.keys),
+                   router=Router(catalog), loaded_at=int(time.time()))
+
+
+@dataclass
+class Gateway:
+    runtime: Runtime
+    telemetry: Telemetry
+    litellm: LiteLLMProvider = field(default_factory=LiteLLMProvider)
+    caller: Caller = field(init=False)
+    preload: asyncio.Task[None] | None = None
+    simulator: web.AppRunner | None = None
+
+    def __post_init__(self) -> None:
+        self.caller = Caller(self.provider_for, self.telemetry)
+
+    def provider_for(self, deployment: Deployment) -> Provider:
+        return self.litellm
+
+    def ready(self) -> tuple[bool, str]:
+        if self.preload is not None and not self.preload.done():
+            return False, "loading the litellm provider"
+        if self.preload is not None and self.preload.exception() is not None:
+            return False, "the litellm provider failed to load"
+        return True, "ready"
+
+
+GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("podium.request_id", str)
+
+
+def new_request_id() -> str:
+    return f"req_{uuid.uuid4().hex}"
+
+
+@web.middleware
+async def edge_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    request_id = new_request_id()
+    request[REQUEST_ID] = request_id
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else ""
+    parent = gw.telemetry.propagator.extract(request.headers)
+    with gw.telemetry.tracer.start_as_current_span(
+        f"{request.method} {route}".strip(), context=parent, kind=SpanKind.SERVER,
+        record_exception=False, set_status_on_exception=False,
+    ) as span:
+        if span.is_recording():
+            span.set_attributes({"http.request.method": request.method, "http.route": route,
+                                 "url.path": request.path, "podium.request_id": request_id})
+        response = await _respond(request, handler, request_id)
+        if span.is_recording():
+            span.set_attribute("http.response.status_code", response.status)
+            if response.status >= 500:
+                span.set_status(Status(StatusCode.ERROR))
+        return response
+
+
+async def _respond(request: web.Request, handler: web.Handler,
+                   request_id: str) -> web.StreamResponse:
+    try:
+        response = await handler(request)
+    except PodiumError as err:
+        return render(err, request_id)
+    except web.HTTPException as exc:
+        return render(_from_http(exc, request), request_id)
+    except Exception:
+        log.exception("unhandled error in %s %s (request %s)",
+                      request.method, request.path, request_id)
+        return render(InternalError(f"Internal error; quote request id {request_id}."),
+                      request_id)
+    if not response.prepared:
+        response.headers["x-request-id"] = request_id
+    return response
+
+
+def _from_http(exc: web.HTTPException, request: web.Request) -> PodiumError:
+    if exc.status == 404:
+        return RouteNotFound(f"Unknown endpoint {request.method} {request.path}.")
+    if exc.status == 405:
+        return MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}.")
+    if exc.status == 413:
+        return PayloadTooLarge("The request body is too large.")
+    err = PodiumError(exc.reason or "HTTP error")
+    err.status, err.type = exc.status, "invalid_request_error"
+    return err
+
+
+def build_app(config: GatewayConfig, telemetry: Telemetry | None = None) -> web.Application:
+    from gateway import pipeline  # handlers import app's keys; import here to avoid a cycle
+
+    app = web.Application(middlewares=[edge_middleware],
+                          client_max_size=config.server.max_body_bytes)
+    gw = Gateway(runtime=Runtime.compile(config),
+                 telemetry=telemetry or telemetry_mod.from_env(config.telemetry.service_name))
+    app[GATEWAY] = gw
+    app.cleanup_ctx.append(_simulator_ctx)
+    app.cleanup_ctx.append(_providers_ctx)
+    pipeline.add_routes(app)
+    return app
+
+
+async def _simulator_ctx(app: web.Application) -> AsyncIterator[None]:
+    gw = app[GATEWAY]
+    sim = gw.runtime.config.simulator
+    if sim.enabled:
+        models = {name: SimModel(latency_ms=m.latency_ms, fail_rate=m.fail_rate)
+                  for name, m in sim.models.items()}
+        key = sim.api_key.get_secret_value() if sim.api_key else None
+        gw.simulator, port = await start_simulator(sim.host, sim.port, models, api_key=key)
+        log.info("simulator (not a real model) listening on http://%s:%d/v1", sim.host, port)
+    yield
+    if gw.simulator is not None:
+        await gw.simulator.cleanup()
+
+
+async def _providers_ctx(app: web.Application) -> AsyncIterator[None]:
+    gw = app[GATEWAY]
+    # litellm's import takes seconds: do it in the background; /readyz reports when it is done.
+    gw.preload = asyncio.create_task(gw.litellm.preload(), name="podium-litellm-preload")
+    yield
+    if not gw.preload.done():
+        gw.preload.cancel()
+    await asyncio.gather(gw.preload, return_exceptions=True)
+    await gw.litellm.close()
+    gw.telemetry.shutdown()

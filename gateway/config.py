@@ -1,0 +1,257 @@
+"""Configuration, stage one: YAML → environment expansion → frozen, validated pydantic models.
+
+Every model forbids unknown fields (a typo is an error, not a silently ignored setting), and every
+problem is reported with its path, e.g. ``model_list[2].model_info.quality: ...``. Stage two,
+compiling these models into runtime objects, lives in ``routing/catalog.py`` and ``gateway/app.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+DataClass = Literal["public", "internal", "confidential", "restricted"]
+Capability = Literal["tools", "json_schema", "vision", "streaming"]
+Mode = Literal["chat", "embedding"]
+RESERVED_MODEL_NAMES = frozenset({"auto"})
+
+
+class ConfigError(Exception):
+    """The config is unusable; `problems` holds every path-qualified message."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LiteLLMParams(BaseModel):
+    # litellm's own parameters are open-ended (provider specific), so extra fields are allowed
+    # here, and only here; they are passed to litellm untouched.
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    model: str = Field(min_length=1)
+    api_base: str | None = None
+    api_key: SecretStr | None = None
+    timeout: float | None = Field(default=None, gt=0)
+
+
+class ModelInfo(_Frozen):
+    id: str | None = Field(default=None, min_length=1)
+    quality: int = Field(default=50, ge=0, le=100)
+    input_cost_per_token: float | None = Field(default=None, ge=0)
+    output_cost_per_token: float | None = Field(default=None, ge=0)
+    max_input_tokens: int | None = Field(default=None, gt=0)
+    max_output_tokens: int | None = Field(default=None, gt=0)
+    supports: tuple[Capability, ...] | None = None
+    data_clearance: DataClass = "public"
+    region: str | None = None
+    mode: Mode = "chat"
+
+
+class ModelEntry(_Frozen):
+    model_name: str = Field(min_length=1)
+    litellm_params: LiteLLMParams
+    model_info: ModelInfo = ModelInfo()
+
+
+class KeyEntry(_Frozen):
+    key: SecretStr | None = None
+    key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    name: str = Field(min_length=1)
+    team: str | None = None
+    user: str | None = None
+    models: tuple[str, ...] | None = None
+
+    def digest(self) -> str:
+        if self.key is not None:
+            return hashlib.sha256(self.key.get_secret_value().encode()).hexdigest()
+        assert self.key_sha256 is not None
+        return self.key_sha256.lower()
+
+
+class RoutingDefault(_Frozen):
+    min_quality: int = Field(default=0, ge=0, le=100)
+
+
+class RoutingConfig(_Frozen):
+    default: RoutingDefault = RoutingDefault()
+
+
+class ServerConfig(_Frozen):
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    request_timeout_s: float = Field(default=600.0, gt=0)
+    attempt_timeout_s: float = Field(default=120.0, gt=0)
+
+
+class SimModelConfig(_Frozen):
+    latency_ms: float = Field(default=0.0, ge=0)
+    fail_rate: float = Field(default=0.0, ge=0, le=1)
+
+
+class SimulatorConfig(_Frozen):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=4010, ge=0, le=65535)
+    api_key: SecretStr | None = None
+    models: dict[str, SimModelConfig] = {}
+
+
+class TelemetryConfig(_Frozen):
+    # Standard OTEL_* environment variables take precedence; this only names the service when
+    # OTEL_SERVICE_NAME is not set.
+    service_name: str = "podium"
+
+
+class GatewayConfig(_Frozen):
+    model_list: tuple[ModelEntry, ...] = Field(min_length=1)
+    keys: tuple[KeyEntry, ...] = ()
+    routing: RoutingConfig = RoutingConfig()
+    server: ServerConfig = ServerConfig()
+    simulator: SimulatorConfig = SimulatorConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
+
+
+# ---- environment expansion ------------------------------------------------------------------
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_LITELLM_ENV = "os.environ/"
+
+
+def expand_env(raw: Any, env: Mapping[str, str], path: str = "") -> tuple[Any, list[str]]:
+    """Replace ``${VAR}``, ``${VAR:-default}`` and ``os.environ/VAR`` in every string."""
+    problems: list[str] = []
+    if isinstance(raw, dict):
+        out: Any = {}
+        for k, v in raw.items():
+            out[k], sub = expand_env(v, env, _join(path, str(k)))
+            problems += sub
+        return out, problems
+    if isinstance(raw, list):
+        items = [expand_env(v, env, f"{path}[{i}]") for i, v in enumerate(raw)]
+        return [v for v, _ in items], [p for _, sub in items for p in sub]
+    if not isinstance(raw, str):
+        return raw, problems
+    if raw.startswith(_LITELLM_ENV):
+        name = raw[len(_LITELLM_ENV):]
+        if name not in env:
+            return raw, [f"{path}: environment variable {name} is not set"]
+        return env[name], problems
+
+    def sub(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        problems.append(f"{path}: environment variable {name} is not set")
+        return ""
+
+    return _ENV_REF.sub(sub, raw), problems
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out = f"{out}[{part}]" if isinstance(part, int) else _join(out, str(part))
+    return out or "(root)"
+
+
+# ---- cross references -----------------------------------------------------------------------
+
+def deployment_ids(cfg: GatewayConfig) -> list[str]:
+    """Each entry's id: `model_info.id`, or model_name + its index within the group."""
+    seen: dict[str, int] = {}
+    ids = []
+    for entry in cfg.model_list:
+        index = seen.get(entry.model_name, 0)
+        seen[entry.model_name] = index + 1
+        ids.append(entry.model_info.id or f"{entry.model_name}-{index}")
+    return ids
+
+
+def check_references(cfg: GatewayConfig) -> list[str]:
+    problems: list[str] = []
+    groups: dict[str, str] = {}
+    for i, entry in enumerate(cfg.model_list):
+        where = f"model_list[{i}]"
+        if entry.model_name in RESERVED_MODEL_NAMES:
+            problems.append(f"{where}.model_name: {entry.model_name!r} is reserved")
+        mode = groups.setdefault(entry.model_name, entry.model_info.mode)
+        if mode != entry.model_info.mode:
+            problems.append(f"{where}.model_info.mode: group {entry.model_name!r} mixes "
+                            f"{mode!r} and {entry.model_info.mode!r} deployments")
+    first_seen: dict[str, int] = {}
+    for i, dep_id in enumerate(deployment_ids(cfg)):
+        if dep_id in first_seen:
+            problems.append(f"model_list[{i}].model_info.id: duplicate deployment id {dep_id!r} "
+                            f"(also model_list[{first_seen[dep_id]}])")
+        first_seen.setdefault(dep_id, i)
+    problems += _check_keys(cfg, set(groups) | set(first_seen))
+    return problems
+
+
+def _check_keys(cfg: GatewayConfig, model_names: set[str]) -> list[str]:
+    problems: list[str] = []
+    names: set[str] = set()
+    digests: set[str] = set()
+    for i, key in enumerate(cfg.keys):
+        where = f"keys[{i}]"
+        if (key.key is None) == (key.key_sha256 is None):
+            problems.append(f"{where}: give exactly one of 'key' or 'key_sha256'")
+            continue
+        if key.key is not None and not key.key.get_secret_value():
+            problems.append(f"{where}.key: is empty")
+        if key.name in names:
+            problems.append(f"{where}.name: duplicate key name {key.name!r}")
+        if key.digest() in digests:
+            problems.append(f"{where}: the same key is configured twice")
+        names.add(key.name)
+        digests.add(key.digest())
+        for j, model in enumerate(key.models or ()):
+            if model not in model_names:
+                problems.append(f"{where}.models[{j}]: unknown model {model!r}")
+    return problems
+
+
+# ---- loading --------------------------------------------------------------------------------
+
+def parse_config(raw: Any, env: Mapping[str, str] | None = None) -> GatewayConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(["(root): the config must be a mapping"])
+    expanded, problems = expand_env(raw, os.environ if env is None else env)
+    try:
+        cfg = GatewayConfig.model_validate(expanded)
+    except ValidationError as exc:
+        problems += [f"{format_loc(e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError(problems) from None
+    problems += check_references(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> GatewayConfig:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError([f"(file): cannot read {path}: {exc.strerror}"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"(file): {path} is not valid YAML: {exc}"]) from None
+    return parse_config(raw, env)

@@ -1,0 +1,63 @@
+"""Hop 9, egress: JSON or SSE back to the client, with Podium's `x-podium-*` headers."""
+
+from __future__ import annotations
+
+import base64
+import sys
+from array import array
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.errors import PodiumError
+
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no"}
+
+
+def json_response(body: Any, headers: Mapping[str, str], status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, headers=headers,
+                        content_type="application/json")
+
+
+async def sse_response(request: web.Request, headers: Mapping[str, str],
+                       chunks: AsyncIterator[dict[str, Any]],
+                       *, include_usage: bool) -> web.StreamResponse:
+    """Relay chunks as server-sent events, ending with `data: [DONE]`.
+
+    Podium always asks the upstream for usage (spend is settled from it); the usage chunk and the
+    per-chunk `usage: null` fields are passed on only when the client asked for them.
+    """
+    resp = web.StreamResponse(headers={**_SSE_HEADERS, **headers})
+    await resp.prepare(request)
+    try:
+        async for chunk in chunks:
+            if not include_usage:
+                if not chunk.get("choices") and chunk.get("usage"):
+                    continue
+                chunk.pop("usage", None)
+            elif "usage" not in chunk:
+                chunk["usage"] = None
+            await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+    except PodiumError as err:
+        # Headers are gone already; the OpenAI SDKs raise an APIError on an `error` event.
+        await resp.write(b"data: " + orjson.dumps(err.body()) + b"\n\n")
+    else:
+        await resp.write(b"data: [DONE]\n\n")
+    await resp.write_eof()
+    return resp
+
+
+def to_base64(vector: list[float]) -> str:
+    """OpenAI's base64 encoding: little-endian float32, as the SDKs decode it."""
+    packed = array("f", vector)
+    if sys.byteorder != "little":
+        packed.byteswap()
+    return base64.b64encode(packed.tobytes()).decode("ascii")
+
+
+def model_list(ids: list[str], created: int) -> dict[str, Any]:
+    return {"object": "list", "data": [
+        {"id": i, "object": "model", "created": created, "owned_by": "podium"} for i in ids]}

@@ -1,0 +1,194 @@
+"""Every error a client of Podium can see, and the one function that renders them.
+
+    PodiumError                      status  OpenAI type              code
+    ├── BadRequest                   400     invalid_request_error    (varies)
+    │   ├── InvalidJSON              400     invalid_request_error    invalid_json
+    │   └── UnsupportedRequest       400     invalid_request_error    unsupported_request
+    ├── AuthenticationFailed         401     authentication_error     invalid_api_key
+    ├── PermissionDenied             403     permission_error         model_not_allowed (varies)
+    ├── ModelNotFound                404     invalid_request_error    model_not_found
+    ├── RouteNotFound                404     invalid_request_error    not_found
+    ├── MethodNotAllowed             405     invalid_request_error    method_not_allowed
+    ├── PayloadTooLarge              413     invalid_request_error    request_too_large
+    ├── UpstreamRejected             4xx     invalid_request_error    (upstream's code)
+    ├── AllAttemptsFailed            502/504/429  api_error / rate_limit_error
+    ├── StreamInterrupted            (sent as an SSE `error` event: headers are already out)
+    └── InternalError                500     api_error                internal_error
+
+`ProviderError` is not client-facing: providers raise it for one failed upstream attempt, and
+the attempt loop turns a sequence of them into `UpstreamRejected` or `AllAttemptsFailed`, which
+keep every attempt's error (so the client learns which deployment failed and why).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import orjson
+from aiohttp import web
+
+
+class PodiumError(Exception):
+    status: int = 500
+    type: str = "api_error"
+    code: str | None = None
+
+    def __init__(
+        self, message: str, *, param: str | None = None, code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, object]:
+        return {"error": {"message": self.message, "type": self.type,
+                          "param": self.param, "code": self.code}}
+
+
+class BadRequest(PodiumError):
+    status, type, code = 400, "invalid_request_error", None
+
+
+class InvalidJSON(BadRequest):
+    code = "invalid_json"
+
+
+class UnsupportedRequest(BadRequest):
+    code = "unsupported_request"
+
+
+class AuthenticationFailed(PodiumError):
+    status, type, code = 401, "authentication_error", "invalid_api_key"
+
+
+class PermissionDenied(PodiumError):
+    status, type, code = 403, "permission_error", "model_not_allowed"
+
+
+class ModelNotFound(PodiumError):
+    status, type, code = 404, "invalid_request_error", "model_not_found"
+
+
+class RouteNotFound(PodiumError):
+    status, type, code = 404, "invalid_request_error", "not_found"
+
+
+class MethodNotAllowed(PodiumError):
+    status, type, code = 405, "invalid_request_error", "method_not_allowed"
+
+
+class PayloadTooLarge(PodiumError):
+    status, type, code = 413, "invalid_request_error", "request_too_large"
+
+
+class InternalError(PodiumError):
+    status, type, code = 500, "api_error", "internal_error"
+
+
+ErrorKind = Literal[
+    "timeout", "connection", "rate_limit", "server", "auth", "not_found",
+    "context_length", "content_policy", "bad_request",
+]
+
+# Kinds where another deployment may well succeed: the failure belongs to this deployment
+# (its capacity, its network, its credentials, its window), not to the caller's request.
+MOVE_ON_KINDS: frozenset[ErrorKind] = frozenset(
+    {"timeout", "connection", "rate_limit", "server", "auth", "not_found", "context_length"}
+)
+
+
+class ProviderError(Exception):
+    """One failed upstream attempt, classified. Raised by providers, never shown as is."""
+
+    def __init__(
+        self, kind: ErrorKind, message: str, *, status: int | None = None,
+        code: str | None = None, retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.status = status
+        self.code = code
+        self.retry_after_s = retry_after_s
+
+    @property
+    def moves_on(self) -> bool:
+        return self.kind in MOVE_ON_KINDS
+
+    def summary(self) -> str:
+        status = f"HTTP {self.status} " if self.status else ""
+        return f"{self.kind} ({status}{self.message})".replace("( ", "(")
+
+
+@dataclass(frozen=True)
+class FailedAttempt:
+    deployment_id: str
+    error: ProviderError
+
+
+class UpstreamRejected(PodiumError):
+    """The upstream said the caller's request itself is wrong; no other deployment is tried."""
+
+    type = "invalid_request_error"
+
+    def __init__(self, attempt: FailedAttempt) -> None:
+        err = attempt.error
+        super().__init__(
+            f"deployment {attempt.deployment_id!r} rejected the request: {err.message}",
+            code=err.code or err.kind,
+        )
+        self.status = err.status if err.status and 400 <= err.status < 500 else 400
+        self.attempts = [attempt]
+
+
+class AllAttemptsFailed(PodiumError):
+    def __init__(self, attempts: Sequence[FailedAttempt]) -> None:
+        details = "; ".join(f"{a.deployment_id}: {a.error.summary()}" for a in attempts)
+        super().__init__(
+            f"all {len(attempts)} attempted deployment(s) failed: {details}",
+            code="all_deployments_failed",
+        )
+        self.attempts = list(attempts)
+        kinds = {a.error.kind for a in attempts}
+        if kinds == {"rate_limit"}:
+            self.status, self.type, self.code = 429, "rate_limit_error", "rate_limit_exceeded"
+            waits = [a.error.retry_after_s for a in attempts if a.error.retry_after_s]
+            if waits:
+                self.headers["Retry-After"] = str(max(1, round(min(waits))))
+        elif kinds == {"timeout"}:
+            self.status = 504
+        else:
+            self.status = 502
+
+
+class StreamInterrupted(PodiumError):
+    status, type, code = 502, "api_error", "stream_interrupted"
+
+    def __init__(self, attempt: FailedAttempt) -> None:
+        super().__init__(f"the stream from deployment {attempt.deployment_id!r} broke off: "
+                         f"{attempt.error.summary()}")
+        self.attempts = [attempt]
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """Remove secret values from text that may reach a client, a log or a trace."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "[redacted]")
+    return text
+
+
+def render(err: PodiumError, request_id: str | None = None) -> web.Response:
+    headers = dict(err.headers)
+    if request_id:
+        headers["x-request-id"] = request_id
+    return web.Response(
+        status=err.status, body=orjson.dumps(err.body()),
+        content_type="application/json", headers=headers,
+    )

@@ -1,0 +1,141 @@
+"""Hop 1, ingress: the raw HTTP body → a typed, validated request that keeps the original body.
+
+The typed model is what the pipeline reads; the original JSON object is what is forwarded, so a
+field Podium does not know (a new OpenAI parameter, a provider extension) passes through untouched.
+Validation is strict (no "1" for 1, no 0 for false) because the OpenAI API is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gateway.config import format_loc
+from gateway.errors import BadRequest, InvalidJSON, PayloadTooLarge
+
+
+class _Open(BaseModel):
+    # Unknown fields are allowed and forwarded: the OpenAI API grows faster than any gateway.
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
+
+
+class FunctionDef(_Open):
+    name: str = Field(min_length=1, max_length=128)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class Tool(_Open):
+    type: str = Field(min_length=1)
+    function: FunctionDef | None = None
+
+    @model_validator(mode="after")
+    def _function_tools_name_a_function(self) -> Tool:
+        if self.type == "function" and self.function is None:
+            raise ValueError("a tool of type 'function' needs a 'function' object")
+        return self
+
+
+class Message(_Open):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class StreamOptions(_Open):
+    include_usage: bool | None = None
+
+
+class ResponseFormat(_Open):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+
+class ChatCompletionRequest(_Open):
+    model: str = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1)
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    n: int | None = Field(default=None, ge=1, le=128)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=0)
+    max_completion_tokens: int | None = Field(default=None, ge=0)
+    tools: list[Tool] | None = None
+    functions: list[FunctionDef] | None = None
+    response_format: ResponseFormat | None = None
+
+    @property
+    def wants_usage_in_stream(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def capabilities_needed(self) -> frozenset[str]:
+        needs = set()
+        if self.tools or self.functions:
+            needs.add("tools")
+        if self.response_format and self.response_format.type != "text":
+            needs.add("json_schema")
+        if any(_has_image(m.content) for m in self.messages):
+            needs.add("vision")
+        if self.stream:
+            needs.add("streaming")
+        return frozenset(needs)
+
+
+def _has_image(content: object) -> bool:
+    return isinstance(content, list) and any(
+        isinstance(p, dict) and p.get("type") == "image_url" for p in content)
+
+
+class EmbeddingRequest(_Open):
+    model: str = Field(min_length=1)
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _input_not_empty(self) -> EmbeddingRequest:
+        if isinstance(self.input, list) and not self.input:
+            raise ValueError("'input' must not be empty")
+        return self
+
+
+T = TypeVar("T", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed(Generic[T]):
+    """A validated request and the original JSON object it came from."""
+    typed: T
+    body: dict[str, Any]
+
+
+async def read_json(request: web.Request, limit: int) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"Request body is {request.content_length} bytes; "
+                              f"the limit is {limit} bytes.")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.") from None
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJSON(f"The request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidJSON("The request body must be a JSON object.")
+    return body
+
+
+def validate(model: type[T], body: dict[str, Any]) -> Parsed[T]:
+    try:
+        return Parsed(typed=model.model_validate(body), body=body)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        where = [f"{format_loc(e['loc'])}: {e['msg']}" for e in errors[:3]]
+        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        raise BadRequest("Invalid request: " + "; ".join(where) + more,
+                         param=format_loc(errors[0]["loc"])) from None

@@ -1,0 +1,95 @@
+"""Tracing set-up from the standard OpenTelemetry environment, and the span vocabulary.
+
+Podium never installs a global tracer provider: it builds its own and hangs it on the app, so
+tests (and an embedding application) can run several gateways with separate exporters. Tracing
+is off unless the environment asks for it (`OTEL_TRACES_EXPORTER`, or an OTLP endpoint), and
+when off every span is a no-op that costs almost nothing.
+
+Span names: `POST /v1/chat/completions` (SERVER), `podium.<hop>` (INTERNAL) for each pipeline
+hop, `chat {model}` / `embeddings {model}` (CLIENT) for each upstream attempt, following the
+OpenTelemetry GenAI semantic conventions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from opentelemetry import trace
+from opentelemetry.propagators.textmap import TextMapPropagator
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+)
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+log = logging.getLogger("podium.telemetry")
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    tracer: trace.Tracer
+    propagator: TextMapPropagator
+    provider: TracerProvider | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.provider is not None
+
+    def shutdown(self) -> None:
+        """Flush and stop exporting; called once when the app closes."""
+        if self.provider is not None:
+            self.provider.shutdown()
+
+
+def disabled() -> Telemetry:
+    return Telemetry(tracer=trace.NoOpTracer(), propagator=TraceContextTextMapPropagator())
+
+
+def with_exporter(exporter: SpanExporter, service_name: str = "podium",
+                  *, batch: bool = False) -> Telemetry:
+    provider = TracerProvider(resource=_resource(service_name))
+    processor = BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter)
+    provider.add_span_processor(processor)
+    return Telemetry(tracer=provider.get_tracer("podium"),
+                     propagator=TraceContextTextMapPropagator(), provider=provider)
+
+
+def from_env(service_name: str, env: Mapping[str, str] | None = None) -> Telemetry:
+    """Build tracing from the standard OTEL_* variables; off when none asks for it."""
+    env = os.environ if env is None else env
+    if env.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return disabled()
+    exporter_name = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    has_endpoint = bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                        or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+    if exporter_name in ("", "otlp") and (has_endpoint or exporter_name == "otlp"):
+        return with_exporter(_otlp_exporter(env), service_name, batch=True)
+    if exporter_name == "console":
+        return with_exporter(ConsoleSpanExporter(), service_name, batch=True)
+    if exporter_name not in ("", "none"):
+        log.warning("OTEL_TRACES_EXPORTER=%s is not supported; tracing is off", exporter_name)
+    return disabled()
+
+
+def _otlp_exporter(env: Mapping[str, str]) -> SpanExporter:
+    protocol = (env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+                or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf")
+    if protocol != "http/protobuf":
+        log.warning("OTLP protocol %r is not installed; using http/protobuf", protocol)
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter()  # reads the endpoint, headers and timeout from OTEL_* itself
+
+
+def _resource(service_name: str) -> Resource:
+    # Resource.create reads OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME, but attributes passed
+    # here would win over them; the standard variable must win over Podium's config.
+    attrs = {} if os.environ.get("OTEL_SERVICE_NAME") else {"service.name": service_name}
+    return Resource.create(attrs)
