@@ -13,7 +13,8 @@ from tests.conftest import APP_KEY, LIMITED_KEY, UPSTREAM_KEY, RunningGateway, U
 
 TOOLS = [
     {"type": "function", "function": {"name": "get_weather", "parameters": {
-        "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}}},
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}}},
     {"type": "function", "function": {"name": "get_time", "parameters": {
         "type": "object", "properties": {"tz": {"type": "string"}}}}},
 ]
