@@ -91,5 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("PODIUM_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # litellm logs every call at INFO through its own handler; Podium's own logs say what matters.
+    logging.getLogger("LiteLLM").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     return int(args.func(args))
