@@ -36,6 +36,7 @@ from gateway.provider import Provider
 from gateway.simulator import SimModel, start_simulator
 from gateway.telemetry import Telemetry
 from routing.catalog import Catalog, Deployment
+from routing.health import Health
 from routing.router import Router
 
 log = logging.getLogger("podium")
@@ -54,7 +55,7 @@ class Runtime:
     def compile(cls, config: GatewayConfig) -> Runtime:
         catalog = Catalog.from_config(config)
         return cls(config=config, catalog=catalog, keys=KeyRing(config.keys),
-                   router=Router(catalog), loaded_at=int(time.time()))
+                   router=Router(catalog, config.routing), loaded_at=int(time.time()))
 
 
 @dataclass
@@ -62,12 +63,13 @@ class Gateway:
     runtime: Runtime
     telemetry: Telemetry
     litellm: LiteLLMProvider = field(default_factory=LiteLLMProvider)
+    health: Health = field(default_factory=Health)
     caller: Caller = field(init=False)
     preload: asyncio.Task[None] | None = None
     simulator: web.AppRunner | None = None
 
     def __post_init__(self) -> None:
-        self.caller = Caller(self.provider_for, self.telemetry)
+        self.caller = Caller(self.provider_for, self.telemetry, self.health)
 
     def provider_for(self, deployment: Deployment) -> Provider:
         return self.litellm

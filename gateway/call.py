@@ -1,16 +1,22 @@
-"""Hop 7, call: walk a `RoutePlan`, one fresh `Attempt` per deployment, one CLIENT span each.
+"""Hop 7, call: walk a `RoutePlan`, one fresh `Attempt` per try, one CLIENT span each.
 
-A failure that belongs to the deployment (timeout, connection, 429, 5xx, its credentials or
-window) moves on to the next deployment; a failure that belongs to the request (a 4xx such as a
-malformed parameter) stops at once, because every other deployment would refuse it too. When the
-chain is exhausted, the error keeps every attempt's failure. A stream moves on only while nothing
-has been sent to the client: `open_stream` returns once the first chunk has arrived.
+What a failure does depends on its class:
+- timeout, connection, 5xx, the deployment's credentials: next deployment; where the plan has a
+  single deployment, a few retries with jittered exponential backoff instead;
+- 429: the deployment cools down for its Retry-After and the next one is tried at once;
+- context length exceeded: the next deployment with a larger window;
+- content-policy refusal: fail, or the next deployment (`routing.on_content_policy`);
+- any other 4xx: the caller's error, so fail at once with no fallback.
+When everything failed, the error keeps every attempt's failure. A stream moves on only while
+nothing has been sent to the client. For a cascade, an answer that fails its checks escalates to
+the next deployment; the cost of every attempt is counted.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -20,6 +26,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from gateway.errors import (
     AllAttemptsFailed,
     FailedAttempt,
+    NoDeploymentAvailable,
     ProviderError,
     StreamInterrupted,
     UpstreamRejected,
@@ -27,73 +34,144 @@ from gateway.errors import (
 from gateway.provider import Attempt, ChatAnswer, EmbeddingAnswer, Provider, Usage
 from gateway.telemetry import Telemetry
 from routing.catalog import Deployment
+from routing.health import Health
 from routing.router import RoutePlan
+from routing.rules import RoutingConfig
 
-A = TypeVar("A", ChatAnswer, EmbeddingAnswer)
+T = TypeVar("T")
 # Sampling parameters recorded on attempt spans, by GenAI semantic-convention name.
 _REQUEST_ATTRS = {"max_tokens": "gen_ai.request.max_tokens",
                   "temperature": "gen_ai.request.temperature", "top_p": "gen_ai.request.top_p",
                   "seed": "gen_ai.request.seed"}
+Check = Callable[[ChatAnswer], str | None]  # None: the answer passes; else why it does not
 
 
 @dataclass
-class CallResult(Generic[A]):
-    answer: A
+class CallResult(Generic[T]):
+    answer: T
     deployment: Deployment
     attempts: int
     failures: list[FailedAttempt] = field(default_factory=list)
+    cost_usd: float = 0.0              # every successful attempt, escalated ones included
+    usage: Usage = field(default_factory=Usage)
+    escalations: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Walk:
+    """The bookkeeping of one walk along a plan."""
+    failures: list[FailedAttempt] = field(default_factory=list)
+    number: int = 0
+    cost_usd: float = 0.0
+    usage: Usage = field(default_factory=Usage)
+    escalations: list[str] = field(default_factory=list)
+    larger_than: int | None = None     # after a context-length error: only larger windows
 
 
 class Caller:
-    def __init__(self, select: Callable[[Deployment], Provider], telemetry: Telemetry) -> None:
+    def __init__(self, select: Callable[[Deployment], Provider], telemetry: Telemetry,
+                 health: Health) -> None:
         self._select = select
         self._telemetry = telemetry
+        self.health = health
 
-    async def chat(self, plan: RoutePlan, body: Mapping[str, Any],
-                   deadline: float) -> CallResult[ChatAnswer]:
-        return await self._walk(plan, body, deadline, "chat",
-                                lambda p, a: p.chat(a))
+    async def chat(self, plan: RoutePlan, body: Mapping[str, Any], deadline: float,
+                   routing: RoutingConfig, check: Check | None = None,
+                   ) -> CallResult[ChatAnswer]:
+        return await self._walk(plan, body, deadline, routing, "chat",
+                                lambda p, a: p.chat(a), check)
 
-    async def embed(self, plan: RoutePlan, body: Mapping[str, Any],
-                    deadline: float) -> CallResult[EmbeddingAnswer]:
-        return await self._walk(plan, body, deadline, "embeddings",
-                                lambda p, a: p.embed(a))
+    async def embed(self, plan: RoutePlan, body: Mapping[str, Any], deadline: float,
+                    routing: RoutingConfig) -> CallResult[EmbeddingAnswer]:
+        return await self._walk(plan, body, deadline, routing, "embeddings",
+                                lambda p, a: p.embed(a), None)
 
     async def _walk(self, plan: RoutePlan, body: Mapping[str, Any], deadline: float,
-                    operation: str, send: Callable[[Provider, Attempt], Awaitable[A]],
-                    ) -> CallResult[A]:
-        failures: list[FailedAttempt] = []
-        for number, dep in enumerate(plan.chain, start=1):
-            span = self._start_span(operation, dep, body, number)
-            attempt = self._attempt(dep, body, deadline, number, span)
+                    routing: RoutingConfig, operation: str,
+                    send: Callable[[Provider, Attempt], Awaitable[Any]],
+                    check: Check | None) -> CallResult[Any]:
+        walk, escalated = _Walk(), None
+        async for dep, span, attempt in self._tries(plan, body, deadline, routing, walk,
+                                                    operation):
+            started = asyncio.get_running_loop().time()
             try:
                 answer = await _bounded(send(self._select(dep), attempt), attempt.timeout_s)
             except ProviderError as err:
-                _end_failed(span, err)
-                _stop_or_continue(failures, FailedAttempt(dep.id, err))
+                self._failed(dep, span, err, walk, routing)
                 continue
+            self._succeeded(dep, span, started)
+            walk.cost_usd += dep.cost(answer.usage.prompt_tokens, answer.usage.completion_tokens)
+            walk.usage += answer.usage
+            verdict = check(answer) if check else None
+            if verdict is not None:
+                span.add_event("cascade.escalate", {"deployment": dep.id, "reason": verdict})
+                walk.escalations.append(f"{dep.id}: {verdict}")
             _end_ok(span, answer.usage, answer.response_model,
                     getattr(answer, "finish_reasons", ()))
-            return CallResult(answer, dep, number, failures)
-        raise AllAttemptsFailed(failures)
+            result = CallResult(answer, dep, walk.number, walk.failures, walk.cost_usd,
+                                walk.usage, walk.escalations)
+            if verdict is None:
+                return result
+            escalated = result
+        if escalated is not None:  # every answer failed its checks: the last is the best we have
+            escalated.cost_usd, escalated.usage = walk.cost_usd, walk.usage
+            return escalated
+        raise _exhausted(walk)
 
-    async def open_stream(self, plan: RoutePlan, body: Mapping[str, Any],
-                          deadline: float) -> OpenStream:
-        failures: list[FailedAttempt] = []
-        for number, dep in enumerate(plan.chain, start=1):
-            span = self._start_span("chat", dep, body, number)
-            attempt = self._attempt(dep, body, deadline, number, span)
+    async def open_stream(self, plan: RoutePlan, body: Mapping[str, Any], deadline: float,
+                          routing: RoutingConfig) -> OpenStream:
+        walk = _Walk()
+        async for dep, span, attempt in self._tries(plan, body, deadline, routing, walk, "chat"):
+            started = asyncio.get_running_loop().time()
             chunks = self._select(dep).chat_stream(attempt)
             try:
                 first = await _bounded(anext(chunks), attempt.timeout_s)
             except (ProviderError, StopAsyncIteration) as exc:
                 err = exc if isinstance(exc, ProviderError) else ProviderError(
                     "server", "the upstream closed the stream without sending anything")
-                _end_failed(span, err)
-                _stop_or_continue(failures, FailedAttempt(dep.id, err))
+                self._failed(dep, span, err, walk, routing)
                 continue
-            return OpenStream(dep, number, failures, first, chunks, span)
-        raise AllAttemptsFailed(failures)
+            self._succeeded(dep, span, started)
+            return OpenStream(dep, walk.number, walk.failures, first, chunks, span)
+        raise _exhausted(walk)
+
+    async def _tries(self, plan: RoutePlan, body: Mapping[str, Any], deadline: float,
+                     routing: RoutingConfig, walk: _Walk, operation: str,
+                     ) -> AsyncIterator[tuple[Deployment, trace.Span, Attempt]]:
+        """Yield each attempt to make, skipping what became unusable since the plan was made."""
+        for dep, retry in _schedule(plan, routing):
+            if walk.larger_than is not None and (dep.max_input_tokens or 0) <= walk.larger_than:
+                continue
+            if walk.number and self.health.unavailable_reason(dep.id):
+                continue
+            if retry and not await _backoff(retry, routing, deadline):
+                return
+            walk.number += 1
+            span = self._start_span(operation, dep, body, walk.number)
+            if self.health.begin(dep.id):
+                span.add_event("breaker.half_open", {"deployment": dep.id})
+            yield dep, span, self._attempt(dep, body, deadline, walk.number, span)
+
+    def _failed(self, dep: Deployment, span: trace.Span, err: ProviderError, walk: _Walk,
+                routing: RoutingConfig) -> None:
+        change = self.health.failed(dep.id, err, routing.breaker)
+        if change:
+            span.add_event(f"breaker.{change}", {"deployment": dep.id})
+        _end_failed(span, err)
+        failed = FailedAttempt(dep.id, err)
+        walk.failures.append(failed)
+        if err.kind == "context_length":
+            walk.larger_than = max(walk.larger_than or 0, dep.max_input_tokens or 0)
+        if err.kind == "content_policy" and routing.on_content_policy == "next":
+            return
+        if not err.moves_on:
+            raise UpstreamRejected(failed)
+
+    def _succeeded(self, dep: Deployment, span: trace.Span, started: float) -> None:
+        elapsed = asyncio.get_running_loop().time() - started
+        change = self.health.succeeded(dep.id, elapsed)
+        if change:
+            span.add_event(f"breaker.{change}", {"deployment": dep.id})
 
     def _start_span(self, operation: str, dep: Deployment, body: Mapping[str, Any],
                     number: int) -> trace.Span:
@@ -110,6 +188,32 @@ class Caller:
         remaining = max(0.001, deadline - asyncio.get_running_loop().time())
         return Attempt(deployment=dep, body={**body, "model": dep.upstream_model},
                        headers=headers, timeout_s=min(dep.timeout_s, remaining), number=number)
+
+
+def _schedule(plan: RoutePlan, routing: RoutingConfig) -> Iterator[tuple[Deployment, int]]:
+    """The chain in order; a single-deployment plan gets retries instead of fallbacks."""
+    if len(plan.chain) == 1:
+        for retry in range(routing.retries.attempts + 1):
+            yield plan.chain[0], retry
+        return
+    for dep in plan.chain:
+        yield dep, 0
+
+
+async def _backoff(retry: int, routing: RoutingConfig, deadline: float) -> bool:
+    """Sleep before retry number `retry` (jittered, exponential); False if past the deadline."""
+    delay = routing.retries.backoff_s * (2 ** (retry - 1)) * random.uniform(0.5, 1.5)
+    if asyncio.get_running_loop().time() + delay >= deadline:
+        return False
+    await asyncio.sleep(delay)
+    return True
+
+
+def _exhausted(walk: _Walk) -> Exception:
+    if not walk.failures:
+        return NoDeploymentAvailable("Every deployment in the plan became unavailable "
+                                     "(open circuit or rate limit) before it could be tried.")
+    return AllAttemptsFailed(walk.failures)
 
 
 @dataclass
@@ -146,6 +250,10 @@ class OpenStream:
             raise
         _end_ok(self.span, self.usage, model, tuple(reasons))
 
+    @property
+    def cost_usd(self) -> float:
+        return self.deployment.cost(self.usage.prompt_tokens, self.usage.completion_tokens)
+
 
 async def _aclose(it: AsyncIterator[Any]) -> None:
     aclose = getattr(it, "aclose", None)
@@ -153,19 +261,13 @@ async def _aclose(it: AsyncIterator[Any]) -> None:
         await aclose()
 
 
-async def _bounded(awaitable: Awaitable[A], timeout_s: float) -> A:
+async def _bounded(awaitable: Awaitable[T], timeout_s: float) -> T:
     """Enforce the attempt's timeout even if the provider's own timeout does not fire."""
     try:
         async with asyncio.timeout(timeout_s + 0.5):
             return await awaitable
     except TimeoutError:
         raise ProviderError("timeout", f"no answer within {timeout_s:g}s") from None
-
-
-def _stop_or_continue(failures: list[FailedAttempt], failed: FailedAttempt) -> None:
-    failures.append(failed)
-    if not failed.error.moves_on:
-        raise UpstreamRejected(failed)
 
 
 def _request_attributes(operation: str, dep: Deployment, body: Mapping[str, Any],

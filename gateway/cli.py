@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from gateway.config import ConfigError, GatewayConfig, load_config
 
@@ -47,6 +48,55 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_route(args: argparse.Namespace) -> int:
+    """Print the routing decision for an OpenAI request read from stdin; calls no model."""
+    import orjson
+
+    from gateway.errors import PodiumError
+    from gateway.explain import explain, render_text
+    from gateway.ingress import ChatCompletionRequest, validate
+
+    path, cfg, problems = _load(args.config)
+    if cfg is None:
+        print(f"{path}: {len(problems)} problem(s); run 'podium check'", file=sys.stderr)
+        return 1
+    from gateway.app import Runtime
+    from gateway.explain import chat_route_request
+    from routing.health import Health
+
+    rt = Runtime.compile(cfg)
+    try:
+        principal = _principal(rt, cfg, args)
+        body = orjson.loads(sys.stdin.buffer.read())
+        parsed = validate(ChatCompletionRequest, body)
+        req = chat_route_request(parsed.typed, parsed.body, principal, dict(args.header or []))
+        health = Health()
+        decision = explain(rt.router.plan(req, principal, health), req, health)
+    except (PodiumError, orjson.JSONDecodeError) as err:
+        print(f"error: {getattr(err, 'message', err)}", file=sys.stderr)
+        return 2
+    print(orjson.dumps(decision, option=orjson.OPT_INDENT_2).decode() if args.json
+          else render_text(decision))
+    return 0
+
+
+def _principal(rt: Any, cfg: GatewayConfig, args: argparse.Namespace) -> Any:
+    """--key (a key's name or the key itself), --team, or an unrestricted caller."""
+    from gateway.errors import AuthenticationFailed
+    from gateway.identity import Principal, principal_for
+
+    if args.key:
+        for entry in cfg.keys:
+            if entry.name == args.key:
+                return principal_for(entry)
+        try:
+            return rt.keys.authenticate(f"Bearer {args.key}")
+        except AuthenticationFailed:
+            raise AuthenticationFailed(f"no key named {args.key!r} in the config") from None
+    return Principal(key_id="explain", name="explain", team=args.team, user=None,
+                     allowed_models=None)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     path, cfg, problems = _load(args.config)
     if cfg is None:
@@ -82,6 +132,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (default 127.0.0.1, or PODIUM_HOST)")
     serve.add_argument("--port", type=int, help="port (default 4000, or PODIUM_PORT)")
     serve.set_defaults(func=cmd_serve)
+    route = sub.add_parser("route", help="explain the routing decision for a request on stdin")
+    route.add_argument("--explain", action="store_true", required=True,
+                       help="print the decision without calling any model")
+    route.add_argument("--config", help=f"config file (default {DEFAULT_CONFIG})")
+    who = route.add_mutually_exclusive_group()
+    who.add_argument("--key", help="route as this key (its name in the config, or the key)")
+    who.add_argument("--team", help="route as a caller of this team")
+    route.add_argument("--header", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                       help="a request header, e.g. --header x-podium-min-quality 80")
+    route.add_argument("--json", action="store_true", help="print JSON instead of text")
+    route.set_defaults(func=cmd_route)
     check = sub.add_parser("check", help="validate a config file")
     check.add_argument("--config", help=f"config file (default {DEFAULT_CONFIG})")
     check.set_defaults(func=cmd_check)

@@ -17,6 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from routing.rules import RouteSettings, RoutingConfig
+
 DataClass = Literal["public", "internal", "confidential", "restricted"]
 Capability = Literal["tools", "json_schema", "vision", "streaming"]
 Mode = Literal["chat", "embedding"]
@@ -78,14 +80,6 @@ class KeyEntry(_Frozen):
             return hashlib.sha256(self.key.get_secret_value().encode()).hexdigest()
         assert self.key_sha256 is not None
         return self.key_sha256.lower()
-
-
-class RoutingDefault(_Frozen):
-    min_quality: int = Field(default=0, ge=0, le=100)
-
-
-class RoutingConfig(_Frozen):
-    default: RoutingDefault = RoutingDefault()
 
 
 class ServerConfig(_Frozen):
@@ -202,6 +196,32 @@ def check_references(cfg: GatewayConfig) -> list[str]:
                             f"(also model_list[{first_seen[dep_id]}])")
         first_seen.setdefault(dep_id, i)
     problems += _check_keys(cfg, set(groups) | set(first_seen))
+    problems += _check_routing(cfg, set(groups), set(first_seen))
+    return problems
+
+
+def _check_routing(cfg: GatewayConfig, groups: set[str], ids: set[str]) -> list[str]:
+    problems = _check_route_settings("routing.default", cfg.routing.default, groups, ids)
+    names: set[str] = set()
+    for i, rule in enumerate(cfg.routing.rules):
+        where = f"routing.rules[{i}]"
+        if rule.name in names:
+            problems.append(f"{where}.name: duplicate rule name {rule.name!r}")
+        names.add(rule.name)
+        problems += _check_route_settings(where, rule, groups, ids)
+        models = rule.match.model
+        for model in [models] if isinstance(models, str) else models or []:
+            if model not in groups | ids | RESERVED_MODEL_NAMES:
+                problems.append(f"{where}.match.model: unknown model {model!r}")
+    return problems
+
+
+def _check_route_settings(where: str, settings: RouteSettings, groups: set[str],
+                          ids: set[str]) -> list[str]:
+    problems = [f"{where}.fallbacks[{j}]: unknown model group {g!r}"
+                for j, g in enumerate(settings.fallbacks) if g not in groups]
+    problems += [f"{where}.weights.{d}: unknown deployment id {d!r}"
+                 for d in settings.weights if d not in ids]
     return problems
 
 

@@ -50,6 +50,27 @@ async def sse_response(request: web.Request, headers: Mapping[str, str],
     return resp
 
 
+async def completion_chunks(body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    """A complete `chat.completion` as the chunks a stream of it would have carried."""
+    base = {k: body[k] for k in ("id", "created", "model", "system_fingerprint") if k in body}
+    base["object"] = "chat.completion.chunk"
+    for choice in body.get("choices") or ():
+        index, message = choice.get("index", 0), choice.get("message") or {}
+        deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
+        if message.get("content"):
+            deltas.append({"content": message["content"]})
+        if message.get("tool_calls"):
+            deltas.append({"tool_calls": [{**call, "index": i}
+                                          for i, call in enumerate(message["tool_calls"])]})
+        for delta in deltas:
+            yield {**base, "choices": [{"index": index, "delta": delta, "logprobs": None,
+                                        "finish_reason": None}]}
+        yield {**base, "choices": [{"index": index, "delta": {}, "logprobs": None,
+                                    "finish_reason": choice.get("finish_reason") or "stop"}]}
+    if body.get("usage"):
+        yield {**base, "choices": [], "usage": body["usage"]}
+
+
 def to_base64(vector: list[float]) -> str:
     """OpenAI's base64 encoding: little-endian float32, as the SDKs decode it."""
     packed = array("f", vector)

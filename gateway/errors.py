@@ -11,6 +11,7 @@
     ├── MethodNotAllowed             405     invalid_request_error    method_not_allowed
     ├── PayloadTooLarge              413     invalid_request_error    request_too_large
     ├── UpstreamRejected             4xx     invalid_request_error    (upstream's code)
+    ├── NoDeploymentAvailable        503     api_error                no_deployment_available
     ├── AllAttemptsFailed            502/504/429  api_error / rate_limit_error
     ├── StreamInterrupted            (sent as an SSE `error` event: headers are already out)
     └── InternalError                500     api_error                internal_error
@@ -85,6 +86,11 @@ class MethodNotAllowed(PodiumError):
 
 class PayloadTooLarge(PodiumError):
     status, type, code = 413, "invalid_request_error", "request_too_large"
+
+
+class NoDeploymentAvailable(PodiumError):
+    """Every candidate is skipped for its health (open breaker, Retry-After): try again later."""
+    status, type, code = 503, "api_error", "no_deployment_available"
 
 
 class InternalError(PodiumError):

@@ -13,17 +13,25 @@ from aiohttp import web
 
 from gateway.app import GATEWAY, REQUEST_ID, Gateway, Runtime
 from gateway.call import CallResult
-from gateway.egress import json_response, model_list, sse_response, to_base64
+from gateway.egress import (
+    completion_chunks,
+    json_response,
+    model_list,
+    sse_response,
+    to_base64,
+)
+from gateway.explain import chat_route_request, explain
 from gateway.identity import Principal
 from gateway.ingress import ChatCompletionRequest, EmbeddingRequest, read_json, validate
-from gateway.provider import ChatAnswer, EmbeddingAnswer
+from routing.cascade import AnswerCheck
 from routing.router import AUTO, RoutePlan, RouteRequest
-from routing.tokens import count_messages, count_text
+from routing.tokens import count_text
 
 
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_post("/v1/route/explain", route_explain)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -41,27 +49,29 @@ def identify(gw: Gateway, rt: Runtime, request: web.Request) -> Principal:
 
 def route(gw: Gateway, rt: Runtime, req: RouteRequest, principal: Principal) -> RoutePlan:
     with gw.telemetry.tracer.start_as_current_span("podium.route") as span:
-        plan = rt.router.plan(req, principal)
+        plan = rt.router.plan(req, principal, gw.health)
         if span.is_recording():
             span.set_attributes({
-                "podium.route.rule": plan.rule, "podium.route.requested_model": req.model,
+                "podium.route.rule": plan.rule, "podium.route.strategy": plan.strategy,
+                "podium.route.requested_model": req.model,
                 "podium.route.min_quality": plan.min_quality,
                 "podium.route.chain": [d.id for d in plan.chain],
                 "podium.route.prompt_tokens": req.prompt_tokens})
             for c in plan.candidates:
                 span.add_event("candidate", {"deployment": c.deployment.id, "kept": c.kept,
-                                             "reason": c.reason})
+                                             "reason": c.reason, "source": c.source})
         return plan
 
 
-def call_headers(request: web.Request, plan: RoutePlan, result: CallResult[Any] | None,
-                 cost: float | None) -> dict[str, str]:
+def call_headers(request: web.Request, plan: RoutePlan,
+                 result: CallResult[Any] | None) -> dict[str, str]:
     headers = {"x-request-id": request[REQUEST_ID], "x-podium-route": plan.rule}
     if result is not None:
         headers["x-podium-deployment"] = result.deployment.id
         headers["x-podium-attempts"] = str(result.attempts)
-    if cost is not None:
-        headers["x-podium-cost-usd"] = f"{cost:.10f}"
+        headers["x-podium-cost-usd"] = f"{result.cost_usd:.10f}"
+        if result.escalations:
+            headers["x-podium-escalations"] = str(len(result.escalations))
     return headers
 
 
@@ -71,30 +81,40 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     principal = identify(gw, rt, request)
     parsed = validate(ChatCompletionRequest, await read_json(request, _limit(rt)))
     chat = parsed.typed
-    plan = route(gw, rt, RouteRequest(
-        model=chat.model, mode="chat", needs=chat.capabilities_needed(),
-        prompt_tokens=count_messages(parsed.body["messages"]),
-        max_output_tokens=chat.max_completion_tokens or chat.max_tokens,
-        min_quality=rt.config.routing.default.min_quality), principal)
+    plan = route(gw, rt, chat_route_request(chat, parsed.body, principal, request.headers),
+                 principal)
     deadline = _deadline(rt)
+    if chat.stream and plan.strategy != "cascade":
+        stream = await gw.caller.open_stream(plan, parsed.body, deadline, rt.config.routing)
+        # Cost is known only at the end, after the headers: it is on the attempt span.
+        headers = call_headers(request, plan, None)
+        headers["x-podium-deployment"] = stream.deployment.id
+        headers["x-podium-attempts"] = str(stream.attempts)
+        return await sse_response(request, headers, stream.chunks(),
+                                  include_usage=chat.wants_usage_in_stream)
+    check = AnswerCheck(plan.checks, parsed.body) if plan.strategy == "cascade" else None
+    body = _unstreamed(parsed.body) if chat.stream else parsed.body
+    result = await gw.caller.chat(plan, body, deadline, rt.config.routing, check)
+    headers = call_headers(request, plan, result)
     if chat.stream:
-        return await _stream_chat(request, gw, plan, parsed.body, chat, deadline)
-    result = await gw.caller.chat(plan, parsed.body, deadline)
-    cost = _cost(result)
-    return json_response(result.answer.body, call_headers(request, plan, result, cost))
+        # A cascade checks whole answers, so it buffers, then streams the one that passed.
+        return await sse_response(request, headers, completion_chunks(result.answer.body),
+                                  include_usage=chat.wants_usage_in_stream)
+    return json_response(result.answer.body, headers)
 
 
-async def _stream_chat(request: web.Request, gw: Gateway, plan: RoutePlan,
-                       body: dict[str, Any], chat: ChatCompletionRequest,
-                       deadline: float) -> web.StreamResponse:
-    stream = await gw.caller.open_stream(plan, body, deadline)
-    # The cost is known only when the stream ends, after the headers are sent; it is recorded
-    # on the attempt span (gen_ai.usage.*) and, when asked for, in the usage chunk.
-    headers = call_headers(request, plan, None, None)
-    headers["x-podium-deployment"] = stream.deployment.id
-    headers["x-podium-attempts"] = str(stream.attempts)
-    return await sse_response(request, headers, stream.chunks(),
-                              include_usage=chat.wants_usage_in_stream)
+def _unstreamed(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+
+
+async def route_explain(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    rt = gw.runtime
+    principal = identify(gw, rt, request)
+    parsed = validate(ChatCompletionRequest, await read_json(request, _limit(rt)))
+    req = chat_route_request(parsed.typed, parsed.body, principal, request.headers)
+    plan = route(gw, rt, req, principal)
+    return json_response(explain(plan, req, gw.health), {"x-request-id": request[REQUEST_ID]})
 
 
 async def embeddings(request: web.Request) -> web.Response:
@@ -106,14 +126,13 @@ async def embeddings(request: web.Request) -> web.Response:
     inputs = emb.input if isinstance(emb.input, list) else [emb.input]
     tokens = sum(count_text(i) if isinstance(i, str) else 1 for i in inputs)
     plan = route(gw, rt, RouteRequest(model=emb.model, mode="embedding", needs=frozenset(),
-                                      prompt_tokens=tokens, max_output_tokens=None,
-                                      min_quality=0), principal)
-    result = await gw.caller.embed(plan, parsed.body, _deadline(rt))
+                                      prompt_tokens=tokens, max_output_tokens=None), principal)
+    result = await gw.caller.embed(plan, parsed.body, _deadline(rt), rt.config.routing)
     body = result.answer.body
     if emb.encoding_format == "base64":
         body = {**body, "data": [{**d, "embedding": to_base64(d["embedding"])}
                                  for d in body["data"]]}
-    return json_response(body, call_headers(request, plan, result, _cost(result)))
+    return json_response(body, call_headers(request, plan, result))
 
 
 async def models(request: web.Request) -> web.Response:
@@ -134,11 +153,6 @@ async def readyz(request: web.Request) -> web.Response:
     ready, detail = request.app[GATEWAY].ready()
     return json_response({"status": "ready" if ready else "not_ready", "detail": detail}, {},
                          status=200 if ready else 503)
-
-
-def _cost(result: CallResult[ChatAnswer] | CallResult[EmbeddingAnswer]) -> float:
-    usage = result.answer.usage
-    return result.deployment.cost(usage.prompt_tokens, usage.completion_tokens)
 
 
 def _limit(rt: Runtime) -> int:

@@ -1,23 +1,33 @@
 """Hop 5, route: a request's needs → a `RoutePlan` (primary deployment + fallback chain).
 
 Candidates are the requested group, one deployment (by id), or, for `auto`, every deployment the
-caller may use. Each candidate is kept or dropped with a recorded reason; the kept ones that meet
-the required quality are ordered by estimated cost, cheapest first, and that order is the
-fallback chain. The reasons feed the trace and the response headers.
+caller may use; then the rule's `fallbacks` groups. Each candidate is kept or dropped with a
+recorded reason (capability, context window, quality, health); the kept ones are ordered by the
+strategy, cheapest first by default, and that order is the fallback chain. The same function
+serves live traffic and `--explain`, so the explanation is the decision.
+
+Required quality, in increasing precedence: `routing.default.min_quality`, the first matching
+rule's, the `x-podium-min-quality` header.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from gateway.errors import ModelNotFound, PermissionDenied, UnsupportedRequest
+from gateway.errors import (
+    ModelNotFound,
+    NoDeploymentAvailable,
+    PermissionDenied,
+    UnsupportedRequest,
+)
 from gateway.identity import Principal
 from routing.catalog import Catalog, Deployment
+from routing.health import Health
+from routing.rules import CascadeChecks, CompiledRule, RequestFacts, RoutingConfig, Strategy
 
 AUTO = "auto"
-# When the caller sets no max_tokens, cost estimates assume an answer of this many tokens.
-DEFAULT_EXPECTED_OUTPUT_TOKENS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +38,8 @@ class RouteRequest:
     needs: frozenset[str]             # capabilities: tools, json_schema, vision, streaming
     prompt_tokens: int
     max_output_tokens: int | None
-    min_quality: int
+    facts: RequestFacts | None = None
+    header_min_quality: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,34 +48,53 @@ class Candidate:
     kept: bool
     reason: str
     estimated_cost_usd: float
+    source: str = "group"             # "group" or "fallback:<group>"
 
 
 @dataclass(frozen=True, slots=True)
 class RoutePlan:
     rule: str
+    strategy: Strategy
     chain: tuple[Deployment, ...]
     candidates: tuple[Candidate, ...]
     min_quality: int
+    checks: CascadeChecks = CascadeChecks()  # noqa: RUF009 (frozen, so sharing it is safe)
 
 
 class Router:
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog, config: RoutingConfig | None = None) -> None:
         self._catalog = catalog
+        self._config = config or RoutingConfig()
+        self._rules = tuple(CompiledRule.compile(r) for r in self._config.rules)
+        self._random = random.Random()
 
-    def plan(self, req: RouteRequest, principal: Principal) -> RoutePlan:
-        pool = self._pool(req, principal)
-        candidates = [self._judge(dep, req) for dep in pool]
-        kept = sorted((c for c in candidates if c.kept),
-                      key=lambda c: (c.estimated_cost_usd, -c.deployment.quality, c.deployment.id))
+    def plan(self, req: RouteRequest, principal: Principal, health: Health) -> RoutePlan:
+        rule = self._match(req)
+        settings = rule.settings if rule else self._config.default
+        default = self._config.default
+        # Quality scores rank chat models; an embedding request only needs the right mode.
+        min_quality = (_first(req.header_min_quality, settings.min_quality, default.min_quality)
+                       if req.mode == "chat" else 0)
+        strategy = settings.strategy or default.strategy or "cheapest"
+        candidates = [self._judge(d, req, min_quality, health, "group")
+                      for d in self._pool(req, principal)]
+        for group in settings.fallbacks or default.fallbacks:
+            candidates += [self._judge(d, req, min_quality, health, f"fallback:{group}")
+                           for d in self._catalog.groups[group] if principal.may_use(d.group)]
+        kept = self._order([c for c in candidates if c.kept], strategy, settings.weights, health)
         if not kept:
-            raise UnsupportedRequest(
-                f"No deployment of {req.model!r} can serve this request: "
-                + "; ".join(f"{c.deployment.id}: {c.reason}" for c in candidates))
-        return RoutePlan(rule="default", chain=tuple(c.deployment for c in kept),
-                         candidates=tuple(candidates), min_quality=req.min_quality)
+            _raise_nothing_kept(req, candidates)
+        return RoutePlan(rule=rule.name if rule else "default", strategy=strategy,
+                         chain=tuple(c.deployment for c in kept), candidates=tuple(candidates),
+                         min_quality=min_quality, checks=settings.cascade)
 
     def visible_groups(self, principal: Principal) -> list[str]:
         return [g for g in self._catalog.groups if principal.may_use(g)]
+
+    def _match(self, req: RouteRequest) -> CompiledRule | None:
+        if req.facts is None:
+            return None
+        return next((r for r in self._rules if r.matches(req.facts)), None)
 
     def _pool(self, req: RouteRequest, principal: Principal) -> Iterable[Deployment]:
         if req.model == AUTO:
@@ -86,18 +116,67 @@ class Router:
                                      f"cannot serve {req.mode} requests.", param="model")
         return group
 
-    def _judge(self, dep: Deployment, req: RouteRequest) -> Candidate:
-        expected_out = req.max_output_tokens or DEFAULT_EXPECTED_OUTPUT_TOKENS
-        cost = dep.cost(req.prompt_tokens, expected_out if req.mode == "chat" else 0)
-        missing = sorted(req.needs - dep.supports)
-        if missing:
-            return Candidate(dep, False, f"does not support {', '.join(missing)}", cost)
-        if dep.quality < req.min_quality:
-            return Candidate(dep, False, f"quality {dep.quality} < required {req.min_quality}",
-                             cost)
-        window = dep.max_input_tokens
-        needed = req.prompt_tokens + (req.max_output_tokens or 0)
-        if window is not None and needed > window:
-            return Candidate(dep, False, f"needs {needed} tokens, context window is {window}",
-                             cost)
-        return Candidate(dep, True, f"eligible, estimated ${cost:.6f}", cost)
+    def _judge(self, dep: Deployment, req: RouteRequest, min_quality: int, health: Health,
+               source: str) -> Candidate:
+        expected = req.max_output_tokens or self._config.expected_output_tokens
+        cost = dep.cost(req.prompt_tokens, expected if req.mode == "chat" else 0)
+        reason = _drop_reason(dep, req, min_quality) or health.unavailable_reason(dep.id)
+        if reason:
+            return Candidate(dep, False, reason, cost, source)
+        return Candidate(dep, True, f"eligible, estimated ${cost:.6f}", cost, source)
+
+    def _order(self, kept: list[Candidate], strategy: Strategy, weights: dict[str, float],
+               health: Health) -> list[Candidate]:
+        """Order within the group, then within each fallback group: fallbacks stay last."""
+        sources = list(dict.fromkeys(c.source for c in kept))
+        ordered: list[Candidate] = []
+        for source in sources:
+            part = [c for c in kept if c.source == source]
+            ordered += self._order_part(part, strategy, weights, health)
+        return ordered
+
+    def _order_part(self, part: list[Candidate], strategy: Strategy,
+                    weights: dict[str, float], health: Health) -> list[Candidate]:
+        by_cost = sorted(part, key=lambda c: (c.estimated_cost_usd, -c.deployment.quality,
+                                              c.deployment.id))
+        if strategy == "latency":
+            # Unmeasured deployments first (so they get measured), then the fastest.
+            def latency(c: Candidate) -> float:
+                seen = health.snapshot(c.deployment.id).latency_s
+                return -1.0 if seen is None else seen
+            return sorted(by_cost, key=latency)
+        if strategy == "weighted":
+            # Weighted sampling without replacement (Efraimidis-Spirakis keys).
+            def key(c: Candidate) -> float:
+                w = weights.get(c.deployment.id, 1.0)
+                return self._random.random() ** (1.0 / w) if w > 0 else -1.0
+            return sorted(by_cost, key=key, reverse=True)
+        return by_cost  # cheapest and cascade: cheapest adequate first
+
+
+def _first(*values: int | None) -> int:
+    return next((v for v in values if v is not None), 0)
+
+
+def _drop_reason(dep: Deployment, req: RouteRequest, min_quality: int) -> str | None:
+    missing = sorted(req.needs - dep.supports)
+    if missing:
+        return f"does not support {', '.join(missing)}"
+    if dep.quality < min_quality:
+        return f"quality {dep.quality} < required {min_quality}"
+    window = dep.max_input_tokens
+    needed = req.prompt_tokens + (req.max_output_tokens or 0)
+    if window is not None and needed > window:
+        return f"needs {needed} tokens, context window is {window}"
+    return None
+
+
+_HEALTH_WORDS = ("circuit", "rate-limited")
+
+
+def _raise_nothing_kept(req: RouteRequest, candidates: list[Candidate]) -> None:
+    details = "; ".join(f"{c.deployment.id}: {c.reason}" for c in candidates)
+    if any(c.reason.startswith(_HEALTH_WORDS) for c in candidates):
+        raise NoDeploymentAvailable(
+            f"No deployment of {req.model!r} is available right now: {details}")
+    raise UnsupportedRequest(f"No deployment of {req.model!r} can serve this request: {details}")

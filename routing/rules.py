@@ -1,0 +1,134 @@
+"""The `routing:` config section (stage one, validated) and its rules compiled for matching.
+
+A rule is checked in order against facts about the request that are cheap to know before any
+model is called; the first match decides the required quality, the strategy, and any extra
+fallback groups. Regexes are compiled once, at load, and a bad one is a config error with a path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Strategy = Literal["cheapest", "cascade", "latency", "weighted"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _valid_regex(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"invalid regular expression: {exc}") from None
+    return value
+
+
+class RuleMatch(_Frozen):
+    team: str | list[str] | None = None
+    key: str | list[str] | None = None            # key name
+    model: str | list[str] | None = None          # the model the client asked for
+    has_tools: bool | None = None
+    min_prompt_tokens: int | None = Field(default=None, ge=0)
+    max_prompt_tokens: int | None = Field(default=None, ge=0)
+    headers: dict[str, str] = {}                  # exact values; names are case-insensitive
+    last_user_message: str | None = None          # regex, searched in the last user message
+
+    _check_regex = field_validator("last_user_message")(_valid_regex)
+
+
+class CascadeChecks(_Frozen):
+    must_match: str | None = None                 # regex the answer must contain
+    must_not_match: str | None = None             # regex the answer must not contain
+    allow_length_finish: bool = False             # accept a finish_reason of "length"
+
+    _check_regex = field_validator("must_match", "must_not_match")(_valid_regex)
+
+
+class RouteSettings(_Frozen):
+    min_quality: int | None = Field(default=None, ge=0, le=100)
+    strategy: Strategy | None = None
+    fallbacks: tuple[str, ...] = ()               # extra groups, tried after the group's own
+    weights: dict[str, float] = {}                # deployment id → weight, for `weighted`
+    cascade: CascadeChecks = CascadeChecks()
+
+
+class RoutingDefault(RouteSettings):
+    min_quality: int | None = Field(default=0, ge=0, le=100)
+    strategy: Strategy | None = "cheapest"
+
+
+class RoutingRule(RouteSettings):
+    name: str = Field(min_length=1)
+    match: RuleMatch = RuleMatch()
+
+
+class BreakerConfig(_Frozen):
+    failures: int = Field(default=5, ge=1)        # consecutive failures that open the breaker
+    cooldown_s: float = Field(default=30.0, gt=0)  # how long it stays open before one probe
+
+
+class RetryConfig(_Frozen):
+    # Retries apply only where a plan has a single deployment: elsewhere the next one is tried.
+    attempts: int = Field(default=2, ge=0, le=10)
+    backoff_s: float = Field(default=0.25, ge=0)
+
+
+class RoutingConfig(_Frozen):
+    default: RoutingDefault = RoutingDefault()
+    rules: tuple[RoutingRule, ...] = ()
+    breaker: BreakerConfig = BreakerConfig()
+    retries: RetryConfig = RetryConfig()
+    on_content_policy: Literal["fail", "next"] = "fail"
+    expected_output_tokens: int = Field(default=256, ge=1)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What rules may look at: known before any model is called."""
+    team: str | None
+    key: str
+    model: str
+    has_tools: bool
+    prompt_tokens: int
+    headers: Mapping[str, str]                    # lower-cased names
+    last_user_message: str
+
+
+def _one_of(expected: str | list[str] | None, actual: str | None) -> bool:
+    if expected is None:
+        return True
+    return actual in ([expected] if isinstance(expected, str) else expected)
+
+
+@dataclass(frozen=True)
+class CompiledRule:
+    name: str
+    settings: RouteSettings
+    match: RuleMatch
+    message_re: re.Pattern[str] | None
+    headers: Mapping[str, str]
+
+    @classmethod
+    def compile(cls, rule: RoutingRule) -> CompiledRule:
+        m = rule.match
+        return cls(name=rule.name, settings=rule, match=m,
+                   message_re=re.compile(m.last_user_message) if m.last_user_message else None,
+                   headers={k.lower(): v for k, v in m.headers.items()})
+
+    def matches(self, facts: RequestFacts) -> bool:
+        m = self.match
+        return (_one_of(m.team, facts.team) and _one_of(m.key, facts.key)
+                and _one_of(m.model, facts.model)
+                and (m.has_tools is None or m.has_tools == facts.has_tools)
+                and (m.min_prompt_tokens is None or facts.prompt_tokens >= m.min_prompt_tokens)
+                and (m.max_prompt_tokens is None or facts.prompt_tokens <= m.max_prompt_tokens)
+                and all(facts.headers.get(k) == v for k, v in self.headers.items())
+                and (self.message_re is None
+                     or self.message_re.search(facts.last_user_message) is not None))
