@@ -228,13 +228,16 @@ def _short_message(exc: BaseException) -> str:
 
 
 def _code(exc: BaseException) -> str | None:
-    code = getattr(exc, "code", None)
+    # litellm's own `code` is the HTTP status as text; the provider's code is in the body.
+    body = getattr(exc, "body", None)
+    code = body.get("code") if isinstance(body, dict) else None
     return code if isinstance(code, str) else None
 
 
 def _retry_after(exc: BaseException) -> float | None:
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
+    headers = getattr(exc, "litellm_response_headers", None)
+    if headers is None:
+        headers = getattr(getattr(exc, "response", None), "headers", None)
     value = headers.get("retry-after") if headers is not None else None
     try:
         return float(value) if value is not None else None

@@ -1,8 +1,9 @@
 """A deterministic OpenAI-compatible upstream, served over real HTTP.
 
 Podium's offline default config points at this server, and the test suite uses it as its fake
-provider. Failures are scripted by keywords in the requested model name (see _KEYWORD_ERRORS,
-plus ``hang`` and ``midstream``), so a test picks a behaviour per request, not per server.
+provider. Failures are scripted by keywords in the requested model name (see _KEYWORD_ERRORS and
+_KEYWORD_ANSWERS, plus ``hang`` and ``midstream``), so a test picks a behaviour per request, not
+per server.
 """
 
 from __future__ import annotations
@@ -80,6 +81,13 @@ _KEYWORD_ERRORS: tuple[tuple[str, int, str, str | None, str], ...] = (
     ("rate429", 429, "rate_limit_error", "rate_limit_exceeded", "Simulated rate limit reached."),
     ("badreq", 400, _BAD, None, "Simulated invalid request."),
     ("ctxlimit", 400, _BAD, "context_length_exceeded", _CTX_MESSAGE),
+)
+
+# keyword -> a scripted poor answer, for cascade checks to catch.
+_KEYWORD_ANSWERS: tuple[tuple[str, str], ...] = (
+    ("badjson", "this is not JSON {"),
+    ("refuse", "I'm sorry, but I can't help with that."),
+    ("empty", ""),
 )
 
 
@@ -200,6 +208,9 @@ def _prompt_tokens(messages: list[Json]) -> int:
 
 def _answer_text(body: Json) -> str:
     model = body["model"]
+    for keyword, answer in _KEYWORD_ANSWERS:
+        if keyword in model:
+            return answer
     users = [m for m in body["messages"] if m.get("role") == "user"]
     last_user = " ".join(_texts(users[-1].get("content"))) if users else ""
     if marker := _SAY_MARKER.search(last_user):  # a scripted answer overrides every other rule
