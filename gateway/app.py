@@ -20,6 +20,7 @@ from aiohttp import web
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from gateway import telemetry as telemetry_mod
+from gateway.auth import Authenticator
 from gateway.call import Caller
 from gateway.config import GatewayConfig
 from gateway.errors import (
@@ -30,7 +31,7 @@ from gateway.errors import (
     RouteNotFound,
     render,
 )
-from gateway.identity import KeyRing
+from gateway.keystore import KeyStore
 from gateway.litellm_provider import LiteLLMProvider
 from gateway.provider import Provider
 from gateway.simulator import SimModel, start_simulator
@@ -47,14 +48,14 @@ class Runtime:
     """Everything compiled from one config; never mutated."""
     config: GatewayConfig
     catalog: Catalog
-    keys: KeyRing
+    auth: Authenticator
     router: Router
     loaded_at: int
 
     @classmethod
-    def compile(cls, config: GatewayConfig) -> Runtime:
+    def compile(cls, config: GatewayConfig, store: KeyStore) -> Runtime:
         catalog = Catalog.from_config(config)
-        return cls(config=config, catalog=catalog, keys=KeyRing(config.keys),
+        return cls(config=config, catalog=catalog, auth=Authenticator(config, store),
                    router=Router(catalog, config.routing), loaded_at=int(time.time()))
 
 
@@ -62,6 +63,7 @@ class Runtime:
 class Gateway:
     runtime: Runtime
     telemetry: Telemetry
+    keystore: KeyStore
     litellm: LiteLLMProvider = field(default_factory=LiteLLMProvider)
     health: Health = field(default_factory=Health)
     caller: Caller = field(init=False)
@@ -144,17 +146,27 @@ def _from_http(exc: web.HTTPException, request: web.Request) -> PodiumError:
 
 
 def build_app(config: GatewayConfig, telemetry: Telemetry | None = None) -> web.Application:
-    from gateway import pipeline  # handlers import app's keys; import here to avoid a cycle
+    from gateway import admin, pipeline  # handlers import app's keys: avoid a cycle
 
     app = web.Application(middlewares=[edge_middleware],
                           client_max_size=config.server.max_body_bytes)
-    gw = Gateway(runtime=Runtime.compile(config),
+    store = KeyStore(config.key_store.path)
+    gw = Gateway(runtime=Runtime.compile(config, store), keystore=store,
                  telemetry=telemetry or telemetry_mod.from_env(config.telemetry.service_name))
     app[GATEWAY] = gw
+    app.cleanup_ctx.append(_keystore_ctx)
     app.cleanup_ctx.append(_simulator_ctx)
     app.cleanup_ctx.append(_providers_ctx)
     pipeline.add_routes(app)
+    admin.add_routes(app)
     return app
+
+
+async def _keystore_ctx(app: web.Application) -> AsyncIterator[None]:
+    store = app[GATEWAY].keystore
+    store.open()
+    yield
+    store.close()
 
 
 async def _simulator_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -18,7 +18,7 @@ import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -35,7 +35,7 @@ from gateway.provider import Attempt, ChatAnswer, EmbeddingAnswer, Provider, Usa
 from gateway.telemetry import Telemetry
 from routing.catalog import Deployment
 from routing.health import Health
-from routing.router import RoutePlan
+from routing.router import RoutePlan, Scope
 from routing.rules import RoutingConfig
 
 T = TypeVar("T")
@@ -44,6 +44,22 @@ _REQUEST_ATTRS = {"max_tokens": "gen_ai.request.max_tokens",
                   "temperature": "gen_ai.request.temperature", "top_p": "gen_ai.request.top_p",
                   "seed": "gen_ai.request.seed"}
 Check = Callable[[ChatAnswer], str | None]  # None: the answer passes; else why it does not
+
+
+class Guard(Scope, Protocol):
+    """The request's permission scope, asked again right before every upstream call."""
+
+    def check(self, dep: Deployment) -> None:
+        """Raise PermissionDenied if `dep` may not receive this request."""
+        ...
+
+    def body_for(self, dep: Deployment, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The body to send to `dep`: the original, or a pseudonymized copy."""
+        ...
+
+    def masks_for(self, dep: Deployment) -> bool:
+        """Whether `body_for(dep, ...)` masks values that the answer must get back."""
+        ...
 
 
 @dataclass
@@ -55,6 +71,7 @@ class CallResult(Generic[T]):
     cost_usd: float = 0.0              # every successful attempt, escalated ones included
     usage: Usage = field(default_factory=Usage)
     escalations: list[str] = field(default_factory=list)
+    masked: bool = False               # the answer came from a pseudonymized request
 
 
 @dataclass
@@ -66,6 +83,7 @@ class _Walk:
     usage: Usage = field(default_factory=Usage)
     escalations: list[str] = field(default_factory=list)
     larger_than: int | None = None     # after a context-length error: only larger windows
+    guard: Guard | None = None
 
 
 class Caller:
@@ -77,20 +95,20 @@ class Caller:
 
     async def chat(self, plan: RoutePlan, body: Mapping[str, Any], deadline: float,
                    routing: RoutingConfig, check: Check | None = None,
-                   ) -> CallResult[ChatAnswer]:
+                   guard: Guard | None = None) -> CallResult[ChatAnswer]:
         return await self._walk(plan, body, deadline, routing, "chat",
-                                lambda p, a: p.chat(a), check)
+                                lambda p, a: p.chat(a), check, guard)
 
     async def embed(self, plan: RoutePlan, body: Mapping[str, Any], deadline: float,
                     routing: RoutingConfig) -> CallResult[EmbeddingAnswer]:
         return await self._walk(plan, body, deadline, routing, "embeddings",
-                                lambda p, a: p.embed(a), None)
+                                lambda p, a: p.embed(a), None, None)
 
     async def _walk(self, plan: RoutePlan, body: Mapping[str, Any], deadline: float,
                     routing: RoutingConfig, operation: str,
                     send: Callable[[Provider, Attempt], Awaitable[Any]],
-                    check: Check | None) -> CallResult[Any]:
-        walk, escalated = _Walk(), None
+                    check: Check | None, guard: Guard | None) -> CallResult[Any]:
+        walk, escalated = _Walk(guard=guard), None
         async for dep, span, attempt in self._tries(plan, body, deadline, routing, walk,
                                                     operation):
             started = asyncio.get_running_loop().time()
@@ -109,7 +127,8 @@ class Caller:
             _end_ok(span, answer.usage, answer.response_model,
                     getattr(answer, "finish_reasons", ()))
             result = CallResult(answer, dep, walk.number, walk.failures, walk.cost_usd,
-                                walk.usage, walk.escalations)
+                                walk.usage, walk.escalations,
+                                masked=bool(guard and guard.masks_for(dep)))
             if verdict is None:
                 return result
             escalated = result
@@ -119,8 +138,8 @@ class Caller:
         raise _exhausted(walk)
 
     async def open_stream(self, plan: RoutePlan, body: Mapping[str, Any], deadline: float,
-                          routing: RoutingConfig) -> OpenStream:
-        walk = _Walk()
+                          routing: RoutingConfig, guard: Guard | None = None) -> OpenStream:
+        walk = _Walk(guard=guard)
         async for dep, span, attempt in self._tries(plan, body, deadline, routing, walk, "chat"):
             started = asyncio.get_running_loop().time()
             chunks = self._select(dep).chat_stream(attempt)
@@ -132,7 +151,8 @@ class Caller:
                 self._failed(dep, span, err, walk, routing)
                 continue
             self._succeeded(dep, span, started)
-            return OpenStream(dep, walk.number, walk.failures, first, chunks, span)
+            return OpenStream(dep, walk.number, walk.failures, first, chunks, span,
+                              masked=bool(guard and guard.masks_for(dep)))
         raise _exhausted(walk)
 
     async def _tries(self, plan: RoutePlan, body: Mapping[str, Any], deadline: float,
@@ -146,11 +166,14 @@ class Caller:
                 continue
             if retry and not await _backoff(retry, routing, deadline):
                 return
+            if walk.guard is not None:
+                walk.guard.check(dep)  # the final guard: nothing leaves for an uncleared model
             walk.number += 1
             span = self._start_span(operation, dep, body, walk.number)
             if self.health.begin(dep.id):
                 span.add_event("breaker.half_open", {"deployment": dep.id})
-            yield dep, span, self._attempt(dep, body, deadline, walk.number, span)
+            sent = walk.guard.body_for(dep, body) if walk.guard is not None else body
+            yield dep, span, self._attempt(dep, sent, deadline, walk.number, span)
 
     def _failed(self, dep: Deployment, span: trace.Span, err: ProviderError, walk: _Walk,
                 routing: RoutingConfig) -> None:
@@ -225,6 +248,7 @@ class OpenStream:
     first: dict[str, Any]
     rest: AsyncIterator[dict[str, Any]]
     span: trace.Span
+    masked: bool = False
     usage: Usage = field(default_factory=Usage)
 
     async def chunks(self) -> AsyncIterator[dict[str, Any]]:

@@ -62,14 +62,18 @@ def cmd_route(args: argparse.Namespace) -> int:
         return 1
     from gateway.app import Runtime
     from gateway.explain import chat_route_request
+    from gateway.keystore import KeyStore
+    from gateway.permissions import resolve_scope
     from routing.health import Health
 
-    rt = Runtime.compile(cfg)
+    rt = Runtime.compile(cfg, KeyStore(cfg.key_store.path))
     try:
         principal = _principal(rt, cfg, args)
         body = orjson.loads(sys.stdin.buffer.read())
         parsed = validate(ChatCompletionRequest, body)
-        req = chat_route_request(parsed.typed, parsed.body, principal, dict(args.header or []))
+        headers = dict(args.header or [])
+        scope = resolve_scope(principal, parsed.typed, parsed.body, headers, cfg.pii)
+        req = chat_route_request(parsed.typed, parsed.body, principal, headers, scope)
         health = Health()
         decision = explain(rt.router.plan(req, principal, health), req, health)
     except (PodiumError, orjson.JSONDecodeError) as err:
@@ -83,18 +87,19 @@ def cmd_route(args: argparse.Namespace) -> int:
 def _principal(rt: Any, cfg: GatewayConfig, args: argparse.Namespace) -> Any:
     """--key (a key's name or the key itself), --team, or an unrestricted caller."""
     from gateway.errors import AuthenticationFailed
-    from gateway.identity import Principal, principal_for
+    from gateway.identity import KeyRing, digest_of, make_principal, principal_for, teams_by_name
 
+    teams = teams_by_name(cfg)
     if args.key:
         for entry in cfg.keys:
             if entry.name == args.key:
-                return principal_for(entry)
-        try:
-            return rt.keys.authenticate(f"Bearer {args.key}")
-        except AuthenticationFailed:
-            raise AuthenticationFailed(f"no key named {args.key!r} in the config") from None
-    return Principal(key_id="explain", name="explain", team=args.team, user=None,
-                     allowed_models=None)
+                return principal_for(entry, teams)
+        found = KeyRing(cfg.keys, teams).find(digest_of(args.key))
+        if found is None:
+            raise AuthenticationFailed(f"no key named {args.key!r} in the config")
+        return found
+    return make_principal(key_id="explain", name="explain", team=teams.get(args.team or ""),
+                          team_name=args.team, user=None, models=None)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

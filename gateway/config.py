@@ -82,6 +82,58 @@ class KeyEntry(_Frozen):
         return self.key_sha256.lower()
 
 
+class TeamConfig(_Frozen):
+    name: str = Field(min_length=1)
+    data_class: DataClass = "public"              # the default class of the team's requests
+    models: tuple[str, ...] | None = None         # allow-list of model names (None: all)
+    tools: tuple[str, ...] | None = None          # allow-list of tool names (None: all)
+    regions: tuple[str, ...] | None = None        # deployments' allowed regions (None: all)
+
+
+class AdminKeyEntry(_Frozen):
+    key: SecretStr | None = None
+    key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    name: str = Field(min_length=1)
+
+    def digest(self) -> str:
+        if self.key is not None:
+            return hashlib.sha256(self.key.get_secret_value().encode()).hexdigest()
+        assert self.key_sha256 is not None
+        return self.key_sha256.lower()
+
+
+class JWTConfig(_Frozen):
+    issuer: str = Field(min_length=1)
+    audience: str | tuple[str, ...]
+    jwks_file: str | None = None
+    jwks_url: str | None = None
+    team_claim: str = "team"
+    user_claim: str = "sub"
+    roles_claim: str = "roles"
+    algorithms: tuple[Literal["RS256", "RS384", "RS512", "ES256", "ES384", "ES512"], ...] = (
+        "RS256", "ES256")
+    leeway_s: float = Field(default=0.0, ge=0)
+
+
+class AuthConfig(_Frozen):
+    jwt: JWTConfig | None = None
+
+
+class KeyStoreConfig(_Frozen):
+    # SQLite file for keys created through the admin API (":memory:" for a throwaway store).
+    path: str = "podium-keys.sqlite3"
+
+
+class PIIConfig(_Frozen):
+    enabled: bool = True
+    # pseudonymize: mask for deployments not cleared for `data_class`, restore in the answer;
+    # route: raise the request's class to `data_class`; block: reject with 400.
+    action: Literal["pseudonymize", "route", "block"] = "pseudonymize"
+    data_class: DataClass = "confidential"
+    kinds: tuple[Literal["email", "phone", "card", "iban", "ssn", "ip", "secret"], ...] = (
+        "email", "phone", "card", "iban", "ssn", "ip", "secret")
+
+
 class ServerConfig(_Frozen):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     request_timeout_s: float = Field(default=600.0, gt=0)
@@ -110,6 +162,11 @@ class TelemetryConfig(_Frozen):
 class GatewayConfig(_Frozen):
     model_list: tuple[ModelEntry, ...] = Field(min_length=1)
     keys: tuple[KeyEntry, ...] = ()
+    teams: tuple[TeamConfig, ...] = ()
+    admin_keys: tuple[AdminKeyEntry, ...] = ()
+    auth: AuthConfig = AuthConfig()
+    key_store: KeyStoreConfig = KeyStoreConfig()
+    pii: PIIConfig = PIIConfig()
     routing: RoutingConfig = RoutingConfig()
     server: ServerConfig = ServerConfig()
     simulator: SimulatorConfig = SimulatorConfig()
@@ -197,6 +254,24 @@ def check_references(cfg: GatewayConfig) -> list[str]:
         first_seen.setdefault(dep_id, i)
     problems += _check_keys(cfg, set(groups) | set(first_seen))
     problems += _check_routing(cfg, set(groups), set(first_seen))
+    problems += _check_teams(cfg, set(groups) | set(first_seen))
+    return problems
+
+
+def _check_teams(cfg: GatewayConfig, model_names: set[str]) -> list[str]:
+    problems: list[str] = []
+    teams = {t.name for t in cfg.teams}
+    if len(teams) != len(cfg.teams):
+        problems.append("teams: team names must be unique")
+    for i, team in enumerate(cfg.teams):
+        problems += [f"teams[{i}].models[{j}]: unknown model {m!r}"
+                     for j, m in enumerate(team.models or ()) if m not in model_names]
+    if cfg.teams:
+        problems += [f"keys[{i}].team: unknown team {k.team!r}"
+                     for i, k in enumerate(cfg.keys) if k.team is not None and k.team not in teams]
+    jwt = cfg.auth.jwt
+    if jwt is not None and (jwt.jwks_file is None) == (jwt.jwks_url is None):
+        problems.append("auth.jwt: give exactly one of 'jwks_file' or 'jwks_url'")
     return problems
 
 

@@ -14,7 +14,7 @@ from gateway.errors import BadRequest
 from gateway.identity import Principal
 from gateway.ingress import ChatCompletionRequest, Message
 from routing.health import Health
-from routing.router import RoutePlan, RouteRequest
+from routing.router import RoutePlan, RouteRequest, Scope
 from routing.rules import RequestFacts
 from routing.tokens import count_messages
 
@@ -22,7 +22,8 @@ MIN_QUALITY_HEADER = "x-podium-min-quality"
 
 
 def chat_route_request(chat: ChatCompletionRequest, body: Mapping[str, Any],
-                       principal: Principal, headers: Mapping[str, str]) -> RouteRequest:
+                       principal: Principal, headers: Mapping[str, str],
+                       scope: Scope | None = None) -> RouteRequest:
     prompt_tokens = count_messages(body["messages"])
     lowered = {k.lower(): v for k, v in headers.items()}
     facts = RequestFacts(
@@ -33,7 +34,8 @@ def chat_route_request(chat: ChatCompletionRequest, body: Mapping[str, Any],
         model=chat.model, mode="chat", needs=chat.capabilities_needed(),
         prompt_tokens=prompt_tokens,
         max_output_tokens=chat.max_completion_tokens or chat.max_tokens,
-        facts=facts, header_min_quality=_header_quality(lowered.get(MIN_QUALITY_HEADER)))
+        facts=facts, header_min_quality=_header_quality(lowered.get(MIN_QUALITY_HEADER)),
+        scope=scope)
 
 
 def _header_quality(value: str | None) -> int | None:
@@ -69,7 +71,10 @@ def explain(plan: RoutePlan, req: RouteRequest, health: Health) -> dict[str, Any
             "health": {"breaker": h.state, "consecutive_failures": h.consecutive_failures,
                        "latency_ms": None if h.latency_s is None else round(h.latency_s * 1e3, 2)},
         })
+    scope = req.scope
     return {"object": "route.explanation", "model": req.model, "rule": plan.rule,
+            "data_class": getattr(scope, "data_class", None),
+            "data_class_reasons": getattr(scope, "reasons", []),
             "strategy": plan.strategy, "min_quality": plan.min_quality,
             "prompt_tokens": req.prompt_tokens, "needs": sorted(req.needs),
             "chain": [d.id for d in plan.chain], "candidates": candidates}

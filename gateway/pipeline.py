@@ -22,7 +22,15 @@ from gateway.egress import (
 )
 from gateway.explain import chat_route_request, explain
 from gateway.identity import Principal
-from gateway.ingress import ChatCompletionRequest, EmbeddingRequest, read_json, validate
+from gateway.ingress import (
+    ChatCompletionRequest,
+    EmbeddingRequest,
+    Parsed,
+    read_json,
+    validate,
+)
+from gateway.permissions import PermissionScope, resolve_scope
+from gateway.unmask import unmask_completion, unmask_stream
 from routing.cascade import AnswerCheck
 from routing.router import AUTO, RoutePlan, RouteRequest
 from routing.tokens import count_text
@@ -37,14 +45,29 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/readyz", readyz)
 
 
-def identify(gw: Gateway, rt: Runtime, request: web.Request) -> Principal:
+async def identify(gw: Gateway, rt: Runtime, request: web.Request) -> Principal:
     with gw.telemetry.tracer.start_as_current_span("podium.identity") as span:
-        principal = rt.keys.authenticate(request.headers.get("Authorization"))
+        principal = await rt.auth.authenticate(request.headers.get("Authorization"))
         if span.is_recording():
             span.set_attributes({"podium.key.id": principal.key_id,
                                  "podium.key.name": principal.name,
+                                 "podium.key.source": principal.source,
                                  "podium.team": principal.team or ""})
         return principal
+
+
+def permit(gw: Gateway, rt: Runtime, principal: Principal, parsed: Parsed[ChatCompletionRequest],
+           request: web.Request) -> PermissionScope:
+    with gw.telemetry.tracer.start_as_current_span("podium.permissions") as span:
+        scope = resolve_scope(principal, parsed.typed, parsed.body, request.headers,
+                              rt.config.pii)
+        if span.is_recording():
+            span.set_attributes({"podium.data_class": scope.data_class,
+                                 "podium.data_class.reasons": scope.reasons,
+                                 "podium.pii.pseudonymize": scope.pseudonymizer is not None})
+            for kind, count in scope.findings.items():
+                span.set_attribute(f"podium.pii.{kind}", count)
+        return scope
 
 
 def route(gw: Gateway, rt: Runtime, req: RouteRequest, principal: Principal) -> RoutePlan:
@@ -78,29 +101,37 @@ def call_headers(request: web.Request, plan: RoutePlan,
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     rt = gw.runtime
-    principal = identify(gw, rt, request)
+    principal = await identify(gw, rt, request)
     parsed = validate(ChatCompletionRequest, await read_json(request, _limit(rt)))
     chat = parsed.typed
-    plan = route(gw, rt, chat_route_request(chat, parsed.body, principal, request.headers),
-                 principal)
+    scope = permit(gw, rt, principal, parsed, request)
+    plan = route(gw, rt, chat_route_request(chat, parsed.body, principal, request.headers,
+                                            scope), principal)
     deadline = _deadline(rt)
     if chat.stream and plan.strategy != "cascade":
-        stream = await gw.caller.open_stream(plan, parsed.body, deadline, rt.config.routing)
+        stream = await gw.caller.open_stream(plan, parsed.body, deadline, rt.config.routing,
+                                             scope)
         # Cost is known only at the end, after the headers: it is on the attempt span.
         headers = call_headers(request, plan, None)
         headers["x-podium-deployment"] = stream.deployment.id
         headers["x-podium-attempts"] = str(stream.attempts)
-        return await sse_response(request, headers, stream.chunks(),
+        chunks = stream.chunks()
+        if stream.masked and scope.pseudonymizer is not None:
+            chunks = unmask_stream(chunks, scope.pseudonymizer)
+        return await sse_response(request, headers, chunks,
                                   include_usage=chat.wants_usage_in_stream)
     check = AnswerCheck(plan.checks, parsed.body) if plan.strategy == "cascade" else None
     body = _unstreamed(parsed.body) if chat.stream else parsed.body
-    result = await gw.caller.chat(plan, body, deadline, rt.config.routing, check)
+    result = await gw.caller.chat(plan, body, deadline, rt.config.routing, check, scope)
+    answer = result.answer.body
+    if result.masked and scope.pseudonymizer is not None:
+        answer = unmask_completion(answer, scope.pseudonymizer)
     headers = call_headers(request, plan, result)
     if chat.stream:
         # A cascade checks whole answers, so it buffers, then streams the one that passed.
-        return await sse_response(request, headers, completion_chunks(result.answer.body),
+        return await sse_response(request, headers, completion_chunks(answer),
                                   include_usage=chat.wants_usage_in_stream)
-    return json_response(result.answer.body, headers)
+    return json_response(answer, headers)
 
 
 def _unstreamed(body: dict[str, Any]) -> dict[str, Any]:
@@ -110,9 +141,10 @@ def _unstreamed(body: dict[str, Any]) -> dict[str, Any]:
 async def route_explain(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     rt = gw.runtime
-    principal = identify(gw, rt, request)
+    principal = await identify(gw, rt, request)
     parsed = validate(ChatCompletionRequest, await read_json(request, _limit(rt)))
-    req = chat_route_request(parsed.typed, parsed.body, principal, request.headers)
+    scope = permit(gw, rt, principal, parsed, request)
+    req = chat_route_request(parsed.typed, parsed.body, principal, request.headers, scope)
     plan = route(gw, rt, req, principal)
     return json_response(explain(plan, req, gw.health), {"x-request-id": request[REQUEST_ID]})
 
@@ -120,7 +152,7 @@ async def route_explain(request: web.Request) -> web.Response:
 async def embeddings(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     rt = gw.runtime
-    principal = identify(gw, rt, request)
+    principal = await identify(gw, rt, request)
     parsed = validate(EmbeddingRequest, await read_json(request, _limit(rt)))
     emb = parsed.typed
     inputs = emb.input if isinstance(emb.input, list) else [emb.input]
@@ -138,7 +170,7 @@ async def embeddings(request: web.Request) -> web.Response:
 async def models(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     rt = gw.runtime
-    principal = identify(gw, rt, request)
+    principal = await identify(gw, rt, request)
     ids = rt.router.visible_groups(principal)
     if any(d.mode == "chat" and principal.may_use(d.group) for d in rt.catalog.deployments):
         ids.append(AUTO)

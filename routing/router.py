@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from gateway.errors import (
     ModelNotFound,
@@ -30,6 +31,12 @@ from routing.rules import CascadeChecks, CompiledRule, RequestFacts, RoutingConf
 AUTO = "auto"
 
 
+class Scope(Protocol):
+    def refusal(self, dep: Deployment, extra_regions: frozenset[str] | None = None) -> str | None:
+        """Why `dep` may not receive the request (data clearance, region), or None."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class RouteRequest:
     """What the router needs to know about one request (and nothing else)."""
@@ -40,6 +47,7 @@ class RouteRequest:
     max_output_tokens: int | None
     facts: RequestFacts | None = None
     header_min_quality: int | None = None
+    scope: Scope | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +84,12 @@ class Router:
         min_quality = (_first(req.header_min_quality, settings.min_quality, default.min_quality)
                        if req.mode == "chat" else 0)
         strategy = settings.strategy or default.strategy or "cheapest"
-        candidates = [self._judge(d, req, min_quality, health, "group")
-                      for d in self._pool(req, principal)]
+        regions = settings.regions if settings.regions is not None else default.regions
+        judge = _Judge(req, min_quality, health, self._config.expected_output_tokens,
+                       frozenset(regions) if regions is not None else None)
+        candidates = [judge(d, "group") for d in self._pool(req, principal)]
         for group in settings.fallbacks or default.fallbacks:
-            candidates += [self._judge(d, req, min_quality, health, f"fallback:{group}")
+            candidates += [judge(d, f"fallback:{group}")
                            for d in self._catalog.groups[group] if principal.may_use(d.group)]
         kept = self._order([c for c in candidates if c.kept], strategy, settings.weights, health)
         if not kept:
@@ -116,15 +126,6 @@ class Router:
                                      f"cannot serve {req.mode} requests.", param="model")
         return group
 
-    def _judge(self, dep: Deployment, req: RouteRequest, min_quality: int, health: Health,
-               source: str) -> Candidate:
-        expected = req.max_output_tokens or self._config.expected_output_tokens
-        cost = dep.cost(req.prompt_tokens, expected if req.mode == "chat" else 0)
-        reason = _drop_reason(dep, req, min_quality) or health.unavailable_reason(dep.id)
-        if reason:
-            return Candidate(dep, False, reason, cost, source)
-        return Candidate(dep, True, f"eligible, estimated ${cost:.6f}", cost, source)
-
     def _order(self, kept: list[Candidate], strategy: Strategy, weights: dict[str, float],
                health: Health) -> list[Candidate]:
         """Order within the group, then within each fallback group: fallbacks stay last."""
@@ -154,6 +155,28 @@ class Router:
         return by_cost  # cheapest and cascade: cheapest adequate first
 
 
+@dataclass(frozen=True, slots=True)
+class _Judge:
+    """Keeps or drops one candidate, with the reason; the same for live traffic and explain."""
+    req: RouteRequest
+    min_quality: int
+    health: Health
+    expected_output_tokens: int
+    regions: frozenset[str] | None
+
+    def __call__(self, dep: Deployment, source: str) -> Candidate:
+        req = self.req
+        expected = req.max_output_tokens or self.expected_output_tokens
+        cost = dep.cost(req.prompt_tokens, expected if req.mode == "chat" else 0)
+        # Clearance first: when nothing is cleared, the caller must hear that, not a detail.
+        reason = ((req.scope.refusal(dep, self.regions) if req.scope else None)
+                  or _drop_reason(dep, req, self.min_quality)
+                  or self.health.unavailable_reason(dep.id))
+        if reason:
+            return Candidate(dep, False, reason, cost, source)
+        return Candidate(dep, True, f"eligible, estimated ${cost:.6f}", cost, source)
+
+
 def _first(*values: int | None) -> int:
     return next((v for v in values if v is not None), 0)
 
@@ -172,10 +195,16 @@ def _drop_reason(dep: Deployment, req: RouteRequest, min_quality: int) -> str | 
 
 
 _HEALTH_WORDS = ("circuit", "rate-limited")
+_CLEARANCE_WORDS = ("cleared for", "region")
 
 
 def _raise_nothing_kept(req: RouteRequest, candidates: list[Candidate]) -> None:
     details = "; ".join(f"{c.deployment.id}: {c.reason}" for c in candidates)
+    if candidates and all(c.reason.startswith(_CLEARANCE_WORDS) for c in candidates):
+        data_class = getattr(req.scope, "data_class", "this")
+        raise PermissionDenied(
+            f"No deployment of {req.model!r} is cleared for {data_class} data: {details}",
+            code="no_cleared_deployment")
     if any(c.reason.startswith(_HEALTH_WORDS) for c in candidates):
         raise NoDeploymentAvailable(
             f"No deployment of {req.model!r} is available right now: {details}")

@@ -56,6 +56,7 @@ class RouteSettings(_Frozen):
     strategy: Strategy | None = None
     fallbacks: tuple[str, ...] = ()               # extra groups, tried after the group's own
     weights: dict[str, float] = {}                # deployment id → weight, for `weighted`
+    regions: tuple[str, ...] | None = None        # deployments' allowed regions (None: all)
     cascade: CascadeChecks = CascadeChecks()
 
 

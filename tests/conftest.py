@@ -107,6 +107,7 @@ async def make_gateway() -> AsyncIterator[GatewayFactory]:
 
     async def start(config: dict[str, Any], *, ready: bool = True) -> RunningGateway:
         exporter = InMemorySpanExporter()
+        config = {"key_store": {"path": ":memory:"}, **config}
         app = build_app(parse_config(config, env={}), telemetry.with_exporter(exporter))
         server = TestServer(app, host="127.0.0.1")
         await server.start_server()

@@ -1,0 +1,119 @@
+"""Virtual keys created through the admin API, in SQLite.
+
+Only a key's sha256 digest is stored; the raw key is returned once, at creation. Lookups are
+served from memory; the map is reloaded when SQLite's `data_version` says another connection
+(another worker process, an operator's tool) changed the file, so a revocation anywhere takes
+effect on the next request everywhere.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway.identity import DigestIndex, digest_of, key_id_for
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS keys (
+    id TEXT PRIMARY KEY,
+    digest TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    team TEXT,
+    user TEXT,
+    models TEXT,
+    created_at REAL NOT NULL,
+    revoked_at REAL
+)"""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredKey:
+    id: str
+    name: str
+    team: str | None
+    user: str | None
+    models: tuple[str, ...] | None
+    created_at: float
+    revoked_at: float | None
+
+    def public(self) -> dict[str, Any]:
+        return {"id": self.id, "object": "key", "name": self.name, "team": self.team,
+                "user": self.user, "models": list(self.models) if self.models else None,
+                "created_at": int(self.created_at),
+                "revoked_at": int(self.revoked_at) if self.revoked_at else None}
+
+
+class KeyStore:
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._db: sqlite3.Connection | None = None
+        self._version = -1
+        self._index = DigestIndex()
+
+    def open(self) -> None:
+        self._db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(_SCHEMA)
+        self._reload()
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def find(self, digest: str) -> StoredKey | None:
+        if self._db is None:
+            return None
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._version:
+            self._reload()
+        found = self._index.find(digest)
+        return found if isinstance(found, StoredKey) else None
+
+    def create(self, name: str, team: str | None, user: str | None,
+               models: list[str] | None) -> tuple[StoredKey, str]:
+        raw = f"sk-podium-{secrets.token_urlsafe(32)}"
+        digest = digest_of(raw)
+        key = StoredKey(id=key_id_for(digest), name=name, team=team, user=user,
+                        models=tuple(models) if models is not None else None,
+                        created_at=time.time(), revoked_at=None)
+        self._conn().execute(
+            "INSERT INTO keys VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+            (key.id, digest, name, team, user,
+             orjson.dumps(models).decode() if models is not None else None, key.created_at))
+        self._reload()
+        return key, raw
+
+    def list(self) -> list[StoredKey]:
+        rows = self._conn().execute("SELECT * FROM keys ORDER BY created_at").fetchall()
+        return [_row_key(r) for r in rows]
+
+    def revoke(self, key_id: str) -> bool:
+        cur = self._conn().execute(
+            "UPDATE keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+            (time.time(), key_id))
+        self._reload()
+        return cur.rowcount == 1
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("the key store is not open")
+        return self._db
+
+    def _reload(self) -> None:
+        db = self._conn()
+        rows = db.execute("SELECT * FROM keys WHERE revoked_at IS NULL").fetchall()
+        self._index = DigestIndex((r[1], _row_key(r)) for r in rows)
+        self._version = db.execute("PRAGMA data_version").fetchone()[0]
+
+
+def _row_key(row: tuple[Any, ...]) -> StoredKey:
+    models = orjson.loads(row[5]) if row[5] else None
+    return StoredKey(id=row[0], name=row[2], team=row[3], user=row[4],
+                     models=tuple(models) if models is not None else None,
+                     created_at=row[6], revoked_at=row[7])

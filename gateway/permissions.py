@@ -1,0 +1,166 @@
+"""Hop 3, permissions: who is calling + what the request carries → a `PermissionScope`.
+
+The request's data class is the highest of the team's default, the caller's declaration
+(`x-podium-data-class`), and what the PII detector finds when `pii.action` is `route`. A
+deployment may receive the request only if its `data_clearance` is at least that class and its
+region is allowed. The router filters on the scope; the attempt loop asks it again immediately
+before each upstream call (`check`), and asks it for the body to send (`body_for`), which is the
+pseudonymized body for deployments not cleared for PII.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.config import PIIConfig
+from gateway.errors import BadRequest, PermissionDenied
+from gateway.identity import Principal
+from gateway.ingress import ChatCompletionRequest
+from gateway.pii import Pseudonymizer, detect
+from routing.catalog import Deployment
+
+DATA_CLASSES = ("public", "internal", "confidential", "restricted")
+RANK = {name: i for i, name in enumerate(DATA_CLASSES)}
+DATA_CLASS_HEADER = "x-podium-data-class"
+
+
+@dataclass
+class PermissionScope:
+    data_class: str
+    reasons: list[str]
+    regions: frozenset[str] | None = None
+    findings: dict[str, int] = field(default_factory=dict)
+    mask_below: str | None = None            # pseudonymize for clearances below this class
+    pseudonymizer: Pseudonymizer | None = None
+
+    def refusal(self, dep: Deployment, extra_regions: frozenset[str] | None = None) -> str | None:
+        """Why `dep` may not receive this request, or None."""
+        if RANK[dep.data_clearance] < RANK[self.data_class]:
+            return f"cleared for {dep.data_clearance}, request is {self.data_class}"
+        for allowed in (self.regions, extra_regions):
+            if allowed is not None and dep.region not in allowed:
+                return f"region {dep.region or 'unset'} not in allowed {sorted(allowed)}"
+        return None
+
+    def check(self, dep: Deployment) -> None:
+        """The final guard, right before the upstream call."""
+        reason = self.refusal(dep)
+        if reason:
+            raise PermissionDenied(f"Deployment {dep.id!r} may not receive this request: "
+                                   f"{reason}.", code="data_class_not_cleared")
+
+    def masks_for(self, dep: Deployment) -> bool:
+        return (self.pseudonymizer is not None and self.mask_below is not None
+                and RANK[dep.data_clearance] < RANK[self.mask_below])
+
+    def body_for(self, dep: Deployment, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        if not self.masks_for(dep):
+            return body
+        assert self.pseudonymizer is not None
+        return {**body, "messages": [_mask_message(m, self.pseudonymizer)
+                                     for m in body["messages"]]}
+
+
+def unrestricted() -> PermissionScope:
+    return PermissionScope(data_class="public", reasons=[])
+
+
+def resolve_scope(principal: Principal, chat: ChatCompletionRequest, body: Mapping[str, Any],
+                  headers: Mapping[str, str], pii: PIIConfig) -> PermissionScope:
+    check_tools(principal, chat)
+    declared = _declared_class(headers)
+    scope = PermissionScope(data_class=principal.data_class, regions=principal.regions,
+                            reasons=[f"team default {principal.data_class}"])
+    if declared is not None:
+        _raise_to(scope, declared, f"declared {declared}")
+    if pii.enabled:
+        _apply_pii(scope, body, pii)
+    return scope
+
+
+def check_tools(principal: Principal, chat: ChatCompletionRequest) -> None:
+    allowed = principal.allowed_tools
+    if allowed is None:
+        return
+    names = [t.function.name for t in chat.tools or () if t.function is not None]
+    names += [f.name for f in chat.functions or ()]
+    names += [t.type for t in chat.tools or () if t.function is None]
+    for name in names:
+        if name not in allowed:
+            raise PermissionDenied(f"The tool {name!r} is not allowed for this team.",
+                                   param="tools", code="tool_not_allowed")
+
+
+def _declared_class(headers: Mapping[str, str]) -> str | None:
+    value = next((v for k, v in headers.items() if k.lower() == DATA_CLASS_HEADER), None)
+    if value is None:
+        return None
+    if value.strip().lower() not in RANK:
+        raise BadRequest(f"Header {DATA_CLASS_HEADER} must be one of {', '.join(DATA_CLASSES)}.",
+                         param=DATA_CLASS_HEADER)
+    return value.strip().lower()
+
+
+def _raise_to(scope: PermissionScope, data_class: str, reason: str) -> None:
+    scope.reasons.append(reason)
+    if RANK[data_class] > RANK[scope.data_class]:
+        scope.data_class = data_class
+
+
+def _apply_pii(scope: PermissionScope, body: Mapping[str, Any], pii: PIIConfig) -> None:
+    counts: dict[str, int] = {}
+    for text in message_texts(body["messages"]):
+        for finding in detect(text, pii.kinds):
+            counts[finding.kind] = counts.get(finding.kind, 0) + 1
+    scope.findings = counts
+    if not counts:
+        return
+    found = ", ".join(f"{kind} x{n}" for kind, n in sorted(counts.items()))
+    if pii.action == "block":
+        raise BadRequest(f"The request contains personal data or secrets ({found}); "
+                         "this gateway blocks them.", code="pii_detected")
+    if pii.action == "route":
+        _raise_to(scope, pii.data_class, f"pii {found} → {pii.data_class}")
+    else:
+        scope.reasons.append(f"pii {found} → pseudonymized below {pii.data_class}")
+        scope.mask_below = pii.data_class
+        scope.pseudonymizer = Pseudonymizer(kinds=pii.kinds)
+
+
+def message_texts(messages: list[Any]) -> list[str]:
+    texts: list[str] = []
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            texts += [p["text"] for p in content
+                      if isinstance(p, dict) and isinstance(p.get("text"), str)]
+        for call in m.get("tool_calls") or ():
+            args = (call.get("function") or {}).get("arguments")
+            if isinstance(args, str):
+                texts.append(args)
+    return texts
+
+
+def _mask_message(message: Mapping[str, Any], p: Pseudonymizer) -> dict[str, Any]:
+    out = dict(message)
+    content = message.get("content")
+    if isinstance(content, str):
+        out["content"] = p.mask(content)
+    elif isinstance(content, list):
+        out["content"] = [{**part, "text": p.mask(part["text"])}
+                          if isinstance(part, dict) and isinstance(part.get("text"), str)
+                          else part for part in content]
+    if message.get("tool_calls"):
+        out["tool_calls"] = [_mask_call(c, p) for c in message["tool_calls"]]
+    return out
+
+
+def _mask_call(call: Mapping[str, Any], p: Pseudonymizer) -> dict[str, Any]:
+    fn = call.get("function") or {}
+    if not isinstance(fn.get("arguments"), str):
+        return dict(call)
+    return {**call, "function": {**fn, "arguments": p.mask(fn["arguments"])}}
