@@ -16,20 +16,22 @@ import ipaddress
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 PII_KINDS = ("email", "phone", "card", "iban", "ssn", "ip", "secret")
 
 _EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b")
-_CARD = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
-_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b")
+# Cards as people write them: 4-4-4-4 (one separator style), Amex 4-6-5, or 13-19 plain digits.
+_CARD = re.compile(r"\b(?:\d{4}([ -]?)\d{4}\1\d{4}\1\d{4}(?:\1\d{1,3})?|\d{4}([ -]?)\d{6}\2\d{5}"
+                   r"|\d{13,19})\b")
+_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
 _SSN = re.compile(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b")
 _PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\d{2,4}[ .-])"
                     r"\d{2,4}[ .-]?\d{2,4}(?:[ .-]?\d{1,4})?(?!\w)")
 _DATE = re.compile(r"^\d{4}[-./]\d{1,2}[-./]\d{1,2}|^\d{1,2}[-./]\d{1,2}[-./]\d{2,4}$")
 _IPV4 = re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b")
-_IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
+_IPV6 = re.compile(r"(?<![\w:])(?=[0-9A-Fa-f:]*:[0-9A-Fa-f]*:)[0-9A-Fa-f:]{2,39}(?![\w:])")
 _SECRET_PREFIX = re.compile(
     r"\b(?:sk-[A-Za-z0-9_-]{16,}|sk_(?:live|test)_[A-Za-z0-9]{16,}|AKIA[0-9A-Z]{16}|"
     r"gh[pousr]_[A-Za-z0-9]{30,}|xox[abposr]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35}|"
@@ -77,6 +79,22 @@ def _is_secret_token(token: str) -> bool:
     return classes == 3 and _entropy(token) > 4.2
 
 
+def _phone_ok(value: str) -> bool:
+    return 9 <= sum(c.isdigit() for c in value) <= 15 and not _DATE.match(value)
+
+
+def _longest_valid(value: str, valid: Callable[[str], bool]) -> str | None:
+    """A greedy match can run into the next number: cut it back at separators until valid."""
+    while value:
+        if valid(value):
+            return value
+        cut = max(value.rfind(" "), value.rfind("-"), value.rfind("."))
+        if cut <= 0:
+            return None
+        value = value[:cut]
+    return None
+
+
 def _ip_ok(value: str) -> bool:
     try:
         ipaddress.ip_address(value)
@@ -94,8 +112,9 @@ def _candidates(text: str) -> Iterable[Finding]:
     for m in _EMAIL.finditer(text):
         yield Finding("email", m.start(), m.end(), m.group())
     for m in _IBAN.finditer(text):
-        if _iban_ok(m.group()):
-            yield Finding("iban", m.start(), m.end(), m.group())
+        value = _longest_valid(m.group(), _iban_ok)
+        if value:
+            yield Finding("iban", m.start(), m.start() + len(value), value)
     for m in _CARD.finditer(text):
         digits = re.sub(r"\D", "", m.group())
         if 13 <= len(digits) <= 19 and _luhn(digits):
@@ -107,8 +126,9 @@ def _candidates(text: str) -> Iterable[Finding]:
             if _ip_ok(m.group()):
                 yield Finding("ip", m.start(), m.end(), m.group())
     for m in _PHONE.finditer(text):
-        if 9 <= sum(c.isdigit() for c in m.group()) <= 15 and not _DATE.match(m.group()):
-            yield Finding("phone", m.start(), m.end(), m.group())
+        value = _longest_valid(m.group(), _phone_ok)
+        if value:
+            yield Finding("phone", m.start(), m.start() + len(value), value)
 
 
 def detect(text: str, kinds: Iterable[str] = PII_KINDS) -> list[Finding]:

@@ -302,7 +302,7 @@ def _pieces(text: str, size: int) -> list[str]:
     return ["".join(words[i : i + size]) for i in range(0, len(words), size)]
 
 
-def _choice_deltas(message: Json) -> Iterator[Json]:
+def _choice_deltas(message: Json, tiny: bool) -> Iterator[Json]:
     yield {"role": "assistant", "content": ""}
     for i, call in enumerate(message.get("tool_calls") or []):
         head = {"name": call["function"]["name"], "arguments": ""}
@@ -311,7 +311,11 @@ def _choice_deltas(message: Json) -> Iterator[Json]:
         for start in range(0, len(args), _ARGUMENT_FRAGMENT):
             fragment = args[start : start + _ARGUMENT_FRAGMENT]
             yield {"tool_calls": [{"index": i, "function": {"arguments": fragment}}]}
-    for piece in _pieces(message["content"] or "", _WORDS_PER_CHUNK):
+    content = message["content"] or ""
+    # "tinychunks" models stream 4 characters at a time: words split across chunks.
+    pieces = ([content[i : i + 4] for i in range(0, len(content), 4)] if tiny
+              else _pieces(content, _WORDS_PER_CHUNK))
+    for piece in pieces:
         yield {"content": piece}
 
 
@@ -322,7 +326,8 @@ def _stream_chunks(completion: Json, include_usage: bool) -> Iterator[Json]:
     usage = {"usage": None} if include_usage else {}
     for choice in completion["choices"]:
         index = choice["index"]
-        deltas = [(d, None) for d in _choice_deltas(choice["message"])]
+        tiny = "tinychunks" in completion["model"]
+        deltas = [(d, None) for d in _choice_deltas(choice["message"], tiny)]
         for delta, finish in [*deltas, ({}, choice["finish_reason"])]:
             entry = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
             yield {**base, "choices": [entry], **usage}
