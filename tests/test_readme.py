@@ -44,7 +44,8 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one() -> None:
 
 @pytest.mark.parametrize("example", blocks("config"))
 def test_config_examples_are_valid(example: str) -> None:
-    env = {"OPENAI_API_KEY": "sk-o", "ANTHROPIC_API_KEY": "sk-a", "APP_KEY": "sk-app"}
+    env = {"OPENAI_API_KEY": "sk-o", "ANTHROPIC_API_KEY": "sk-a", "APP_KEY": "sk-app",
+           "ADMIN_KEY": "sk-admin"}
     cfg = parse_config(yaml.safe_load(example), env=env)
     assert cfg.model_list
 
