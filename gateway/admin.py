@@ -14,6 +14,8 @@ from gateway.egress import json_response
 from gateway.errors import BadRequest, RouteNotFound
 from gateway.ingress import read_json, validate
 
+SPEND_GROUPS = ("key", "team", "model", "deployment", "day")
+
 
 class NewKey(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
@@ -27,6 +29,44 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/admin/keys", create_key)
     app.router.add_get("/admin/keys", list_keys)
     app.router.add_delete("/admin/keys/{key_id}", revoke_key)
+    app.router.add_get("/admin/spend", spend)
+    app.router.add_get("/admin/audit", audit)
+
+
+def _float(request: web.Request, name: str) -> float | None:
+    value = request.query.get(name)
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise BadRequest(f"Query parameter {name!r} must be a number (unix seconds).",
+                         param=name) from None
+
+
+async def spend(request: web.Request) -> web.Response:
+    """Spend grouped by key, team, model, deployment or day; `since`/`until` in unix seconds."""
+    await require_admin(request)
+    group_by = request.query.get("group_by", "key")
+    if group_by not in SPEND_GROUPS:
+        raise BadRequest(f"group_by must be one of {', '.join(SPEND_GROUPS)}.",
+                         param="group_by")
+    rows = await request.app[GATEWAY].governance.ledger.report(
+        group_by, _float(request, "since"), _float(request, "until"))
+    return json_response({"object": "list", "group_by": group_by, "data": rows},
+                         {"x-request-id": request[REQUEST_ID]})
+
+
+async def audit(request: web.Request) -> web.Response:
+    """Audit records, newest first; filters: key_id, team, status, request_id, since, until."""
+    await require_admin(request)
+    log = request.app[GATEWAY].governance.audit
+    if log is None:
+        raise RouteNotFound("The audit trail is disabled (audit.enabled: false).")
+    limit = int(_float(request, "limit") or 100)
+    records = await log.query(request.query, limit=max(1, min(limit, 1000)))
+    return json_response({"object": "list", "data": records},
+                         {"x-request-id": request[REQUEST_ID]})
 
 
 async def require_admin(request: web.Request) -> str:

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from gateway import telemetry as telemetry_mod
@@ -36,6 +37,8 @@ from gateway.litellm_provider import LiteLLMProvider
 from gateway.provider import Provider
 from gateway.simulator import SimModel, start_simulator
 from gateway.telemetry import Telemetry
+from plugins.base import PluginChain
+from plugins.registry import Governance, build_chain
 from routing.catalog import Catalog, Deployment
 from routing.health import Health
 from routing.router import Router
@@ -50,13 +53,16 @@ class Runtime:
     catalog: Catalog
     auth: Authenticator
     router: Router
+    chain: PluginChain
     loaded_at: int
 
     @classmethod
-    def compile(cls, config: GatewayConfig, store: KeyStore) -> Runtime:
+    def compile(cls, config: GatewayConfig, store: KeyStore, governance: Governance,
+                tracer: trace.Tracer) -> Runtime:
         catalog = Catalog.from_config(config)
         return cls(config=config, catalog=catalog, auth=Authenticator(config, store),
-                   router=Router(catalog, config.routing), loaded_at=int(time.time()))
+                   router=Router(catalog, config.routing),
+                   chain=build_chain(config, governance, tracer), loaded_at=int(time.time()))
 
 
 @dataclass
@@ -64,6 +70,7 @@ class Gateway:
     runtime: Runtime
     telemetry: Telemetry
     keystore: KeyStore
+    governance: Governance
     litellm: LiteLLMProvider = field(default_factory=LiteLLMProvider)
     health: Health = field(default_factory=Health)
     caller: Caller = field(init=False)
@@ -146,19 +153,23 @@ def _from_http(exc: web.HTTPException, request: web.Request) -> PodiumError:
 
 
 def build_app(config: GatewayConfig, telemetry: Telemetry | None = None) -> web.Application:
-    from gateway import admin, pipeline  # handlers import app's keys: avoid a cycle
+    from gateway import admin, pipeline, reviews  # handlers import app's keys: avoid a cycle
 
     app = web.Application(middlewares=[edge_middleware],
                           client_max_size=config.server.max_body_bytes)
     store = KeyStore(config.key_store.path)
-    gw = Gateway(runtime=Runtime.compile(config, store), keystore=store,
-                 telemetry=telemetry or telemetry_mod.from_env(config.telemetry.service_name))
+    governance = Governance.from_config(config)
+    telemetry = telemetry or telemetry_mod.from_env(config.telemetry.service_name)
+    gw = Gateway(runtime=Runtime.compile(config, store, governance, telemetry.tracer),
+                 keystore=store, governance=governance, telemetry=telemetry)
     app[GATEWAY] = gw
     app.cleanup_ctx.append(_keystore_ctx)
+    app.cleanup_ctx.append(_governance_ctx)
     app.cleanup_ctx.append(_simulator_ctx)
     app.cleanup_ctx.append(_providers_ctx)
     pipeline.add_routes(app)
     admin.add_routes(app)
+    reviews.add_routes(app)
     return app
 
 
@@ -167,6 +178,13 @@ async def _keystore_ctx(app: web.Application) -> AsyncIterator[None]:
     store.open()
     yield
     store.close()
+
+
+async def _governance_ctx(app: web.Application) -> AsyncIterator[None]:
+    governance = app[GATEWAY].governance
+    await governance.start()
+    yield
+    await governance.close()  # flushes batched audit and spend writes
 
 
 async def _simulator_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -72,6 +72,7 @@ class CallResult(Generic[T]):
     usage: Usage = field(default_factory=Usage)
     escalations: list[str] = field(default_factory=list)
     masked: bool = False               # the answer came from a pseudonymized request
+    attempted: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -84,6 +85,7 @@ class _Walk:
     escalations: list[str] = field(default_factory=list)
     larger_than: int | None = None     # after a context-length error: only larger windows
     guard: Guard | None = None
+    attempted: list[str] = field(default_factory=list)
 
 
 class Caller:
@@ -128,7 +130,8 @@ class Caller:
                     getattr(answer, "finish_reasons", ()))
             result = CallResult(answer, dep, walk.number, walk.failures, walk.cost_usd,
                                 walk.usage, walk.escalations,
-                                masked=bool(guard and guard.masks_for(dep)))
+                                masked=bool(guard and guard.masks_for(dep)),
+                                attempted=walk.attempted)
             if verdict is None:
                 return result
             escalated = result
@@ -152,7 +155,8 @@ class Caller:
                 continue
             self._succeeded(dep, span, started)
             return OpenStream(dep, walk.number, walk.failures, first, chunks, span,
-                              masked=bool(guard and guard.masks_for(dep)))
+                              masked=bool(guard and guard.masks_for(dep)),
+                              attempted=walk.attempted)
         raise _exhausted(walk)
 
     async def _tries(self, plan: RoutePlan, body: Mapping[str, Any], deadline: float,
@@ -169,6 +173,7 @@ class Caller:
             if walk.guard is not None:
                 walk.guard.check(dep)  # the final guard: nothing leaves for an uncleared model
             walk.number += 1
+            walk.attempted.append(dep.id)
             span = self._start_span(operation, dep, body, walk.number)
             if self.health.begin(dep.id):
                 span.add_event("breaker.half_open", {"deployment": dep.id})
@@ -249,6 +254,7 @@ class OpenStream:
     rest: AsyncIterator[dict[str, Any]]
     span: trace.Span
     masked: bool = False
+    attempted: list[str] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
 
     async def chunks(self) -> AsyncIterator[dict[str, Any]]:

@@ -60,13 +60,17 @@ def cmd_route(args: argparse.Namespace) -> int:
     if cfg is None:
         print(f"{path}: {len(problems)} problem(s); run 'podium check'", file=sys.stderr)
         return 1
+    from opentelemetry.trace import NoOpTracer
+
     from gateway.app import Runtime
     from gateway.explain import chat_route_request
     from gateway.keystore import KeyStore
     from gateway.permissions import resolve_scope
+    from plugins.registry import Governance
     from routing.health import Health
 
-    rt = Runtime.compile(cfg, KeyStore(cfg.key_store.path))
+    rt = Runtime.compile(cfg, KeyStore(cfg.key_store.path), Governance.from_config(cfg),
+                         NoOpTracer())
     try:
         principal = _principal(rt, cfg, args)
         body = orjson.loads(sys.stdin.buffer.read())
@@ -100,6 +104,27 @@ def _principal(rt: Any, cfg: GatewayConfig, args: argparse.Namespace) -> Any:
         return found
     return make_principal(key_id="explain", name="explain", team=teams.get(args.team or ""),
                           team_name=args.team, user=None, models=None)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Walk the hash-chained audit trail; exit 1 naming the first bad record."""
+    from plugins.audit import verify
+
+    path, cfg, problems = _load(args.config)
+    if cfg is None:
+        print(f"{path}: {len(problems)} problem(s); run 'podium check'", file=sys.stderr)
+        return 2
+    audit_path = cfg.audit.path or cfg.storage.path
+    if not Path(audit_path).is_file():
+        print(f"{audit_path}: no audit trail here", file=sys.stderr)
+        return 2
+    result = verify(audit_path)
+    if not result.ok:
+        print(f"{audit_path}: BROKEN after {result.records} good record(s): {result.problem}",
+              file=sys.stderr)
+        return 1
+    print(f"{audit_path}: OK, {result.records} record(s), chain intact")
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -148,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a request header, e.g. --header x-podium-min-quality 80")
     route.add_argument("--json", action="store_true", help="print JSON instead of text")
     route.set_defaults(func=cmd_route)
+    audit = sub.add_parser("audit", help="audit trail tools")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser("verify", help="verify the audit trail's hash chain")
+    verify.add_argument("--config", help=f"config file (default {DEFAULT_CONFIG})")
+    verify.set_defaults(func=cmd_audit)
     check = sub.add_parser("check", help="validate a config file")
     check.add_argument("--config", help=f"config file (default {DEFAULT_CONFIG})")
     check.set_defaults(func=cmd_check)

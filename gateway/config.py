@@ -17,6 +17,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from plugins.settings import (
+    ApprovalRule,
+    AuditConfig,
+    GuardrailConfig,
+    Limits,
+    PluginRef,
+    StorageConfig,
+)
 from routing.rules import RouteSettings, RoutingConfig
 
 DataClass = Literal["public", "internal", "confidential", "restricted"]
@@ -67,7 +75,7 @@ class ModelEntry(_Frozen):
     model_info: ModelInfo = ModelInfo()
 
 
-class KeyEntry(_Frozen):
+class KeyEntry(Limits):
     key: SecretStr | None = None
     key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
     name: str = Field(min_length=1)
@@ -82,7 +90,7 @@ class KeyEntry(_Frozen):
         return self.key_sha256.lower()
 
 
-class TeamConfig(_Frozen):
+class TeamConfig(Limits):
     name: str = Field(min_length=1)
     data_class: DataClass = "public"              # the default class of the team's requests
     models: tuple[str, ...] | None = None         # allow-list of model names (None: all)
@@ -167,6 +175,11 @@ class GatewayConfig(_Frozen):
     auth: AuthConfig = AuthConfig()
     key_store: KeyStoreConfig = KeyStoreConfig()
     pii: PIIConfig = PIIConfig()
+    storage: StorageConfig = StorageConfig()
+    audit: AuditConfig = AuditConfig()
+    approvals: tuple[ApprovalRule, ...] = ()
+    guardrails: tuple[GuardrailConfig, ...] = ()
+    plugins: tuple[PluginRef | str, ...] = ()
     routing: RoutingConfig = RoutingConfig()
     server: ServerConfig = ServerConfig()
     simulator: SimulatorConfig = SimulatorConfig()
@@ -255,6 +268,9 @@ def check_references(cfg: GatewayConfig) -> list[str]:
     problems += _check_keys(cfg, set(groups) | set(first_seen))
     problems += _check_routing(cfg, set(groups), set(first_seen))
     problems += _check_teams(cfg, set(groups) | set(first_seen))
+    from plugins.registry import unknown_plugins  # plugins build on config: import late
+
+    problems += unknown_plugins(cfg.plugins)
     return problems
 
 

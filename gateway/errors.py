@@ -10,6 +10,11 @@
     ├── RouteNotFound                404     invalid_request_error    not_found
     ├── MethodNotAllowed             405     invalid_request_error    method_not_allowed
     ├── PayloadTooLarge              413     invalid_request_error    request_too_large
+    ├── RateLimited                  429     rate_limit_error         rate_limit_exceeded
+    ├── BudgetExceeded               429     rate_limit_error         budget_exceeded
+    ├── GuardrailBlocked             400     invalid_request_error    guardrail_blocked
+    ├── ReviewPending                403     permission_error         review_pending
+    ├── ReviewRejected               403     permission_error         review_rejected
     ├── UpstreamRejected             4xx     invalid_request_error    (upstream's code)
     ├── NoDeploymentAvailable        503     api_error                no_deployment_available
     ├── AllAttemptsFailed            502/504/429  api_error / rate_limit_error
@@ -23,6 +28,7 @@ keep every attempt's error (so the client learns which deployment failed and why
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -91,6 +97,41 @@ class PayloadTooLarge(PodiumError):
 class NoDeploymentAvailable(PodiumError):
     """Every candidate is skipped for its health (open breaker, Retry-After): try again later."""
     status, type, code = 503, "api_error", "no_deployment_available"
+
+
+class RateLimited(PodiumError):
+    status, type, code = 429, "rate_limit_error", "rate_limit_exceeded"
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, math.ceil(retry_after_s)))})
+
+
+class BudgetExceeded(PodiumError):
+    status, type, code = 429, "rate_limit_error", "budget_exceeded"
+
+
+class GuardrailBlocked(PodiumError):
+    status, type, code = 400, "invalid_request_error", "guardrail_blocked"
+
+
+class ReviewPending(PodiumError):
+    # 403, not 409 or 429: the OpenAI SDKs retry those automatically, creating duplicate holds.
+    status, type, code = 403, "permission_error", "review_pending"
+
+    def __init__(self, review_id: str, message: str | None = None) -> None:
+        super().__init__(message or f"The answer is held for human review ({review_id}); "
+                         f"fetch the outcome from GET /v1/reviews/{review_id}.",
+                         headers={"x-podium-review-id": review_id})
+        self.review_id = review_id
+
+    def body(self) -> dict[str, object]:
+        body = super().body()
+        body["error"]["review_id"] = self.review_id  # type: ignore[index]
+        return body
+
+
+class ReviewRejected(PodiumError):
+    status, type, code = 403, "permission_error", "review_rejected"
 
 
 class InternalError(PodiumError):

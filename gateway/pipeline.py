@@ -14,10 +14,8 @@ from aiohttp import web
 from gateway.app import GATEWAY, REQUEST_ID, Gateway, Runtime
 from gateway.call import CallResult
 from gateway.egress import (
-    completion_chunks,
     json_response,
     model_list,
-    sse_response,
     to_base64,
 )
 from gateway.explain import chat_route_request, explain
@@ -30,13 +28,13 @@ from gateway.ingress import (
     validate,
 )
 from gateway.permissions import PermissionScope, resolve_scope
-from gateway.unmask import unmask_completion, unmask_stream
-from routing.cascade import AnswerCheck
 from routing.router import AUTO, RoutePlan, RouteRequest
 from routing.tokens import count_text
 
 
 def add_routes(app: web.Application) -> None:
+    from gateway.chat import chat_completions  # chat builds on the hops defined here
+
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_post("/v1/route/explain", route_explain)
@@ -98,46 +96,6 @@ def call_headers(request: web.Request, plan: RoutePlan,
     return headers
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    gw = request.app[GATEWAY]
-    rt = gw.runtime
-    principal = await identify(gw, rt, request)
-    parsed = validate(ChatCompletionRequest, await read_json(request, _limit(rt)))
-    chat = parsed.typed
-    scope = permit(gw, rt, principal, parsed, request)
-    plan = route(gw, rt, chat_route_request(chat, parsed.body, principal, request.headers,
-                                            scope), principal)
-    deadline = _deadline(rt)
-    if chat.stream and plan.strategy != "cascade":
-        stream = await gw.caller.open_stream(plan, parsed.body, deadline, rt.config.routing,
-                                             scope)
-        # Cost is known only at the end, after the headers: it is on the attempt span.
-        headers = call_headers(request, plan, None)
-        headers["x-podium-deployment"] = stream.deployment.id
-        headers["x-podium-attempts"] = str(stream.attempts)
-        chunks = stream.chunks()
-        if stream.masked and scope.pseudonymizer is not None:
-            chunks = unmask_stream(chunks, scope.pseudonymizer)
-        return await sse_response(request, headers, chunks,
-                                  include_usage=chat.wants_usage_in_stream)
-    check = AnswerCheck(plan.checks, parsed.body) if plan.strategy == "cascade" else None
-    body = _unstreamed(parsed.body) if chat.stream else parsed.body
-    result = await gw.caller.chat(plan, body, deadline, rt.config.routing, check, scope)
-    answer = result.answer.body
-    if result.masked and scope.pseudonymizer is not None:
-        answer = unmask_completion(answer, scope.pseudonymizer)
-    headers = call_headers(request, plan, result)
-    if chat.stream:
-        # A cascade checks whole answers, so it buffers, then streams the one that passed.
-        return await sse_response(request, headers, completion_chunks(answer),
-                                  include_usage=chat.wants_usage_in_stream)
-    return json_response(answer, headers)
-
-
-def _unstreamed(body: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
-
-
 async def route_explain(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     rt = gw.runtime
@@ -159,7 +117,7 @@ async def embeddings(request: web.Request) -> web.Response:
     tokens = sum(count_text(i) if isinstance(i, str) else 1 for i in inputs)
     plan = route(gw, rt, RouteRequest(model=emb.model, mode="embedding", needs=frozenset(),
                                       prompt_tokens=tokens, max_output_tokens=None), principal)
-    result = await gw.caller.embed(plan, parsed.body, _deadline(rt), rt.config.routing)
+    result = await gw.caller.embed(plan, parsed.body, deadline_for(rt), rt.config.routing)
     body = result.answer.body
     if emb.encoding_format == "base64":
         body = {**body, "data": [{**d, "embedding": to_base64(d["embedding"])}
@@ -191,5 +149,5 @@ def _limit(rt: Runtime) -> int:
     return rt.config.server.max_body_bytes
 
 
-def _deadline(rt: Runtime) -> float:
+def deadline_for(rt: Runtime) -> float:
     return asyncio.get_running_loop().time() + rt.config.server.request_timeout_s

@@ -102,12 +102,15 @@ GatewayFactory = Callable[..., Any]
 
 
 @pytest.fixture
-async def make_gateway() -> AsyncIterator[GatewayFactory]:
+async def make_gateway(tmp_path_factory: pytest.TempPathFactory,
+                       ) -> AsyncIterator[GatewayFactory]:
     servers: list[TestServer] = []
 
     async def start(config: dict[str, Any], *, ready: bool = True) -> RunningGateway:
         exporter = InMemorySpanExporter()
-        config = {"key_store": {"path": ":memory:"}, **config}
+        state = tmp_path_factory.mktemp("state")
+        config = {"key_store": {"path": ":memory:"},
+                  "storage": {"path": str(state / "podium.sqlite3")}, **config}
         app = build_app(parse_config(config, env={}), telemetry.with_exporter(exporter))
         server = TestServer(app, host="127.0.0.1")
         await server.start_server()

@@ -51,9 +51,10 @@ def test_config_examples_are_valid(example: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def served() -> Iterator[int]:
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     port, sim_port = free_port(), free_port()
-    env = {**os.environ, "PODIUM_PORT": str(port), "PODIUM_SIM_PORT": str(sim_port)}
+    env = {**os.environ, "PODIUM_PORT": str(port), "PODIUM_SIM_PORT": str(sim_port),
+           "PODIUM_STATE_DIR": str(tmp_path_factory.mktemp("state"))}
     env.pop("PODIUM_CONFIG", None)
     env.pop("PODIUM_KEY", None)
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], cwd=ROOT, env=env,

@@ -1,0 +1,149 @@
+"""`POST /v1/chat/completions`: every hop in order, with the governance chain around the call.
+
+    ingress → identity → permissions → route → plugins (request) → call → plugins (response)
+    → egress, and plugins' on_complete exactly once at the end, whatever happened.
+
+Once the caller is known and the body valid, a `RequestContext` follows the request; an
+`Outcome` collects what happened, so the audit record and spend settlement see failures too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+from opentelemetry import trace
+
+from gateway.app import GATEWAY, REQUEST_ID, Gateway, Runtime
+from gateway.call import CallResult, OpenStream
+from gateway.egress import completion_chunks, json_response, sse_response
+from gateway.errors import AllAttemptsFailed, PodiumError
+from gateway.explain import chat_route_request
+from gateway.identity import Principal
+from gateway.ingress import ChatCompletionRequest, Parsed, read_json, validate
+from gateway.permissions import PermissionScope
+from gateway.pipeline import call_headers, deadline_for, identify, permit, route
+from gateway.provider import ChatAnswer
+from gateway.unmask import unmask_completion, unmask_stream
+from plugins.base import Outcome, RequestContext
+from routing.cascade import AnswerCheck
+from routing.router import RoutePlan, RouteRequest
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    rt = gw.runtime
+    principal = await identify(gw, rt, request)
+    parsed = validate(ChatCompletionRequest,
+                      await read_json(request, rt.config.server.max_body_bytes))
+    ctx = _context(request, principal, parsed)
+    outcome = Outcome(status=500)
+    try:
+        response = await _serve(request, gw, rt, parsed, ctx, outcome)
+        outcome.status = response.status
+        return response
+    except PodiumError as err:
+        outcome.status, outcome.error_code = err.status, err.code
+        if isinstance(err, AllAttemptsFailed):
+            outcome.attempted = [a.deployment_id for a in err.attempts]
+        raise
+    finally:
+        await rt.chain.on_complete(ctx, outcome)
+
+
+def _context(request: web.Request, principal: Principal,
+             parsed: Parsed[ChatCompletionRequest]) -> RequestContext:
+    span_context = trace.get_current_span().get_span_context()
+    return RequestContext(
+        request_id=request[REQUEST_ID],
+        trace_id=format(span_context.trace_id, "032x") if span_context.is_valid else "",
+        principal=principal, model=parsed.typed.model, body=parsed.body,
+        stream=bool(parsed.typed.stream), facts=None)
+
+
+async def _serve(request: web.Request, gw: Gateway, rt: Runtime,
+                 parsed: Parsed[ChatCompletionRequest], ctx: RequestContext,
+                 outcome: Outcome) -> web.StreamResponse:
+    chat = parsed.typed
+    scope = permit(gw, rt, ctx.principal, parsed, request)
+    ctx.data_class, ctx.pii_counts = scope.data_class, scope.findings
+    route_req = chat_route_request(chat, parsed.body, ctx.principal, request.headers, scope)
+    ctx.facts = route_req.facts
+    plan = route(gw, rt, route_req, ctx.principal)
+    _reserve(ctx, rt, plan, route_req, chat)
+    await rt.chain.on_request(ctx)
+    # Whole answers are needed to check a cascade or to hold one for review: those buffer.
+    if chat.stream and plan.strategy != "cascade" and ctx.hold is None:
+        return await _stream(request, gw, rt, plan, parsed, scope, ctx, outcome)
+    check = AnswerCheck(plan.checks, parsed.body) if plan.strategy == "cascade" else None
+    body = _unstreamed(parsed.body) if chat.stream else parsed.body
+    result = await gw.caller.chat(plan, body, deadline_for(rt), rt.config.routing, check, scope)
+    answer = result.answer.body
+    if result.masked and scope.pseudonymizer is not None:
+        answer = unmask_completion(answer, scope.pseudonymizer)
+    _record(outcome, result, answer)
+    await rt.chain.on_response(ctx, outcome)
+    headers = call_headers(request, plan, result)
+    if chat.stream:
+        return await sse_response(request, headers, _checked(rt, ctx, completion_chunks(answer),
+                                                             outcome),
+                                  include_usage=chat.wants_usage_in_stream)
+    return json_response(answer, headers)
+
+
+async def _stream(request: web.Request, gw: Gateway, rt: Runtime, plan: RoutePlan,
+                  parsed: Parsed[ChatCompletionRequest], scope: PermissionScope,
+                  ctx: RequestContext, outcome: Outcome) -> web.StreamResponse:
+    stream = await gw.caller.open_stream(plan, parsed.body, deadline_for(rt),
+                                         rt.config.routing, scope)
+    outcome.deployment, outcome.attempted = stream.deployment.id, stream.attempted
+    # The cost is known only at the end, after the headers: it is on the span and in the audit.
+    headers = call_headers(request, plan, None)
+    headers["x-podium-deployment"] = stream.deployment.id
+    headers["x-podium-attempts"] = str(stream.attempts)
+    chunks = stream.chunks()
+    if stream.masked and scope.pseudonymizer is not None:
+        chunks = unmask_stream(chunks, scope.pseudonymizer)
+    response = await sse_response(request, headers, _checked(rt, ctx, chunks, outcome, stream),
+                                  include_usage=parsed.typed.wants_usage_in_stream)
+    return response
+
+
+async def _checked(rt: Runtime, ctx: RequestContext, chunks: AsyncIterator[dict[str, Any]],
+                   outcome: Outcome, stream: OpenStream | None = None,
+                   ) -> AsyncIterator[dict[str, Any]]:
+    """Chunks through the plugins' chunk hook; the outcome learns how the stream ended."""
+    try:
+        async for chunk in chunks:
+            rt.chain.on_chunk(ctx, chunk)
+            yield chunk
+    except PodiumError as err:
+        outcome.status, outcome.error_code = err.status, err.code
+        raise
+    finally:
+        if stream is not None:
+            outcome.usage, outcome.cost_usd = stream.usage, stream.cost_usd
+
+
+def _reserve(ctx: RequestContext, rt: Runtime, plan: RoutePlan, req: RouteRequest,
+             chat: ChatCompletionRequest) -> None:
+    """What limits and budgets hold back before the call: the most it can use and cost."""
+    n = chat.n or 1
+    max_out = chat.max_completion_tokens or chat.max_tokens
+    expected = rt.config.routing.expected_output_tokens
+    costs = [d.cost(req.prompt_tokens, (max_out or d.max_output_tokens or expected) * n)
+             for d in plan.chain]
+    ctx.plan, ctx.prompt_tokens = plan, req.prompt_tokens
+    ctx.reserve_tokens = req.prompt_tokens + (max_out or expected) * n
+    # A cascade may pay for every deployment in its chain; otherwise only one answers.
+    ctx.reserve_usd = sum(costs) if plan.strategy == "cascade" else max(costs)
+
+
+def _record(outcome: Outcome, result: CallResult[ChatAnswer], answer: dict[str, Any]) -> None:
+    outcome.deployment, outcome.attempted = result.deployment.id, result.attempted
+    outcome.usage, outcome.cost_usd, outcome.answer = result.usage, result.cost_usd, answer
+
+
+def _unstreamed(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k not in ("stream", "stream_options")}

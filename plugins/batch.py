@@ -1,0 +1,67 @@
+"""Writes batched off the request path.
+
+A request only appends to a list; a background task hands the batch to a writer function in a
+worker thread every `interval_s` (or sooner when `max_batch` items wait). `close()` flushes what
+is left, so a clean shutdown loses nothing; `flush()` gives read-your-writes to admin queries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+log = logging.getLogger("podium.batch")
+
+
+class BatchWriter(Generic[T]):
+    def __init__(self, write: Callable[[list[T]], None], *, name: str,
+                 interval_s: float = 0.2, max_batch: int = 500) -> None:
+        self._write = write
+        self._name = name
+        self._interval = interval_s
+        self._max = max_batch
+        self._pending: list[T] = []
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"podium-{self._name}-writer")
+
+    def submit(self, item: T) -> None:
+        self._pending.append(item)
+        if len(self._pending) >= self._max:
+            self._wake.set()
+
+    async def flush(self) -> None:
+        async with self._lock:
+            batch, self._pending = self._pending, []
+            if not batch:
+                return
+            try:
+                await asyncio.to_thread(self._write, batch)
+            except BaseException:
+                self._pending = batch + self._pending  # nothing is dropped: retried next time
+                raise
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self.flush()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.flush()
+            except Exception:  # keep the writer alive; the items are retried with the next batch
+                log.exception("%s writer failed; will retry", self._name)

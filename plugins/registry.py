@@ -1,0 +1,114 @@
+"""Plugins by name: the built-ins, and third-party ones from the `podium.plugins` entry points.
+
+The chain is built once per config. Order: the names listed in `plugins:` first, in that order,
+then the built-ins not listed, in their default order (guardrails, rate_limit, budget, approval,
+audit). A third-party entry point names a class or function called with the plugin's `options`
+as keyword arguments and returning an object with the hooks of `plugins.base.Plugin`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import trace
+
+from gateway.identity import key_id_for
+from plugins.approval import ApprovalPlugin, ReviewQueue
+from plugins.audit import AuditLog, AuditPlugin
+from plugins.base import Plugin, PluginChain
+from plugins.budget import BudgetBook, BudgetPlugin, SpendLedger
+from plugins.guardrails import GuardrailPlugin
+from plugins.ratelimit import RateLimitPlugin, SlidingWindows
+from plugins.settings import Limits, PluginRef
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
+
+ENTRY_POINT_GROUP = "podium.plugins"
+BUILTIN_ORDER = ("guardrails", "rate_limit", "budget", "approval", "audit")
+
+
+@dataclass
+class Governance:
+    """The stores the built-in plugins share; they live as long as the process."""
+    ledger: SpendLedger
+    reviews: ReviewQueue
+    audit: AuditLog | None
+    windows: SlidingWindows = field(default_factory=SlidingWindows)
+    book: BudgetBook = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.book = BudgetBook(self.ledger)
+
+    @classmethod
+    def from_config(cls, cfg: GatewayConfig) -> Governance:
+        path = cfg.storage.path
+        audit = AuditLog(cfg.audit.path or path) if cfg.audit.enabled else None
+        return cls(ledger=SpendLedger(path), reviews=ReviewQueue(path), audit=audit)
+
+    async def start(self) -> None:
+        await self.ledger.start()
+        await self.reviews.start()
+        if self.audit is not None:
+            await self.audit.start()
+
+    async def close(self) -> None:
+        if self.audit is not None:
+            await self.audit.close()
+        await self.reviews.close()
+        await self.ledger.close()
+
+
+def _limits(cfg: GatewayConfig) -> tuple[dict[str, Limits], dict[str, Limits]]:
+    keys: dict[str, Limits] = {key_id_for(k.digest()): k for k in cfg.keys}
+    teams: dict[str, Limits] = {t.name: t for t in cfg.teams}
+    return keys, teams
+
+
+Builtin = Callable[["GatewayConfig", Governance], Plugin | None]
+BUILTINS: dict[str, Builtin] = {
+    "guardrails": lambda cfg, gov: GuardrailPlugin(cfg.guardrails) if cfg.guardrails else None,
+    "rate_limit": lambda cfg, gov: RateLimitPlugin(*_limits(cfg), gov.windows),
+    "budget": lambda cfg, gov: BudgetPlugin(*_limits(cfg), gov.book, gov.ledger),
+    "approval": lambda cfg, gov: ApprovalPlugin(cfg.approvals, gov.reviews)
+    if cfg.approvals else None,
+    "audit": lambda cfg, gov: AuditPlugin(gov.audit, cfg.audit.include_content)
+    if gov.audit is not None else None,
+}
+
+
+def third_party() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def unknown_plugins(refs: tuple[PluginRef | str, ...]) -> list[str]:
+    """Path-qualified problems for names that are neither built in nor installed."""
+    installed = third_party()
+    return [f"plugins[{i}].name: unknown plugin {name!r} (not built in, and no "
+            f"{ENTRY_POINT_GROUP!r} entry point of that name is installed)"
+            for i, name in enumerate(_ref(r).name for r in refs)
+            if name not in BUILTINS and name not in installed]
+
+
+def _ref(ref: PluginRef | str) -> PluginRef:
+    return PluginRef(name=ref) if isinstance(ref, str) else ref
+
+
+def build_chain(cfg: GatewayConfig, gov: Governance, tracer: trace.Tracer) -> PluginChain:
+    refs = {r.name: r for r in map(_ref, cfg.plugins)}
+    order = [*refs, *(b for b in BUILTIN_ORDER if b not in refs)]
+    installed = third_party() if any(n not in BUILTINS for n in refs) else {}
+    plugins: list[Plugin] = []
+    for name in order:
+        if name in BUILTINS:
+            plugin = BUILTINS[name](cfg, gov)
+        else:
+            plugin = installed[name].load()(**refs[name].options)
+            if not getattr(plugin, "name", None):
+                plugin.name = name
+        if plugin is not None:
+            plugins.append(plugin)
+    return PluginChain(plugins, tracer)

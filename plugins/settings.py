@@ -1,0 +1,78 @@
+"""Config sections of the governance chain (stage one: validated, frozen, unknown fields
+rejected). Limits and budgets live on `keys[]` and `teams[]` (see `Limits`)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from routing.rules import RuleMatch
+
+BudgetPeriod = Literal["day", "month", "total"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Limits(_Frozen):
+    """Mixed into keys and teams."""
+    rpm: int | None = Field(default=None, ge=1)          # requests per minute
+    tpm: int | None = Field(default=None, ge=1)          # tokens per minute
+    budget_usd: float | None = Field(default=None, ge=0)
+    budget_period: BudgetPeriod = "month"
+
+
+class StorageConfig(_Frozen):
+    # The embedded durable store: spend ledger, review queue and (unless audit.path says
+    # otherwise) the audit trail.
+    path: str = "podium.sqlite3"
+
+
+class AuditConfig(_Frozen):
+    enabled: bool = True
+    path: str | None = None                              # default: storage.path
+    include_content: bool = False                        # prompts and answers in records
+
+
+class ApprovalMatch(RuleMatch):
+    data_class: str | list[str] | None = None
+
+
+class ApprovalRule(_Frozen):
+    name: str = Field(min_length=1)
+    match: ApprovalMatch = ApprovalMatch()
+
+
+class GuardrailConfig(_Frozen):
+    name: str = Field(min_length=1)
+    on: Literal["input", "output"] = "input"
+    type: Literal["regex", "blocklist", "prompt_injection"]
+    pattern: str | None = None
+    words: tuple[str, ...] = ()
+    action: Literal["block", "flag"] = "block"
+
+    @field_validator("pattern")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _needs_its_parameter(self) -> GuardrailConfig:
+        if self.type == "regex" and not self.pattern:
+            raise ValueError("a regex guardrail needs 'pattern'")
+        if self.type == "blocklist" and not self.words:
+            raise ValueError("a blocklist guardrail needs 'words'")
+        return self
+
+
+class PluginRef(_Frozen):
+    name: str = Field(min_length=1)                      # built-in name or entry-point name
+    options: dict[str, Any] = {}
