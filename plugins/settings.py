@@ -54,6 +54,14 @@ class GuardrailConfig(_Frozen):
     words: tuple[str, ...] = ()
     action: Literal["block", "flag"] = "block"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on_key(cls, data: Any) -> Any:
+        # YAML 1.1 reads a bare `on:` key as the boolean true; take it back as "on".
+        if isinstance(data, dict) and True in data:
+            data = {("on" if k is True else k): v for k, v in data.items()}
+        return data
+
     @field_validator("pattern")
     @classmethod
     def _regex(cls, value: str | None) -> str | None:
