@@ -34,6 +34,7 @@ from gateway.errors import (
 )
 from gateway.keystore import KeyStore
 from gateway.litellm_provider import LiteLLMProvider
+from gateway.openai_provider import OpenAICompatibleProvider, is_openai_compatible
 from gateway.provider import Provider
 from gateway.simulator import SimModel, start_simulator
 from gateway.telemetry import Telemetry
@@ -72,6 +73,7 @@ class Gateway:
     keystore: KeyStore
     governance: Governance
     litellm: LiteLLMProvider = field(default_factory=LiteLLMProvider)
+    native: OpenAICompatibleProvider = field(default_factory=OpenAICompatibleProvider)
     health: Health = field(default_factory=Health)
     caller: Caller = field(init=False)
     preload: asyncio.Task[None] | None = None
@@ -81,7 +83,12 @@ class Gateway:
         self.caller = Caller(self.provider_for, self.telemetry, self.health)
 
     def provider_for(self, deployment: Deployment) -> Provider:
-        return self.litellm
+        # OpenAI-compatible upstreams need no translation: the native path costs ~0.15 ms of
+        # CPU per call against litellm's ~4 ms. Every other provider goes through litellm.
+        return self.native if is_openai_compatible(deployment) else self.litellm
+
+    def needs_litellm(self) -> bool:
+        return any(not is_openai_compatible(d) for d in self.runtime.catalog.deployments)
 
     def ready(self) -> tuple[bool, str]:
         if self.preload is not None and not self.preload.done():
@@ -203,11 +210,14 @@ async def _simulator_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _providers_ctx(app: web.Application) -> AsyncIterator[None]:
     gw = app[GATEWAY]
-    # litellm's import takes seconds: do it in the background; /readyz reports when it is done.
-    gw.preload = asyncio.create_task(gw.litellm.preload(), name="podium-litellm-preload")
+    # litellm's import takes seconds: only when a deployment needs it, and in the background;
+    # /readyz reports when it is done.
+    if gw.needs_litellm():
+        gw.preload = asyncio.create_task(gw.litellm.preload(), name="podium-litellm-preload")
     yield
-    if not gw.preload.done():
+    if gw.preload is not None:
         gw.preload.cancel()
-    await asyncio.gather(gw.preload, return_exceptions=True)
+        await asyncio.gather(gw.preload, return_exceptions=True)
+    await gw.native.close()
     await gw.litellm.close()
     gw.telemetry.shutdown()

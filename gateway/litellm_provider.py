@@ -9,7 +9,9 @@ The import is lazy (it costs seconds) and happens off the event loop: see `prelo
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import importlib
+import time
 from collections.abc import AsyncIterator, Mapping
 from types import ModuleType
 from typing import Any
@@ -69,7 +71,9 @@ class LiteLLMProvider:
         kwargs = _base_kwargs(attempt)
         kwargs.update(input=body["input"], encoding_format="float")
         if body.get("dimensions") is not None:
-            kwargs["dimensions"] = body["dimensions"]
+            # litellm refuses `dimensions` for model names it does not know to support it;
+            # the upstream is the judge of that.
+            kwargs.update(dimensions=body["dimensions"], allowed_openai_params=["dimensions"])
         try:
             resp = await lib.aembedding(**kwargs)
         except Exception as exc:
@@ -202,20 +206,41 @@ _EXCEPTION_KINDS: tuple[tuple[str, ErrorKind], ...] = (
 
 
 def _classify(lib: ModuleType, exc: BaseException, attempt: Attempt) -> ProviderError:
+    # A stream cut mid-way arrives wrapped (MidStreamFallbackError); judge what it wraps.
+    exc = getattr(exc, "original_exception", None) or exc
     status = getattr(exc, "status_code", None)
-    kind: ErrorKind = "server"
+    kind = _kind(lib, exc)
+    secrets = [attempt.deployment.api_key or ""]
+    message = redact(_short_message(exc), secrets)
+    code = _code(exc) or ("context_length_exceeded" if kind == "context_length" else None)
+    return ProviderError(kind, message, status=status if isinstance(status, int) else None,
+                         code=code, retry_after_s=_retry_after(exc))
+
+
+def _kind(lib: ModuleType, exc: BaseException) -> ErrorKind:
+    kind: ErrorKind = "timeout" if isinstance(exc, asyncio.TimeoutError) else "server"
     for name, candidate in _EXCEPTION_KINDS:
         cls = getattr(lib.exceptions, name, None)
         if cls is not None and isinstance(exc, cls):
             kind = candidate
             break
-    else:
-        if isinstance(exc, asyncio.TimeoutError):
-            kind = "timeout"
-    secrets = [attempt.deployment.api_key or ""]
-    message = redact(_short_message(exc), secrets)
-    return ProviderError(kind, message, status=status if isinstance(status, int) else None,
-                         code=_code(exc), retry_after_s=_retry_after(exc))
+    # litellm's labels blur two cases that matter for fallback and for the record; the openai
+    # client's exception underneath says which it was.
+    underneath = [type(e).__name__ for e in _causes(exc) if type(e).__module__.startswith("openai")]
+    if kind == "server" and "APIConnectionError" in underneath:
+        return "connection"  # a refused connection, reported by litellm as a 500
+    if kind == "connection" and underneath and underneath[0] == "APIError":
+        return "server"  # an error event from the upstream, reported as a connection error
+    return kind
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    seen = exc.__cause__ or exc.__context__
+    while seen is not None and len(out) < 8:  # the chain is short; bound it anyway
+        out.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    return out
 
 
 def _short_message(exc: BaseException) -> str:
@@ -239,7 +264,17 @@ def _retry_after(exc: BaseException) -> float | None:
     if headers is None:
         headers = getattr(getattr(exc, "response", None), "headers", None)
     value = headers.get("retry-after") if headers is not None else None
+    return parse_retry_after(value) if value is not None else None
+
+
+def parse_retry_after(value: str) -> float | None:
+    """Retry-After is either seconds or an HTTP date (RFC 9110)."""
     try:
-        return float(value) if value is not None else None
+        return max(0.0, float(value))
     except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
         return None
+    return max(0.0, when.timestamp() - time.time())

@@ -126,6 +126,17 @@ async def make_gateway(tmp_path_factory: pytest.TempPathFactory,
         await server.close()
 
 
-@pytest.fixture
-async def gateway(upstream: Upstream, make_gateway: GatewayFactory) -> RunningGateway:
-    return await make_gateway(base_config(upstream.url))
+def via_litellm(config: dict[str, Any]) -> dict[str, Any]:
+    """The same config, with every deployment sent through litellm instead of the native
+    OpenAI-compatible path (any extra litellm parameter selects litellm)."""
+    for entry in config["model_list"]:
+        entry["litellm_params"]["drop_params"] = True
+    return config
+
+
+@pytest.fixture(params=["native", "litellm"])
+async def gateway(request: pytest.FixtureRequest, upstream: Upstream,
+                  make_gateway: GatewayFactory) -> RunningGateway:
+    """A gateway in front of the simulator, once per provider path."""
+    config = base_config(upstream.url)
+    return await make_gateway(via_litellm(config) if request.param == "litellm" else config)
