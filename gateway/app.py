@@ -22,6 +22,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from gateway import telemetry as telemetry_mod
 from gateway.auth import Authenticator
+from gateway.cache import CacheStore, MemoryCache
 from gateway.call import Caller
 from gateway.config import GatewayConfig
 from gateway.errors import (
@@ -72,6 +73,7 @@ class Gateway:
     telemetry: Telemetry
     keystore: KeyStore
     governance: Governance
+    cache: CacheStore
     litellm: LiteLLMProvider = field(default_factory=LiteLLMProvider)
     native: OpenAICompatibleProvider = field(default_factory=OpenAICompatibleProvider)
     health: Health = field(default_factory=Health)
@@ -167,8 +169,9 @@ def build_app(config: GatewayConfig, telemetry: Telemetry | None = None) -> web.
     store = KeyStore(config.key_store.path)
     governance = Governance.from_config(config)
     telemetry = telemetry or telemetry_mod.from_env(config.telemetry.service_name)
+    cache = MemoryCache(config.cache.max_entries, config.cache.max_bytes)
     gw = Gateway(runtime=Runtime.compile(config, store, governance, telemetry.tracer),
-                 keystore=store, governance=governance, telemetry=telemetry)
+                 keystore=store, governance=governance, telemetry=telemetry, cache=cache)
     app[GATEWAY] = gw
     app.cleanup_ctx.append(_keystore_ctx)
     app.cleanup_ctx.append(_governance_ctx)

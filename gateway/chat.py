@@ -10,12 +10,16 @@ Once the caller is known and the body valid, a `RequestContext` follows the requ
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from aiohttp import web
 from opentelemetry import trace
 
 from gateway.app import GATEWAY, REQUEST_ID, Gateway, Runtime
+from gateway.cache import CachePolicy, CacheStore, assemble, cache_key
+from gateway.cache import policy as cache_policy
 from gateway.call import CallResult, OpenStream
 from gateway.egress import completion_chunks, json_response, sse_response
 from gateway.errors import AllAttemptsFailed, PodiumError
@@ -73,9 +77,12 @@ async def _serve(request: web.Request, gw: Gateway, rt: Runtime,
     plan = route(gw, rt, route_req, ctx.principal)
     _reserve(ctx, rt, plan, route_req, chat)
     await rt.chain.on_request(ctx)
+    lookup = await _cache_lookup(request, gw, rt, plan, parsed, scope, ctx, outcome)
+    if lookup.hit is not None:
+        return await _respond(request, rt, ctx, outcome, lookup.hit, lookup.headers(request, plan))
     # Whole answers are needed to check a cascade or to hold one for review: those buffer.
     if chat.stream and plan.strategy != "cascade" and ctx.hold is None:
-        return await _stream(request, gw, rt, plan, parsed, scope, ctx, outcome)
+        return await _stream(request, gw, rt, plan, parsed, scope, ctx, outcome, lookup)
     check = AnswerCheck(plan.checks, parsed.body) if plan.strategy == "cascade" else None
     body = _unstreamed(parsed.body) if chat.stream else parsed.body
     result = await gw.caller.chat(plan, body, deadline_for(rt), rt.config.routing, check, scope)
@@ -83,40 +90,106 @@ async def _serve(request: web.Request, gw: Gateway, rt: Runtime,
     if result.masked and scope.pseudonymizer is not None:
         answer = unmask_completion(answer, scope.pseudonymizer)
     _record(outcome, result, answer)
+    headers = {**call_headers(request, plan, result), **lookup.headers(request, plan)}
+    response = await _respond(request, rt, ctx, outcome, answer, headers)
+    await lookup.store(answer)
+    return response
+
+
+async def _respond(request: web.Request, rt: Runtime, ctx: RequestContext, outcome: Outcome,
+                   answer: dict[str, Any], headers: dict[str, str]) -> web.StreamResponse:
+    outcome.answer = answer
     await rt.chain.on_response(ctx, outcome)
-    headers = call_headers(request, plan, result)
-    if chat.stream:
+    if ctx.stream:
         return await sse_response(request, headers, _checked(rt, ctx, completion_chunks(answer),
                                                              outcome),
-                                  include_usage=chat.wants_usage_in_stream)
+                                  include_usage=bool(ctx.body.get("stream_options", {})
+                                                     .get("include_usage")))
     return json_response(answer, headers)
+
+
+async def _cache_lookup(request: web.Request, gw: Gateway, rt: Runtime, plan: RoutePlan,
+                        parsed: Parsed[ChatCompletionRequest], scope: PermissionScope,
+                        ctx: RequestContext, outcome: Outcome) -> CacheLookup:
+    cfg = rt.config.cache
+    with gw.telemetry.tracer.start_as_current_span("podium.cache") as span:
+        pol = cache_policy(request.headers, parsed.body, enabled=cfg.enabled,
+                           default_ttl_s=plan.cache_ttl_s if plan.cache_ttl_s is not None
+                           else cfg.ttl_s, nondeterministic_ok=plan.cache_any_temperature,
+                           held=ctx.hold is not None)
+        lookup = CacheLookup(gw.cache, pol, "")
+        if pol.read or pol.write:
+            lookup.key = cache_key(parsed.body, tuple(d.id for d in plan.chain),
+                                   ctx.principal.team or ctx.principal.key_id,
+                                   scope.data_class, scope.regions)
+        if pol.read:
+            raw = await gw.cache.get(lookup.key)
+            lookup.hit = orjson.loads(raw) if raw is not None else None
+        outcome.cache = lookup.state
+        span.set_attribute("podium.cache", lookup.state)
+        if lookup.hit is not None:
+            ctx.decide("cache", "hit")
+        return lookup
+
+
+@dataclass
+class CacheLookup:
+    store_to: CacheStore
+    policy: CachePolicy
+    key: str
+    hit: dict[str, Any] | None = None
+
+    @property
+    def state(self) -> str:
+        if self.hit is not None:
+            return "hit"
+        return "miss" if self.policy.read or self.policy.write else "bypass"
+
+    def headers(self, request: web.Request, plan: RoutePlan) -> dict[str, str]:
+        out = {"x-podium-cache": self.state}
+        if self.hit is not None:
+            out.update(call_headers(request, plan, None))
+            out.update({"x-podium-cache": "hit", "x-podium-attempts": "0",
+                        "x-podium-cost-usd": f"{0:.10f}"})
+        return out
+
+    async def store(self, answer: dict[str, Any] | None) -> None:
+        if self.policy.write and answer is not None and self.hit is None:
+            await self.store_to.set(self.key, orjson.dumps(answer), self.policy.ttl_s)
 
 
 async def _stream(request: web.Request, gw: Gateway, rt: Runtime, plan: RoutePlan,
                   parsed: Parsed[ChatCompletionRequest], scope: PermissionScope,
-                  ctx: RequestContext, outcome: Outcome) -> web.StreamResponse:
+                  ctx: RequestContext, outcome: Outcome, lookup: CacheLookup,
+                  ) -> web.StreamResponse:
     stream = await gw.caller.open_stream(plan, parsed.body, deadline_for(rt),
                                          rt.config.routing, scope)
     outcome.deployment, outcome.attempted = stream.deployment.id, stream.attempted
     # The cost is known only at the end, after the headers: it is on the span and in the audit.
-    headers = call_headers(request, plan, None)
+    headers = {**call_headers(request, plan, None), **lookup.headers(request, plan)}
     headers["x-podium-deployment"] = stream.deployment.id
     headers["x-podium-attempts"] = str(stream.attempts)
     chunks = stream.chunks()
     if stream.masked and scope.pseudonymizer is not None:
         chunks = unmask_stream(chunks, scope.pseudonymizer)
-    response = await sse_response(request, headers, _checked(rt, ctx, chunks, outcome, stream),
+    seen: list[dict[str, Any]] | None = [] if lookup.policy.write else None
+    response = await sse_response(request, headers,
+                                  _checked(rt, ctx, chunks, outcome, stream, seen),
                                   include_usage=parsed.typed.wants_usage_in_stream)
+    if seen is not None and outcome.error_code is None:
+        await lookup.store(assemble(seen))  # a streamed answer is stored once it is complete
     return response
 
 
 async def _checked(rt: Runtime, ctx: RequestContext, chunks: AsyncIterator[dict[str, Any]],
                    outcome: Outcome, stream: OpenStream | None = None,
-                   ) -> AsyncIterator[dict[str, Any]]:
+                   seen: list[dict[str, Any]] | None = None) -> AsyncIterator[dict[str, Any]]:
     """Chunks through the plugins' chunk hook; the outcome learns how the stream ended."""
     try:
         async for chunk in chunks:
             rt.chain.on_chunk(ctx, chunk)
+            if seen is not None:
+                seen.append(orjson.loads(orjson.dumps(chunk)))  # egress edits chunks in place
             yield chunk
     except PodiumError as err:
         outcome.status, outcome.error_code = err.status, err.code
@@ -142,7 +215,7 @@ def _reserve(ctx: RequestContext, rt: Runtime, plan: RoutePlan, req: RouteReques
 
 def _record(outcome: Outcome, result: CallResult[ChatAnswer], answer: dict[str, Any]) -> None:
     outcome.deployment, outcome.attempted = result.deployment.id, result.attempted
-    outcome.usage, outcome.cost_usd, outcome.answer = result.usage, result.cost_usd, answer
+    outcome.usage, outcome.cost_usd = result.usage, result.cost_usd
 
 
 def _unstreamed(body: dict[str, Any]) -> dict[str, Any]:

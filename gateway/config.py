@@ -142,6 +142,13 @@ class PIIConfig(_Frozen):
         "email", "phone", "card", "iban", "ssn", "ip", "secret")
 
 
+class CacheConfig(_Frozen):
+    enabled: bool = True
+    ttl_s: float = Field(default=300.0, ge=0)
+    max_entries: int = Field(default=10_000, ge=1)
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+
+
 class ServerConfig(_Frozen):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     request_timeout_s: float = Field(default=600.0, gt=0)
@@ -176,6 +183,7 @@ class GatewayConfig(_Frozen):
     key_store: KeyStoreConfig = KeyStoreConfig()
     pii: PIIConfig = PIIConfig()
     storage: StorageConfig = StorageConfig()
+    cache: CacheConfig = CacheConfig()
     audit: AuditConfig = AuditConfig()
     approvals: tuple[ApprovalRule, ...] = ()
     guardrails: tuple[GuardrailConfig, ...] = ()

@@ -10,7 +10,6 @@ released without an approval.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import sqlite3
 import time
@@ -85,8 +84,9 @@ class ReviewQueue:
                ctx.principal.team, ctx.model, ctx.data_class,
                orjson.dumps(dict(ctx.body)).decode(), orjson.dumps(answer).decode(),
                None, None, None)
-        await asyncio.to_thread(self._conn().execute,
-                                f"INSERT INTO reviews VALUES ({','.join('?' * len(row))})", row)
+        # Written before the caller hears of it, so a held answer survives a crash; one small
+        # row in WAL mode, on the loop thread, so reads never race a writer thread.
+        self._conn().execute(f"INSERT INTO reviews VALUES ({','.join('?' * len(row))})", row)
         return review_id
 
     def get(self, review_id: str) -> Review | None:
@@ -103,8 +103,7 @@ class ReviewQueue:
     async def decide(self, review_id: str, approve: bool, reviewer: str,
                      comment: str | None) -> Review | None:
         status = "approved" if approve else "rejected"
-        cur = await asyncio.to_thread(
-            self._conn().execute,
+        cur = self._conn().execute(
             "UPDATE reviews SET status = ?, reviewer = ?, comment = ?, decided_at = ? "
             "WHERE id = ? AND status = 'pending'",
             (status, reviewer, comment, time.time(), review_id))

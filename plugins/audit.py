@@ -49,18 +49,21 @@ def connect(path: str) -> sqlite3.Connection:
 class AuditLog:
     def __init__(self, path: str) -> None:
         self._path = path
-        self._db: sqlite3.Connection | None = None
+        self._db: sqlite3.Connection | None = None      # the writer thread's
+        self._reader: sqlite3.Connection | None = None  # the event loop's, for queries
         self._writer = BatchWriter(self._append, name="audit")
 
     async def start(self) -> None:
         self._db = connect(self._path)
+        self._reader = connect(self._path)
         self._writer.start()
 
     async def close(self) -> None:
         await self._writer.close()
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        for db in (self._db, self._reader):
+            if db is not None:
+                db.close()
+        self._db = self._reader = None
 
     def submit(self, record: dict[str, Any]) -> None:
         self._writer.submit(record)
@@ -94,7 +97,9 @@ class AuditLog:
         if where:
             sql += " WHERE " + " AND ".join(w for w, _ in where)
         sql += " ORDER BY seq DESC LIMIT ?"
-        rows = self._conn().execute(sql, [*(v for _, v in where), limit]).fetchall()
+        if self._reader is None:
+            raise RuntimeError("the audit log is not open")
+        rows = self._reader.execute(sql, [*(v for _, v in where), limit]).fetchall()
         return [{"seq": seq, **orjson.loads(text), "hash": digest} for seq, text, digest in rows]
 
     def _conn(self) -> sqlite3.Connection:

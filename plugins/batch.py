@@ -27,6 +27,7 @@ class BatchWriter(Generic[T]):
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"podium-{self._name}-writer")
@@ -41,21 +42,28 @@ class BatchWriter(Generic[T]):
             batch, self._pending = self._pending, []
             if not batch:
                 return
+            write = asyncio.ensure_future(asyncio.to_thread(self._write, batch))
             try:
-                await asyncio.to_thread(self._write, batch)
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                # The thread cannot be stopped: hold the lock until it is done, so no second
+                # batch ever runs beside it.
+                await asyncio.wait({write})
+                raise
             except BaseException:
                 self._pending = batch + self._pending  # nothing is dropped: retried next time
                 raise
 
     async def close(self) -> None:
+        self._stopping = True
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         await self.flush()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await asyncio.wait_for(self._wake.wait(), self._interval)
             except TimeoutError:

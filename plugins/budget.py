@@ -42,21 +42,20 @@ def period_start(period: BudgetPeriod, now: float) -> float:
 class SpendLedger:
     def __init__(self, path: str) -> None:
         self._path = path
-        self._db: sqlite3.Connection | None = None
+        self._db: sqlite3.Connection | None = None      # the writer thread's
+        self._reader: sqlite3.Connection | None = None  # the event loop's, for queries
         self._writer = BatchWriter(self._insert, name="spend")
 
     async def start(self) -> None:
-        self._db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False,
-                                   timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(_SCHEMA)
+        self._db, self._reader = _connect(self._path), _connect(self._path)
         self._writer.start()
 
     async def close(self) -> None:
         await self._writer.close()
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        for db in (self._db, self._reader):
+            if db is not None:
+                db.close()
+        self._db = self._reader = None
 
     def submit(self, row: tuple[Any, ...]) -> None:
         self._writer.submit(row)
@@ -68,7 +67,7 @@ class SpendLedger:
             db.executemany("INSERT INTO spend VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
 
     def spent_since(self, column: str, value: str, since: float) -> float:
-        row = self._conn().execute(
+        row = self._read().execute(
             f"SELECT COALESCE(SUM(cost_usd), 0) FROM spend WHERE {column} = ? AND ts >= ?",
             (value, since)).fetchone()
         return float(row[0])
@@ -77,7 +76,7 @@ class SpendLedger:
                      until: float | None) -> list[dict[str, Any]]:
         await self._writer.flush()
         expr = _GROUPS[group_by]
-        rows = self._conn().execute(
+        rows = self._read().execute(
             f"SELECT {expr}, COUNT(*), SUM(status = 200), SUM(prompt_tokens), "
             f"SUM(completion_tokens), SUM(cost_usd) FROM spend WHERE ts >= ? AND ts < ? "
             f"GROUP BY 1 ORDER BY 6 DESC", (since or 0.0, until or 1e12)).fetchall()
@@ -91,6 +90,18 @@ class SpendLedger:
         if self._db is None:
             raise RuntimeError("the spend ledger is not open")
         return self._db
+
+    def _read(self) -> sqlite3.Connection:
+        if self._reader is None:
+            raise RuntimeError("the spend ledger is not open")
+        return self._reader
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(_SCHEMA)
+    return db
 
 
 class BudgetBook:

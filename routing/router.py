@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from gateway.errors import (
     ModelNotFound,
@@ -67,6 +67,8 @@ class RoutePlan:
     candidates: tuple[Candidate, ...]
     min_quality: int
     checks: CascadeChecks = CascadeChecks()  # noqa: RUF009 (frozen, so sharing it is safe)
+    cache_ttl_s: float | None = None
+    cache_any_temperature: bool = False
 
 
 class Router:
@@ -96,7 +98,10 @@ class Router:
             _raise_nothing_kept(req, candidates)
         return RoutePlan(rule=rule.name if rule else "default", strategy=strategy,
                          chain=tuple(c.deployment for c in kept), candidates=tuple(candidates),
-                         min_quality=min_quality, checks=settings.cascade)
+                         min_quality=min_quality, checks=settings.cascade,
+                         cache_ttl_s=_pick(settings.cache_ttl_s, default.cache_ttl_s),
+                         cache_any_temperature=bool(_pick(settings.cache_any_temperature,
+                                                          default.cache_any_temperature)))
 
     def visible_groups(self, principal: Principal) -> list[str]:
         return [g for g in self._catalog.groups if principal.may_use(g)]
@@ -175,6 +180,10 @@ class _Judge:
         if reason:
             return Candidate(dep, False, reason, cost, source)
         return Candidate(dep, True, f"eligible, estimated ${cost:.6f}", cost, source)
+
+
+def _pick(*values: Any) -> Any:
+    return next((v for v in values if v is not None), None)
 
 
 def _first(*values: int | None) -> int:

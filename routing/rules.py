@@ -57,6 +57,8 @@ class RouteSettings(_Frozen):
     fallbacks: tuple[str, ...] = ()               # extra groups, tried after the group's own
     weights: dict[str, float] = {}                # deployment id → weight, for `weighted`
     regions: tuple[str, ...] | None = None        # deployments' allowed regions (None: all)
+    cache_ttl_s: float | None = Field(default=None, ge=0)   # overrides cache.ttl_s
+    cache_any_temperature: bool | None = None     # also cache requests with temperature > 0
     cascade: CascadeChecks = CascadeChecks()
 
 

@@ -27,6 +27,7 @@ def governed(url: str, tmp: Path, **key_limits: Any) -> dict[str, Any]:
     config["keys"][0].update(key_limits)
     config["admin_keys"] = [{"key": ADMIN, "name": "auditor"}]
     config["storage"] = {"path": str(tmp / "podium.sqlite3")}
+    config["cache"] = {"enabled": False}  # every request here must reach the upstream
     return config
 
 

@@ -185,6 +185,7 @@ async def test_breaker_opens_stays_open_and_recovers(upstream: Upstream,
                    input_cost_per_token=1e-8),
         deployment("chat", "sim-ok", upstream.url, input_cost_per_token=1e-7)]
     config["routing"] = {"breaker": {"failures": 2, "cooldown_s": 0.5}}
+    config["cache"] = {"enabled": False}
     gw = await make_gateway(config)
     for _ in range(2):
         assert await answered_by(gw, model="chat") == "sim-ok"

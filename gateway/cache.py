@@ -1,0 +1,162 @@
+"""Hop 6, cache: an exact response cache, scoped so that no answer crosses a permission line.
+
+The key is a digest of the request in canonical form (JSON with sorted keys, minus fields that
+do not change the answer: `stream`, `stream_options`, `user`) together with the routing result
+(the deployment chain) and the caller's scope: the tenant (team, or key when there is no team),
+the data class, and the allowed regions. A caller with another tenant, a narrower allow-list
+(a different chain) or a lower clearance computes a different key, so it can never read an
+answer it could not have received fresh.
+
+Only complete, successful answers are stored. By default only deterministic requests
+(`temperature` absent or 0) are cached; a routing rule may allow others. Request controls:
+`Cache-Control: no-cache` (do not read), `no-store` (do not write), `x-podium-cache-ttl: <s>`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+from cachetools import TLRUCache
+
+from gateway.errors import BadRequest
+
+_NOT_SEMANTIC = frozenset({"stream", "stream_options", "user"})
+TTL_HEADER = "x-podium-cache-ttl"
+
+
+class CacheStore(Protocol):
+    async def get(self, key: str) -> bytes | None:
+        """The stored answer for `key`, or None (absent or expired)."""
+        ...
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
+        """Store `value` for `ttl_s` seconds; may evict older entries to stay within bounds."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    value: bytes
+    expires_at: float
+
+
+class MemoryCache:
+    """Bounded by entry count and by bytes; each entry keeps its own TTL."""
+
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        self._max_entries = max_entries
+        self._cache: TLRUCache[str, _Entry] = TLRUCache(
+            maxsize=max_bytes, ttu=lambda _k, entry, _now: entry.expires_at,
+            timer=time.monotonic, getsizeof=lambda entry: len(entry.value) or 1)
+
+    async def get(self, key: str) -> bytes | None:
+        entry = self._cache.get(key)
+        return entry.value if entry is not None else None
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
+        if len(value) > self._cache.maxsize:
+            return  # larger than the whole cache: never stored
+        while len(self._cache) >= self._max_entries and key not in self._cache:
+            self._cache.popitem()
+        self._cache[key] = _Entry(value, time.monotonic() + ttl_s)
+
+    @property
+    def bytes_used(self) -> float:
+        return self._cache.currsize
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+
+@dataclass(frozen=True, slots=True)
+class CachePolicy:
+    read: bool
+    write: bool
+    ttl_s: float
+    reason: str          # why it is bypassed, or "" when it is used
+
+
+def policy(headers: Mapping[str, str], body: Mapping[str, Any], *, enabled: bool,
+           default_ttl_s: float, nondeterministic_ok: bool, held: bool) -> CachePolicy:
+    control = {d.strip().lower() for d in headers.get("Cache-Control", "").split(",")}
+    ttl = _ttl(headers.get(TTL_HEADER), default_ttl_s)
+    temperature = body.get("temperature")
+    if not enabled:
+        return CachePolicy(False, False, ttl, "cache disabled")
+    if held:
+        return CachePolicy(False, False, ttl, "answer held for review")
+    if temperature not in (None, 0) and not nondeterministic_ok:
+        return CachePolicy(False, False, ttl, "temperature > 0")
+    read, write = "no-cache" not in control, "no-store" not in control and ttl > 0
+    return CachePolicy(read, write, ttl, "" if read or write else "Cache-Control")
+
+
+def _ttl(value: str | None, default: float) -> float:
+    if value is None:
+        return default
+    try:
+        ttl = float(value)
+    except ValueError:
+        ttl = -1.0
+    if ttl < 0:
+        raise BadRequest(f"Header {TTL_HEADER} must be a number of seconds >= 0.",
+                         param=TTL_HEADER)
+    return ttl
+
+
+def cache_key(body: Mapping[str, Any], chain: tuple[str, ...], tenant: str, data_class: str,
+              regions: frozenset[str] | None) -> str:
+    request = {k: v for k, v in body.items() if k not in _NOT_SEMANTIC}
+    scoped = {"request": request, "chain": chain, "tenant": tenant, "class": data_class,
+              "regions": sorted(regions) if regions is not None else None}
+    return hashlib.sha256(orjson.dumps(scoped, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def assemble(chunks: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A streamed answer put back together as a `chat.completion`, to be stored; None if the
+    stream did not finish every choice."""
+    if not chunks:
+        return None
+    choices: dict[int, dict[str, Any]] = {}
+    for chunk in chunks:
+        for c in chunk.get("choices") or ():
+            _merge(choices.setdefault(c.get("index", 0), _empty(c.get("index", 0))), c)
+    if not choices or any(c["finish_reason"] is None for c in choices.values()):
+        return None
+    first, usage = chunks[0], next((c["usage"] for c in chunks if c.get("usage")), None)
+    out = {k: first[k] for k in ("id", "created", "model", "system_fingerprint") if k in first}
+    out.update(object="chat.completion", choices=[_finish(choices[i]) for i in sorted(choices)])
+    if usage:
+        out["usage"] = usage
+    return out
+
+
+def _empty(index: int) -> dict[str, Any]:
+    return {"index": index, "content": None, "tool_calls": {}, "finish_reason": None}
+
+
+def _merge(acc: dict[str, Any], choice: Mapping[str, Any]) -> None:
+    delta = choice.get("delta") or {}
+    if delta.get("content"):
+        acc["content"] = (acc["content"] or "") + delta["content"]
+    for call in delta.get("tool_calls") or ():
+        slot = acc["tool_calls"].setdefault(call.get("index", 0), {
+            "id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+        slot["id"] = call.get("id") or slot["id"]
+        fn = call.get("function") or {}
+        slot["function"]["name"] += fn.get("name") or ""
+        slot["function"]["arguments"] += fn.get("arguments") or ""
+    acc["finish_reason"] = choice.get("finish_reason") or acc["finish_reason"]
+
+
+def _finish(acc: dict[str, Any]) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": acc["content"], "refusal": None}
+    if acc["tool_calls"]:
+        message["tool_calls"] = [acc["tool_calls"][i] for i in sorted(acc["tool_calls"])]
+    return {"index": acc["index"], "message": message, "logprobs": None,
+            "finish_reason": acc["finish_reason"]}
