@@ -84,14 +84,14 @@ async def create_key(request: web.Request) -> web.Response:
     unknown = [m for m in new.models or () if m not in rt.catalog.groups]
     if unknown:
         raise BadRequest(f"Unknown model(s): {', '.join(unknown)}.", param="models")
-    key, raw = gw.keystore.create(new.name, new.team, new.user, new.models)
+    key, raw = await gw.keystore.create(new.name, new.team, new.user, new.models)
     return json_response({**key.public(), "key": raw},
                          {"x-request-id": request[REQUEST_ID]}, status=201)
 
 
 async def list_keys(request: web.Request) -> web.Response:
     await require_admin(request)
-    keys = request.app[GATEWAY].keystore.list()
+    keys = await request.app[GATEWAY].keystore.list()
     return json_response({"object": "list", "data": [k.public() for k in keys]},
                          {"x-request-id": request[REQUEST_ID]})
 
@@ -99,7 +99,7 @@ async def list_keys(request: web.Request) -> web.Response:
 async def revoke_key(request: web.Request) -> web.Response:
     await require_admin(request)
     key_id = request.match_info["key_id"]
-    if not request.app[GATEWAY].keystore.revoke(key_id):
+    if not await request.app[GATEWAY].keystore.revoke(key_id):
         raise RouteNotFound(f"No active key with id {key_id!r}.")
     return json_response({"id": key_id, "object": "key", "revoked": True},
                          {"x-request-id": request[REQUEST_ID]})

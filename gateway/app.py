@@ -33,11 +33,11 @@ from gateway.errors import (
     RouteNotFound,
     render,
 )
-from gateway.keystore import KeyStore
 from gateway.litellm_provider import LiteLLMProvider
 from gateway.openai_provider import OpenAICompatibleProvider, is_openai_compatible
 from gateway.provider import Provider
 from gateway.simulator import SimModel, start_simulator
+from gateway.stores import KeyStoreBackend, open_stores
 from gateway.telemetry import Telemetry
 from plugins.base import PluginChain
 from plugins.registry import Governance, build_chain
@@ -59,7 +59,7 @@ class Runtime:
     loaded_at: int
 
     @classmethod
-    def compile(cls, config: GatewayConfig, store: KeyStore, governance: Governance,
+    def compile(cls, config: GatewayConfig, store: KeyStoreBackend, governance: Governance,
                 tracer: trace.Tracer) -> Runtime:
         catalog = Catalog.from_config(config)
         return cls(config=config, catalog=catalog, auth=Authenticator(config, store),
@@ -71,7 +71,7 @@ class Runtime:
 class Gateway:
     runtime: Runtime
     telemetry: Telemetry
-    keystore: KeyStore
+    keystore: KeyStoreBackend
     governance: Governance
     cache: CacheStore
     litellm: LiteLLMProvider = field(default_factory=LiteLLMProvider)
@@ -166,8 +166,9 @@ def build_app(config: GatewayConfig, telemetry: Telemetry | None = None) -> web.
 
     app = web.Application(middlewares=[edge_middleware],
                           client_max_size=config.server.max_body_bytes)
-    store = KeyStore(config.key_store.path)
-    governance = Governance.from_config(config)
+    stores = open_stores(config)
+    store = stores.keys
+    governance = Governance.from_stores(stores)
     telemetry = telemetry or telemetry_mod.from_env(config.telemetry.service_name)
     cache = MemoryCache(config.cache.max_entries, config.cache.max_bytes)
     gw = Gateway(runtime=Runtime.compile(config, store, governance, telemetry.tracer),
@@ -185,9 +186,9 @@ def build_app(config: GatewayConfig, telemetry: Telemetry | None = None) -> web.
 
 async def _keystore_ctx(app: web.Application) -> AsyncIterator[None]:
     store = app[GATEWAY].keystore
-    store.open()
+    await store.start()
     yield
-    store.close()
+    await store.close()
 
 
 async def _governance_ctx(app: web.Application) -> AsyncIterator[None]:

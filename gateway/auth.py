@@ -22,11 +22,11 @@ from gateway.identity import (
     teams_by_name,
 )
 from gateway.jwt_auth import JWTVerifier
-from gateway.keystore import KeyStore
+from gateway.stores import KeyStoreBackend
 
 
 class Authenticator:
-    def __init__(self, cfg: GatewayConfig, store: KeyStore) -> None:
+    def __init__(self, cfg: GatewayConfig, store: KeyStoreBackend) -> None:
         self._teams = teams_by_name(cfg)
         self._ring = KeyRing(cfg.keys, self._teams)
         self._admins = AdminRing(cfg.admin_keys)
@@ -42,7 +42,7 @@ class Authenticator:
         principal = self._ring.find(digest)
         if principal is not None:
             return principal
-        stored = self._store.find(digest)
+        stored = await self._store.find(digest)
         if stored is not None:
             return make_principal(key_id=stored.id, name=stored.name,
                                   team=self._teams.get(stored.team or ""), team_name=stored.team,

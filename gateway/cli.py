@@ -64,13 +64,13 @@ def cmd_route(args: argparse.Namespace) -> int:
 
     from gateway.app import Runtime
     from gateway.explain import chat_route_request
-    from gateway.keystore import KeyStore
     from gateway.permissions import resolve_scope
+    from gateway.stores import open_stores
     from plugins.registry import Governance
     from routing.health import Health
 
-    rt = Runtime.compile(cfg, KeyStore(cfg.key_store.path), Governance.from_config(cfg),
-                         NoOpTracer())
+    stores = open_stores(cfg)  # built, never started: explaining touches no store
+    rt = Runtime.compile(cfg, stores.keys, Governance.from_stores(stores), NoOpTracer())
     try:
         principal = _principal(rt, cfg, args)
         body = orjson.loads(sys.stdin.buffer.read())
@@ -108,23 +108,35 @@ def _principal(rt: Any, cfg: GatewayConfig, args: argparse.Namespace) -> Any:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """Walk the hash-chained audit trail; exit 1 naming the first bad record."""
-    from plugins.audit import verify
-
     path, cfg, problems = _load(args.config)
     if cfg is None:
         print(f"{path}: {len(problems)} problem(s); run 'podium check'", file=sys.stderr)
         return 2
-    audit_path = cfg.audit.path or cfg.storage.path
-    if not Path(audit_path).is_file():
-        print(f"{audit_path}: no audit trail here", file=sys.stderr)
+    where = (cfg.audit.path or cfg.storage.path) if cfg.storage.backend == "sqlite" \
+        else "postgres audit trail"
+    if cfg.storage.backend == "sqlite" and not Path(where).is_file():
+        print(f"{where}: no audit trail here", file=sys.stderr)
         return 2
-    result = verify(audit_path)
+    result = asyncio.run(_verify(cfg))
     if not result.ok:
-        print(f"{audit_path}: BROKEN after {result.records} good record(s): {result.problem}",
+        print(f"{where}: BROKEN after {result.records} good record(s): {result.problem}",
               file=sys.stderr)
         return 1
-    print(f"{audit_path}: OK, {result.records} record(s), chain intact")
+    print(f"{where}: OK, {result.records} record(s), chain intact")
     return 0
+
+
+async def _verify(cfg: GatewayConfig) -> Any:
+    from gateway.stores import open_stores
+
+    audit = open_stores(cfg).audit
+    if audit is None:
+        raise SystemExit("the audit trail is disabled (audit.enabled: false)")
+    await audit.start()
+    try:
+        return await audit.verify()
+    finally:
+        await audit.close()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -55,18 +55,18 @@ class KeyStore:
         self._version = -1
         self._index = DigestIndex()
 
-    def open(self) -> None:
+    async def start(self) -> None:
         self._db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(_SCHEMA)
         self._reload()
 
-    def close(self) -> None:
+    async def close(self) -> None:
         if self._db is not None:
             self._db.close()
             self._db = None
 
-    def find(self, digest: str) -> StoredKey | None:
+    async def find(self, digest: str) -> StoredKey | None:
         if self._db is None:
             return None
         version = self._db.execute("PRAGMA data_version").fetchone()[0]
@@ -75,7 +75,7 @@ class KeyStore:
         found = self._index.find(digest)
         return found if isinstance(found, StoredKey) else None
 
-    def create(self, name: str, team: str | None, user: str | None,
+    async def create(self, name: str, team: str | None, user: str | None,
                models: list[str] | None) -> tuple[StoredKey, str]:
         raw = f"sk-podium-{secrets.token_urlsafe(32)}"
         digest = digest_of(raw)
@@ -89,11 +89,11 @@ class KeyStore:
         self._reload()
         return key, raw
 
-    def list(self) -> list[StoredKey]:
+    async def list(self) -> list[StoredKey]:
         rows = self._conn().execute("SELECT * FROM keys ORDER BY created_at").fetchall()
         return [_row_key(r) for r in rows]
 
-    def revoke(self, key_id: str) -> bool:
+    async def revoke(self, key_id: str) -> bool:
         cur = self._conn().execute(
             "UPDATE keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
             (time.time(), key_id))

@@ -30,9 +30,9 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/admin/reviews/{review_id}/reject", reject)
 
 
-def _find(request: web.Request) -> Review:
+async def _find(request: web.Request) -> Review:
     review_id = request.match_info["review_id"]
-    review = request.app[GATEWAY].governance.reviews.get(review_id)
+    review = await request.app[GATEWAY].governance.reviews.get(review_id)
     if review is None:
         raise RouteNotFound(f"No review with id {review_id!r}.")
     return review
@@ -41,7 +41,7 @@ def _find(request: web.Request) -> Review:
 async def review_outcome(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     principal = await identify(gw, gw.runtime, request)
-    review = _find(request)
+    review = await _find(request)
     if review.key_id != principal.key_id:
         # Another caller's review does not exist, as far as this caller can tell.
         raise RouteNotFound(f"No review with id {review.id!r}.")
@@ -57,14 +57,15 @@ async def review_outcome(request: web.Request) -> web.Response:
 async def list_reviews(request: web.Request) -> web.Response:
     await require_admin(request)
     status = request.query.get("status", "pending")
-    reviews = request.app[GATEWAY].governance.reviews.list(None if status == "all" else status)
+    reviews = await request.app[GATEWAY].governance.reviews.list(
+        None if status == "all" else status)
     return json_response({"object": "list", "data": [r.public() for r in reviews]},
                          {"x-request-id": request[REQUEST_ID]})
 
 
 async def show_review(request: web.Request) -> web.Response:
     await require_admin(request)
-    return json_response(_find(request).public(), {"x-request-id": request[REQUEST_ID]})
+    return json_response((await _find(request)).public(), {"x-request-id": request[REQUEST_ID]})
 
 
 async def approve(request: web.Request) -> web.Response:

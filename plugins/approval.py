@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -24,6 +24,9 @@ from gateway.errors import BadRequest, ReviewPending
 from plugins.base import BasePlugin, Outcome, RequestContext
 from plugins.settings import ApprovalRule
 from routing.rules import RequestFacts
+
+if TYPE_CHECKING:
+    from gateway.stores import ReviewStore
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS reviews (
@@ -89,12 +92,12 @@ class ReviewQueue:
         self._conn().execute(f"INSERT INTO reviews VALUES ({','.join('?' * len(row))})", row)
         return review_id
 
-    def get(self, review_id: str) -> Review | None:
+    async def get(self, review_id: str) -> Review | None:
         row = self._conn().execute("SELECT * FROM reviews WHERE id = ?",
                                    (review_id,)).fetchone()
         return _review(row) if row else None
 
-    def list(self, status: str | None) -> list[Review]:
+    async def list(self, status: str | None) -> list[Review]:
         sql, args = "SELECT * FROM reviews", ()
         if status:
             sql, args = sql + " WHERE status = ?", (status,)
@@ -108,12 +111,12 @@ class ReviewQueue:
             "WHERE id = ? AND status = 'pending'",
             (status, reviewer, comment, time.time(), review_id))
         if cur.rowcount != 1:
-            existing = self.get(review_id)
+            existing = await self.get(review_id)
             if existing is not None:
                 raise BadRequest(f"Review {review_id} was already {existing.status}.",
                                  code="review_already_decided")
             return None
-        return self.get(review_id)
+        return await self.get(review_id)
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -150,7 +153,7 @@ class _Matcher:
 class ApprovalPlugin(BasePlugin):
     name = "approval"
 
-    def __init__(self, rules: Iterable[ApprovalRule], queue: ReviewQueue) -> None:
+    def __init__(self, rules: Iterable[ApprovalRule], queue: ReviewStore) -> None:
         self._rules = [_Matcher(r, re.compile(r.match.last_user_message)
                                 if r.match.last_user_message else None) for r in rules]
         self._queue = queue

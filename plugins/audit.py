@@ -13,12 +13,15 @@ import hashlib
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from plugins.base import BasePlugin, Outcome, RequestContext
 from plugins.batch import BatchWriter
+
+if TYPE_CHECKING:
+    from gateway.stores import AuditStore
 
 GENESIS = "0" * 64
 _SCHEMA = """
@@ -102,6 +105,10 @@ class AuditLog:
         rows = self._reader.execute(sql, [*(v for _, v in where), limit]).fetchall()
         return [{"seq": seq, **orjson.loads(text), "hash": digest} for seq, text, digest in rows]
 
+    async def verify(self) -> VerifyResult:
+        await self.flush()
+        return verify(self._path)
+
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
             raise RuntimeError("the audit log is not open")
@@ -141,7 +148,7 @@ def verify(path: str) -> VerifyResult:
 class AuditPlugin(BasePlugin):
     name = "audit"
 
-    def __init__(self, log: AuditLog, include_content: bool) -> None:
+    def __init__(self, log: AuditStore, include_content: bool) -> None:
         self._log = log
         self._include_content = include_content
 

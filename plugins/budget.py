@@ -15,12 +15,15 @@ import sqlite3
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.errors import BudgetExceeded
 from plugins.base import BasePlugin, Outcome, RequestContext
 from plugins.batch import BatchWriter
 from plugins.settings import BudgetPeriod, Limits
+
+if TYPE_CHECKING:
+    from gateway.stores import SpendStore
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spend (
@@ -66,7 +69,7 @@ class SpendLedger:
             db.execute("BEGIN")
             db.executemany("INSERT INTO spend VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
 
-    def spent_since(self, column: str, value: str, since: float) -> float:
+    async def spent_since(self, column: str, value: str, since: float) -> float:
         row = self._read().execute(
             f"SELECT COALESCE(SUM(cost_usd), 0) FROM spend WHERE {column} = ? AND ts >= ?",
             (value, since)).fetchone()
@@ -107,16 +110,19 @@ def _connect(path: str) -> sqlite3.Connection:
 class BudgetBook:
     """Spent and reserved amounts per budget scope, for the current period of each."""
 
-    def __init__(self, ledger: SpendLedger) -> None:
+    def __init__(self, ledger: SpendStore) -> None:
         self._ledger = ledger
         self._spent: dict[tuple[str, float], float] = {}
         self.reserved: dict[str, float] = {}
 
-    def spent(self, scope: str, column: str, value: str, start: float) -> float:
-        key = (scope, start)
-        if key not in self._spent:  # first use in this period: read what is durable
-            self._spent[key] = self._ledger.spent_since(column, value, start)
-        return self._spent[key]
+    async def load(self, scope: str, column: str, value: str, start: float) -> None:
+        """On first use in a period, read what is durable (before the atomic check)."""
+        if (scope, start) not in self._spent:
+            spent = await self._ledger.spent_since(column, value, start)
+            self._spent.setdefault((scope, start), spent)
+
+    def spent(self, scope: str, start: float) -> float:
+        return self._spent[(scope, start)]
 
     def add(self, scope: str, start: float, cost: float) -> None:
         if (scope, start) in self._spent:
@@ -127,7 +133,7 @@ class BudgetPlugin(BasePlugin):
     name = "budget"
 
     def __init__(self, keys: Mapping[str, Limits], teams: Mapping[str, Limits],
-                 book: BudgetBook, ledger: SpendLedger) -> None:
+                 book: BudgetBook, ledger: SpendStore) -> None:
         self._keys = keys
         self._teams = teams
         self._book = book
@@ -146,9 +152,13 @@ class BudgetPlugin(BasePlugin):
 
     async def on_request(self, ctx: RequestContext) -> None:
         now, held = time.time(), []
-        for scope, column, value, limits in self._budgets(ctx):
+        budgets = self._budgets(ctx)
+        for scope, column, value, limits in budgets:
+            await self._book.load(scope, column, value, period_start(limits.budget_period, now))
+        # From here to the reservation there is no await: check-and-reserve is atomic.
+        for scope, _, value, limits in budgets:
             start = period_start(limits.budget_period, now)
-            spent = self._book.spent(scope, column, value, start)
+            spent = self._book.spent(scope, start)
             reserved = self._book.reserved.get(scope, 0.0)
             assert limits.budget_usd is not None
             if spent + reserved + ctx.reserve_usd > limits.budget_usd:

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import trace
 
 from gateway.identity import key_id_for
-from plugins.approval import ApprovalPlugin, ReviewQueue
-from plugins.audit import AuditLog, AuditPlugin
+from gateway.stores import AuditStore, ReviewStore, SpendStore, Stores
+from plugins.approval import ApprovalPlugin
+from plugins.audit import AuditPlugin
 from plugins.base import Plugin, PluginChain
-from plugins.budget import BudgetBook, BudgetPlugin, SpendLedger
+from plugins.budget import BudgetBook, BudgetPlugin
 from plugins.guardrails import GuardrailPlugin
 from plugins.ratelimit import RateLimitPlugin, SlidingWindows
 from plugins.settings import Limits, PluginRef
@@ -34,9 +35,9 @@ BUILTIN_ORDER = ("guardrails", "rate_limit", "budget", "approval", "audit")
 @dataclass
 class Governance:
     """The stores the built-in plugins share; they live as long as the process."""
-    ledger: SpendLedger
-    reviews: ReviewQueue
-    audit: AuditLog | None
+    ledger: SpendStore
+    reviews: ReviewStore
+    audit: AuditStore | None
     windows: SlidingWindows = field(default_factory=SlidingWindows)
     book: BudgetBook = field(init=False)
 
@@ -44,10 +45,8 @@ class Governance:
         self.book = BudgetBook(self.ledger)
 
     @classmethod
-    def from_config(cls, cfg: GatewayConfig) -> Governance:
-        path = cfg.storage.path
-        audit = AuditLog(cfg.audit.path or path) if cfg.audit.enabled else None
-        return cls(ledger=SpendLedger(path), reviews=ReviewQueue(path), audit=audit)
+    def from_stores(cls, stores: Stores) -> Governance:
+        return cls(ledger=stores.spend, reviews=stores.reviews, audit=stores.audit)
 
     async def start(self) -> None:
         await self.ledger.start()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from routing.rules import RuleMatch
 
@@ -26,9 +26,17 @@ class Limits(_Frozen):
 
 
 class StorageConfig(_Frozen):
-    # The embedded durable store: spend ledger, review queue and (unless audit.path says
-    # otherwise) the audit trail.
+    # The durable stores: spend ledger, review queue, audit trail, and (postgres only) keys.
+    # sqlite: one file, `path` (audit.path and key_store.path may split it); postgres: `dsn`.
+    backend: Literal["sqlite", "postgres"] = "sqlite"
     path: str = "podium.sqlite3"
+    dsn: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _postgres_needs_dsn(self) -> StorageConfig:
+        if self.backend == "postgres" and self.dsn is None:
+            raise ValueError("storage.backend postgres needs 'dsn'")
+        return self
 
 
 class AuditConfig(_Frozen):
