@@ -161,7 +161,8 @@ def _from_http(exc: web.HTTPException, request: web.Request) -> PodiumError:
     return err
 
 
-def build_app(config: GatewayConfig, telemetry: Telemetry | None = None) -> web.Application:
+def build_app(config: GatewayConfig, telemetry: Telemetry | None = None,
+              *, start_simulator: bool = True) -> web.Application:
     from gateway import admin, pipeline, reviews  # handlers import app's keys: avoid a cycle
 
     app = web.Application(middlewares=[edge_middleware],
@@ -176,7 +177,8 @@ def build_app(config: GatewayConfig, telemetry: Telemetry | None = None) -> web.
     app[GATEWAY] = gw
     app.cleanup_ctx.append(_keystore_ctx)
     app.cleanup_ctx.append(_governance_ctx)
-    app.cleanup_ctx.append(_simulator_ctx)
+    if start_simulator:
+        app.cleanup_ctx.append(_simulator_ctx)
     app.cleanup_ctx.append(_providers_ctx)
     pipeline.add_routes(app)
     admin.add_routes(app)

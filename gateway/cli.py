@@ -152,8 +152,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     host = args.host or os.environ.get("PODIUM_HOST") or "127.0.0.1"
     port = int(args.port or os.environ.get("PODIUM_PORT") or 4000)
-    logging.getLogger("podium").info("serving %s on http://%s:%d", path, host, port)
-    web.run_app(build_app(cfg), host=host, port=port, access_log=None, loop=_new_loop(),
+    if args.workers > 1:
+        from gateway.workers import supervise
+
+        loop = _new_loop()
+        try:
+            return loop.run_until_complete(supervise(path, cfg, host, port, args.workers))
+        finally:
+            loop.close()
+    from gateway.workers import WORKER_ENV
+
+    in_pool = WORKER_ENV in os.environ  # the supervisor runs the simulator for the pool
+    logging.getLogger("podium").info("serving %s on http://%s:%d (pid %d)", path, host, port,
+                                     os.getpid())
+    web.run_app(build_app(cfg, start_simulator=not in_pool), host=host, port=port,
+                access_log=None, loop=_new_loop(), reuse_port=args.reuse_port or None,
+                shutdown_timeout=cfg.server.shutdown_timeout_s,
                 print=lambda msg: print(msg, flush=True))
     return 0
 
@@ -173,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help=f"config file (default {DEFAULT_CONFIG})")
     serve.add_argument("--host", help="bind address (default 127.0.0.1, or PODIUM_HOST)")
     serve.add_argument("--port", type=int, help="port (default 4000, or PODIUM_PORT)")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="worker processes sharing the port (SO_REUSEPORT); default 1")
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
     route = sub.add_parser("route", help="explain the routing decision for a request on stdin")
     route.add_argument("--explain", action="store_true", required=True,

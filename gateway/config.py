@@ -153,6 +153,8 @@ class ServerConfig(_Frozen):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     request_timeout_s: float = Field(default=600.0, gt=0)
     attempt_timeout_s: float = Field(default=120.0, gt=0)
+    # On SIGTERM: stop accepting, then give in-flight requests and streams this long.
+    shutdown_timeout_s: float = Field(default=30.0, ge=0)
 
 
 class SimModelConfig(_Frozen):

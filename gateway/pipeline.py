@@ -7,6 +7,7 @@ sequence them. A `Runtime` is read once at the start, so the whole request sees 
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 from aiohttp import web
@@ -136,7 +137,7 @@ async def models(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return json_response({"status": "ok"}, {})
+    return json_response({"status": "ok", "pid": os.getpid()}, {})
 
 
 async def readyz(request: web.Request) -> web.Response:

@@ -1,0 +1,99 @@
+"""`podium serve --workers N`: N worker processes on one port, and a supervisor.
+
+Each worker is an independent process with its own event loop, bound to the same address with
+SO_REUSEPORT, so the kernel spreads connections across them with no proxy in between. The
+supervisor starts them, restarts one that dies (with a short backoff, so a worker that cannot
+start does not spin), runs the simulator once for all of them when the config asks for it,
+and on SIGTERM or SIGINT asks every worker to stop: a worker stops accepting, finishes its
+in-flight requests and streams (up to `server.shutdown_timeout_s`), then exits.
+
+State a worker keeps in memory (rate-limit windows, budget reservations, cache, breakers) is
+per process; `state.backend: redis` shares it across workers and machines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from gateway.config import GatewayConfig
+
+log = logging.getLogger("podium.workers")
+WORKER_ENV = "PODIUM_WORKER_INDEX"     # set in workers; the simulator runs in the supervisor
+_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+_STABLE_S = 10.0                        # a worker alive this long resets its backoff
+
+
+async def supervise(config_path: Path, cfg: GatewayConfig, host: str, port: int,
+                    workers: int) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    simulator = await _start_simulator(cfg)
+    try:
+        slots = [asyncio.create_task(_keep_alive(i, config_path, host, port, stop))
+                 for i in range(workers)]
+        log.info("supervisor %d: %d workers on http://%s:%d", os.getpid(), workers, host, port)
+        await stop.wait()
+        log.info("supervisor: stopping workers (draining in-flight requests)")
+        codes = await asyncio.gather(*slots)
+    finally:
+        if simulator is not None:
+            await simulator.cleanup()
+    return 0 if all(c in (0, -signal.SIGTERM) for c in codes) else 1
+
+
+async def _keep_alive(index: int, config_path: Path, host: str, port: int,
+                      stop: asyncio.Event) -> int:
+    """Run worker `index`; restart it whenever it dies before `stop` is set."""
+    failures = 0
+    while True:
+        started = time.monotonic()
+        proc = await _spawn(index, config_path, host, port)
+        waiting = asyncio.create_task(proc.wait())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if stop.is_set():
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+            code = await waiting
+            log.info("worker %d (pid %d) exited with %s", index, proc.pid, code)
+            return code
+        stopping.cancel()
+        failures = 0 if time.monotonic() - started > _STABLE_S else failures + 1
+        delay = _BACKOFF_S[min(failures, len(_BACKOFF_S) - 1)]
+        log.warning("worker %d (pid %d) died with %s; restarting in %.1fs",
+                    index, proc.pid, proc.returncode, delay)
+        try:
+            await asyncio.wait_for(stop.wait(), delay)
+            return proc.returncode or 0
+        except TimeoutError:
+            continue
+
+
+async def _spawn(index: int, config_path: Path, host: str,
+                 port: int) -> asyncio.subprocess.Process:
+    env = {**os.environ, WORKER_ENV: str(index)}
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "serve", "--config", str(config_path),
+        "--host", host, "--port", str(port), "--reuse-port", env=env)
+
+
+async def _start_simulator(cfg: GatewayConfig) -> object | None:
+    sim = cfg.simulator
+    if not sim.enabled:
+        return None
+    from gateway.simulator import SimModel, start_simulator
+
+    models = {n: SimModel(latency_ms=m.latency_ms, fail_rate=m.fail_rate)
+              for n, m in sim.models.items()}
+    key = sim.api_key.get_secret_value() if sim.api_key else None
+    runner, bound = await start_simulator(sim.host, sim.port, models, api_key=key)
+    log.info("simulator (not a real model) listening on http://%s:%d/v1", sim.host, bound)
+    return runner
