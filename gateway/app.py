@@ -22,7 +22,6 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from gateway import telemetry as telemetry_mod
 from gateway.auth import Authenticator
-from gateway.cache import CacheStore, MemoryCache
 from gateway.call import Caller
 from gateway.config import GatewayConfig
 from gateway.errors import (
@@ -37,6 +36,7 @@ from gateway.litellm_provider import LiteLLMProvider
 from gateway.openai_provider import OpenAICompatibleProvider, is_openai_compatible
 from gateway.provider import Provider
 from gateway.simulator import SimModel, start_simulator
+from gateway.state import SharedState, open_state
 from gateway.stores import KeyStoreBackend, open_stores
 from gateway.telemetry import Telemetry
 from plugins.base import PluginChain
@@ -73,7 +73,7 @@ class Gateway:
     telemetry: Telemetry
     keystore: KeyStoreBackend
     governance: Governance
-    cache: CacheStore
+    state: SharedState
     litellm: LiteLLMProvider = field(default_factory=LiteLLMProvider)
     native: OpenAICompatibleProvider = field(default_factory=OpenAICompatibleProvider)
     health: Health = field(default_factory=Health)
@@ -168,12 +168,12 @@ def build_app(config: GatewayConfig, telemetry: Telemetry | None = None,
     app = web.Application(middlewares=[edge_middleware],
                           client_max_size=config.server.max_body_bytes)
     stores = open_stores(config)
-    store = stores.keys
-    governance = Governance.from_stores(stores)
+    state = open_state(config)
+    governance = Governance.from_stores(stores, state)
     telemetry = telemetry or telemetry_mod.from_env(config.telemetry.service_name)
-    cache = MemoryCache(config.cache.max_entries, config.cache.max_bytes)
-    gw = Gateway(runtime=Runtime.compile(config, store, governance, telemetry.tracer),
-                 keystore=store, governance=governance, telemetry=telemetry, cache=cache)
+    gw = Gateway(runtime=Runtime.compile(config, stores.keys, governance, telemetry.tracer),
+                 keystore=stores.keys, governance=governance, telemetry=telemetry,
+                 state=state)
     app[GATEWAY] = gw
     app.cleanup_ctx.append(_keystore_ctx)
     app.cleanup_ctx.append(_governance_ctx)
@@ -198,6 +198,7 @@ async def _governance_ctx(app: web.Application) -> AsyncIterator[None]:
     await governance.start()
     yield
     await governance.close()  # flushes batched audit and spend writes
+    await app[GATEWAY].state.close()
 
 
 async def _simulator_ctx(app: web.Application) -> AsyncIterator[None]:

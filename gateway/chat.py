@@ -117,13 +117,13 @@ async def _cache_lookup(request: web.Request, gw: Gateway, rt: Runtime, plan: Ro
                            default_ttl_s=plan.cache_ttl_s if plan.cache_ttl_s is not None
                            else cfg.ttl_s, nondeterministic_ok=plan.cache_any_temperature,
                            held=ctx.hold is not None)
-        lookup = CacheLookup(gw.cache, pol, "")
+        lookup = CacheLookup(gw.state.cache, pol, "")
         if pol.read or pol.write:
             lookup.key = cache_key(parsed.body, tuple(d.id for d in plan.chain),
                                    ctx.principal.team or ctx.principal.key_id,
                                    scope.data_class, scope.regions)
         if pol.read:
-            raw = await gw.cache.get(lookup.key)
+            raw = await gw.state.cache.get(lookup.key)
             lookup.hit = orjson.loads(raw) if raw is not None else None
         outcome.cache = lookup.state
         span.set_attribute("podium.cache", lookup.state)

@@ -65,12 +65,14 @@ def cmd_route(args: argparse.Namespace) -> int:
     from gateway.app import Runtime
     from gateway.explain import chat_route_request
     from gateway.permissions import resolve_scope
+    from gateway.state import MemoryState
     from gateway.stores import open_stores
     from plugins.registry import Governance
     from routing.health import Health
 
     stores = open_stores(cfg)  # built, never started: explaining touches no store
-    rt = Runtime.compile(cfg, stores.keys, Governance.from_stores(stores), NoOpTracer())
+    governance = Governance.from_stores(stores, MemoryState.with_cache(1, 1))
+    rt = Runtime.compile(cfg, stores.keys, governance, NoOpTracer())
     try:
         principal = _principal(rt, cfg, args)
         body = orjson.loads(sys.stdin.buffer.read())

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from plugins.settings import (
     ApprovalRule,
@@ -149,6 +149,23 @@ class CacheConfig(_Frozen):
     max_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
 
 
+class StateConfig(_Frozen):
+    # Where workers and machines share limits, budgets, the cache and breakers.
+    backend: Literal["memory", "redis"] = "memory"
+    url: SecretStr | None = None                  # redis://host:6379/0
+    key_prefix: str = "podium:"
+    # When Redis is unreachable: the cache always fails open (a miss); limits and budgets
+    # fail "open" (serve, unenforced) or "closed" (503 state_unavailable).
+    fail_mode: Literal["open", "closed"] = "open"
+    timeout_s: float = Field(default=0.25, gt=0)  # per Redis call: a dead Redis must not stall
+
+    @model_validator(mode="after")
+    def _redis_needs_url(self) -> StateConfig:
+        if self.backend == "redis" and self.url is None:
+            raise ValueError("state.backend redis needs 'url'")
+        return self
+
+
 class ServerConfig(_Frozen):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     request_timeout_s: float = Field(default=600.0, gt=0)
@@ -186,6 +203,7 @@ class GatewayConfig(_Frozen):
     pii: PIIConfig = PIIConfig()
     storage: StorageConfig = StorageConfig()
     cache: CacheConfig = CacheConfig()
+    state: StateConfig = StateConfig()
     audit: AuditConfig = AuditConfig()
     approvals: tuple[ApprovalRule, ...] = ()
     guardrails: tuple[GuardrailConfig, ...] = ()

@@ -4,9 +4,9 @@ Before a call, the request's maximum cost is reserved against every budget that 
 key's, its team's); after it, the reservation is released and the real cost (every attempt,
 cascade escalations included) is added. A request is refused (429 `budget_exceeded`) when
 spent + reserved + its own maximum would pass the budget, so concurrent requests can never
-together spend more than the budget by more than one request's underestimate. The
-check-and-reserve has no await inside: atomic on the event loop. Spend is durable in SQLite and
-re-read per period on start.
+together spend more than the budget by more than one request's underestimate. Check-and-reserve
+is atomic in the shared state (one process, or Redis for a fleet). Spend is durable in the
+ledger (SQLite or PostgreSQL) and re-read per period.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ import sqlite3
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import BudgetExceeded
+from gateway.state import BudgetClaim, SharedState
 from plugins.base import BasePlugin, Outcome, RequestContext
 from plugins.batch import BatchWriter
 from plugins.settings import BudgetPeriod, Limits
@@ -31,6 +33,8 @@ CREATE TABLE IF NOT EXISTS spend (
     model TEXT, deployment TEXT, status INTEGER, prompt_tokens INTEGER,
     completion_tokens INTEGER, cost_usd REAL NOT NULL
 )"""
+# A reservation lapses if never settled (a worker died mid-request); longer than any request.
+RESERVE_TTL_S = 3600.0
 _GROUPS = {"key": "key_id", "team": "team", "model": "model", "deployment": "deployment",
            "day": "date(ts, 'unixepoch')"}
 
@@ -107,75 +111,47 @@ def _connect(path: str) -> sqlite3.Connection:
     return db
 
 
-class BudgetBook:
-    """Spent and reserved amounts per budget scope, for the current period of each."""
-
-    def __init__(self, ledger: SpendStore) -> None:
-        self._ledger = ledger
-        self._spent: dict[tuple[str, float], float] = {}
-        self.reserved: dict[str, float] = {}
-
-    async def load(self, scope: str, column: str, value: str, start: float) -> None:
-        """On first use in a period, read what is durable (before the atomic check)."""
-        if (scope, start) not in self._spent:
-            spent = await self._ledger.spent_since(column, value, start)
-            self._spent.setdefault((scope, start), spent)
-
-    def spent(self, scope: str, start: float) -> float:
-        return self._spent[(scope, start)]
-
-    def add(self, scope: str, start: float, cost: float) -> None:
-        if (scope, start) in self._spent:
-            self._spent[(scope, start)] += cost
-
-
 class BudgetPlugin(BasePlugin):
     name = "budget"
 
     def __init__(self, keys: Mapping[str, Limits], teams: Mapping[str, Limits],
-                 book: BudgetBook, ledger: SpendStore) -> None:
+                 state: SharedState, ledger: SpendStore) -> None:
         self._keys = keys
         self._teams = teams
-        self._book = book
+        self._state = state
         self._ledger = ledger
-        self._held: dict[str, list[tuple[str, float]]] = {}
 
-    def _budgets(self, ctx: RequestContext) -> list[tuple[str, str, str, Limits]]:
-        p, out = ctx.principal, []
-        limits = self._keys.get(p.key_id)
-        if limits is not None and limits.budget_usd is not None:
-            out.append((f"key:{p.key_id}", "key_id", p.key_id, limits))
-        limits = self._teams.get(p.team or "")
-        if limits is not None and limits.budget_usd is not None and p.team:
-            out.append((f"team:{p.team}", "team", p.team, limits))
-        return out
+    def _claims(self, ctx: RequestContext) -> list[BudgetClaim]:
+        p, now, claims = ctx.principal, time.time(), []
+        scopes = (("key", "key_id", p.key_id, self._keys.get(p.key_id)),
+                  ("team", "team", p.team, self._teams.get(p.team or "")))
+        for scope, column, value, limits in scopes:
+            if limits is None or limits.budget_usd is None or value is None:
+                continue
+            start = period_start(limits.budget_period, now)
+            claims.append(BudgetClaim(
+                scope=f"{scope}:{value}:{limits.budget_period}", budget_usd=limits.budget_usd,
+                period_start=start, load_spent=partial(self._ledger.spent_since, column, value,
+                                                       start)))
+        return claims
 
     async def on_request(self, ctx: RequestContext) -> None:
-        now, held = time.time(), []
-        budgets = self._budgets(ctx)
-        for scope, column, value, limits in budgets:
-            await self._book.load(scope, column, value, period_start(limits.budget_period, now))
-        # From here to the reservation there is no await: check-and-reserve is atomic.
-        for scope, _, value, limits in budgets:
-            start = period_start(limits.budget_period, now)
-            spent = self._book.spent(scope, start)
-            reserved = self._book.reserved.get(scope, 0.0)
-            assert limits.budget_usd is not None
-            if spent + reserved + ctx.reserve_usd > limits.budget_usd:
-                ctx.decide(self.name, "rejected", f"{scope} budget")
-                raise BudgetExceeded(
-                    f"Budget exhausted for {scope.split(':')[0]} {value!r}: "
-                    f"${spent:.6f} spent and ${reserved:.6f} reserved of "
-                    f"${limits.budget_usd:.6f} per {limits.budget_period}.")
-            held.append((scope, start))
-        for scope, _ in held:
-            self._book.reserved[scope] = self._book.reserved.get(scope, 0.0) + ctx.reserve_usd
-        self._held[ctx.request_id] = held
+        claims = self._claims(ctx)
+        if not claims:
+            return
+        full = await self._state.reserve(claims, ctx.request_id, ctx.reserve_usd, RESERVE_TTL_S)
+        if full is not None:
+            claim, spent, reserved = full
+            kind, name, period = claim.scope.split(":", 2)
+            ctx.decide(self.name, "rejected", f"{kind}:{name} budget")
+            raise BudgetExceeded(
+                f"Budget exhausted for {kind} {name!r}: ${spent:.6f} spent and "
+                f"${reserved:.6f} reserved of ${claim.budget_usd:.6f} per {period}.")
 
     async def on_complete(self, ctx: RequestContext, outcome: Outcome) -> None:
-        for scope, start in self._held.pop(ctx.request_id, ()):
-            self._book.reserved[scope] -= ctx.reserve_usd
-            self._book.add(scope, start, outcome.cost_usd)
+        claims = self._claims(ctx)
+        if claims:
+            await self._state.settle(claims, ctx.request_id, outcome.cost_usd)
         p = ctx.principal
         self._ledger.submit((ctx.started_at, ctx.request_id, p.key_id, p.name, p.team,
                              ctx.model, outcome.deployment, outcome.status,

@@ -9,20 +9,21 @@ as keyword arguments and returning an object with the hooks of `plugins.base.Plu
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 
 from gateway.identity import key_id_for
+from gateway.state import SharedState
 from gateway.stores import AuditStore, ReviewStore, SpendStore, Stores
 from plugins.approval import ApprovalPlugin
 from plugins.audit import AuditPlugin
 from plugins.base import Plugin, PluginChain
-from plugins.budget import BudgetBook, BudgetPlugin
+from plugins.budget import BudgetPlugin
 from plugins.guardrails import GuardrailPlugin
-from plugins.ratelimit import RateLimitPlugin, SlidingWindows
+from plugins.ratelimit import RateLimitPlugin
 from plugins.settings import Limits, PluginRef
 
 if TYPE_CHECKING:
@@ -38,15 +39,11 @@ class Governance:
     ledger: SpendStore
     reviews: ReviewStore
     audit: AuditStore | None
-    windows: SlidingWindows = field(default_factory=SlidingWindows)
-    book: BudgetBook = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.book = BudgetBook(self.ledger)
+    state: SharedState
 
     @classmethod
-    def from_stores(cls, stores: Stores) -> Governance:
-        return cls(ledger=stores.spend, reviews=stores.reviews, audit=stores.audit)
+    def from_stores(cls, stores: Stores, state: SharedState) -> Governance:
+        return cls(ledger=stores.spend, reviews=stores.reviews, audit=stores.audit, state=state)
 
     async def start(self) -> None:
         await self.ledger.start()
@@ -70,8 +67,8 @@ def _limits(cfg: GatewayConfig) -> tuple[dict[str, Limits], dict[str, Limits]]:
 Builtin = Callable[["GatewayConfig", Governance], Plugin | None]
 BUILTINS: dict[str, Builtin] = {
     "guardrails": lambda cfg, gov: GuardrailPlugin(cfg.guardrails) if cfg.guardrails else None,
-    "rate_limit": lambda cfg, gov: RateLimitPlugin(*_limits(cfg), gov.windows),
-    "budget": lambda cfg, gov: BudgetPlugin(*_limits(cfg), gov.book, gov.ledger),
+    "rate_limit": lambda cfg, gov: RateLimitPlugin(*_limits(cfg), gov.state),
+    "budget": lambda cfg, gov: BudgetPlugin(*_limits(cfg), gov.state, gov.ledger),
     "approval": lambda cfg, gov: ApprovalPlugin(cfg.approvals, gov.reviews)
     if cfg.approvals else None,
     "audit": lambda cfg, gov: AuditPlugin(gov.audit, cfg.audit.include_content)

@@ -127,7 +127,7 @@ async def test_byte_bound_evicts(upstream: Upstream, make_gateway: GatewayFactor
     questions = [[{"role": "user", "content": f"question number {i}"}] for i in range(4)]
     for q in questions:
         await ask(gw, messages=q)
-    cache = gw.gateway.cache
+    cache = gw.gateway.state.cache
     assert isinstance(cache, MemoryCache) and cache.bytes_used <= 1200
     assert (await ask(gw, messages=questions[-1])).headers["x-podium-cache"] == "hit"
     assert (await ask(gw, messages=questions[0])).headers["x-podium-cache"] == "miss"
