@@ -81,8 +81,20 @@ class Gateway:
     preload: asyncio.Task[None] | None = None
     simulator: web.AppRunner | None = None
 
+    last_breaker_sync: float = 0.0
+
     def __post_init__(self) -> None:
-        self.caller = Caller(self.provider_for, self.telemetry, self.health)
+        self.caller = Caller(self.provider_for, self.telemetry, self.health,
+                             self.state.publish_breaker)
+
+    async def sync_breakers(self) -> None:
+        """Adopt breaker changes other processes published (at most every 250 ms)."""
+        now = time.monotonic()
+        if now - self.last_breaker_sync < BREAKER_SYNC_S:
+            return
+        self.last_breaker_sync = now
+        for dep_id, (state, until) in (await self.state.breaker_updates()).items():
+            self.health.apply_remote(dep_id, state, until)
 
     def provider_for(self, deployment: Deployment) -> Provider:
         # OpenAI-compatible upstreams need no translation: the native path costs ~0.15 ms of
@@ -92,15 +104,22 @@ class Gateway:
     def needs_litellm(self) -> bool:
         return any(not is_openai_compatible(d) for d in self.runtime.catalog.deployments)
 
-    def ready(self) -> tuple[bool, str]:
-        if self.preload is not None and not self.preload.done():
-            return False, "loading the litellm provider"
-        if self.preload is not None and self.preload.exception() is not None:
-            return False, "the litellm provider failed to load"
-        return True, "ready"
+    def ready(self) -> tuple[bool, dict[str, str]]:
+        """Whether to take traffic, and each part's state (shared state, providers)."""
+        serving, state = self.state.status()
+        parts = {"state": state, "litellm": "not needed"}
+        if self.preload is not None:
+            if not self.preload.done():
+                serving, parts["litellm"] = False, "loading"
+            elif self.preload.exception() is not None:
+                serving, parts["litellm"] = False, "failed to load"
+            else:
+                parts["litellm"] = "loaded"
+        return serving, parts
 
 
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
+BREAKER_SYNC_S = 0.25
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("podium.request_id", str)
 
 

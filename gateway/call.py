@@ -44,6 +44,7 @@ _REQUEST_ATTRS = {"max_tokens": "gen_ai.request.max_tokens",
                   "temperature": "gen_ai.request.temperature", "top_p": "gen_ai.request.top_p",
                   "seed": "gen_ai.request.seed"}
 Check = Callable[[ChatAnswer], str | None]  # None: the answer passes; else why it does not
+Publish = Callable[[str, str, float], Awaitable[None]]  # deployment, state, open until (unix s)
 
 
 class Guard(Scope, Protocol):
@@ -90,10 +91,11 @@ class _Walk:
 
 class Caller:
     def __init__(self, select: Callable[[Deployment], Provider], telemetry: Telemetry,
-                 health: Health) -> None:
+                 health: Health, publish: Publish | None = None) -> None:
         self._select = select
         self._telemetry = telemetry
         self.health = health
+        self._publish = publish
 
     async def chat(self, plan: RoutePlan, body: Mapping[str, Any], deadline: float,
                    routing: RoutingConfig, check: Check | None = None,
@@ -117,9 +119,9 @@ class Caller:
             try:
                 answer = await _bounded(send(self._select(dep), attempt), attempt.timeout_s)
             except ProviderError as err:
-                self._failed(dep, span, err, walk, routing)
+                await self._failed(dep, span, err, walk, routing)
                 continue
-            self._succeeded(dep, span, started)
+            await self._succeeded(dep, span, started)
             walk.cost_usd += dep.cost(answer.usage.prompt_tokens, answer.usage.completion_tokens)
             walk.usage += answer.usage
             verdict = check(answer) if check else None
@@ -151,9 +153,9 @@ class Caller:
             except (ProviderError, StopAsyncIteration) as exc:
                 err = exc if isinstance(exc, ProviderError) else ProviderError(
                     "server", "the upstream closed the stream without sending anything")
-                self._failed(dep, span, err, walk, routing)
+                await self._failed(dep, span, err, walk, routing)
                 continue
-            self._succeeded(dep, span, started)
+            await self._succeeded(dep, span, started)
             return OpenStream(dep, walk.number, walk.failures, first, chunks, span,
                               masked=bool(guard and guard.masks_for(dep)),
                               attempted=walk.attempted)
@@ -180,11 +182,12 @@ class Caller:
             sent = walk.guard.body_for(dep, body) if walk.guard is not None else body
             yield dep, span, self._attempt(dep, sent, deadline, walk.number, span)
 
-    def _failed(self, dep: Deployment, span: trace.Span, err: ProviderError, walk: _Walk,
-                routing: RoutingConfig) -> None:
+    async def _failed(self, dep: Deployment, span: trace.Span, err: ProviderError,
+                      walk: _Walk, routing: RoutingConfig) -> None:
         change = self.health.failed(dep.id, err, routing.breaker)
         if change:
             span.add_event(f"breaker.{change}", {"deployment": dep.id})
+            await self._share(dep.id, change)
         _end_failed(span, err)
         failed = FailedAttempt(dep.id, err)
         walk.failures.append(failed)
@@ -195,11 +198,16 @@ class Caller:
         if not err.moves_on:
             raise UpstreamRejected(failed)
 
-    def _succeeded(self, dep: Deployment, span: trace.Span, started: float) -> None:
+    async def _succeeded(self, dep: Deployment, span: trace.Span, started: float) -> None:
         elapsed = asyncio.get_running_loop().time() - started
         change = self.health.succeeded(dep.id, elapsed)
         if change:
             span.add_event(f"breaker.{change}", {"deployment": dep.id})
+            await self._share(dep.id, change)
+
+    async def _share(self, dep_id: str, state: str) -> None:
+        if self._publish is not None:
+            await self._publish(dep_id, state, self.health.wall_open_until(dep_id))
 
     def _start_span(self, operation: str, dep: Deployment, body: Mapping[str, Any],
                     number: int) -> trace.Span:

@@ -74,7 +74,7 @@ async def _serve(request: web.Request, gw: Gateway, rt: Runtime,
     ctx.data_class, ctx.pii_counts = scope.data_class, scope.findings
     route_req = chat_route_request(chat, parsed.body, ctx.principal, request.headers, scope)
     ctx.facts = route_req.facts
-    plan = route(gw, rt, route_req, ctx.principal)
+    plan = await route(gw, rt, route_req, ctx.principal)
     _reserve(ctx, rt, plan, route_req, chat)
     await rt.chain.on_request(ctx)
     lookup = await _cache_lookup(request, gw, rt, plan, parsed, scope, ctx, outcome)

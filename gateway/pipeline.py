@@ -69,7 +69,9 @@ def permit(gw: Gateway, rt: Runtime, principal: Principal, parsed: Parsed[ChatCo
         return scope
 
 
-def route(gw: Gateway, rt: Runtime, req: RouteRequest, principal: Principal) -> RoutePlan:
+async def route(gw: Gateway, rt: Runtime, req: RouteRequest,
+                principal: Principal) -> RoutePlan:
+    await gw.sync_breakers()
     with gw.telemetry.tracer.start_as_current_span("podium.route") as span:
         plan = rt.router.plan(req, principal, gw.health)
         if span.is_recording():
@@ -104,7 +106,7 @@ async def route_explain(request: web.Request) -> web.Response:
     parsed = validate(ChatCompletionRequest, await read_json(request, _limit(rt)))
     scope = permit(gw, rt, principal, parsed, request)
     req = chat_route_request(parsed.typed, parsed.body, principal, request.headers, scope)
-    plan = route(gw, rt, req, principal)
+    plan = await route(gw, rt, req, principal)
     return json_response(explain(plan, req, gw.health), {"x-request-id": request[REQUEST_ID]})
 
 
@@ -116,7 +118,7 @@ async def embeddings(request: web.Request) -> web.Response:
     emb = parsed.typed
     inputs = emb.input if isinstance(emb.input, list) else [emb.input]
     tokens = sum(count_text(i) if isinstance(i, str) else 1 for i in inputs)
-    plan = route(gw, rt, RouteRequest(model=emb.model, mode="embedding", needs=frozenset(),
+    plan = await route(gw, rt, RouteRequest(model=emb.model, mode="embedding", needs=frozenset(),
                                       prompt_tokens=tokens, max_output_tokens=None), principal)
     result = await gw.caller.embed(plan, parsed.body, deadline_for(rt), rt.config.routing)
     body = result.answer.body
@@ -141,8 +143,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    ready, detail = request.app[GATEWAY].ready()
-    return json_response({"status": "ready" if ready else "not_ready", "detail": detail}, {},
+    ready, parts = request.app[GATEWAY].ready()
+    return json_response({"status": "ready" if ready else "not_ready", **parts}, {},
                          status=200 if ready else 503)
 
 

@@ -76,6 +76,20 @@ class Health:
                 _LATENCY_WEIGHT * latency_s + (1 - _LATENCY_WEIGHT) * h.latency_s)
         return "closed" if changed else None
 
+    def wall_open_until(self, dep_id: str) -> float:
+        """When the breaker closes again, as unix seconds (for other processes)."""
+        return time.time() + (self._get(dep_id).open_until - self._clock())
+
+    def apply_remote(self, dep_id: str, state: str, open_until_wall: float) -> None:
+        """Adopt a breaker change published by another process."""
+        h = self._get(dep_id)
+        if state == "open":
+            until = self._clock() + (open_until_wall - time.time())
+            if until > self._clock() and (h.state != "open" or until > h.open_until):
+                h.state, h.open_until, h.probe_in_flight = "open", until, False
+        elif state == "closed" and h.state != "closed" and not h.probe_in_flight:
+            h.state, h.consecutive_failures = "closed", 0
+
     def failed(self, dep_id: str, err: ProviderError, cfg: BreakerConfig) -> BreakerState | None:
         h, now = self._get(dep_id), self._clock()
         if err.kind == "rate_limit":
