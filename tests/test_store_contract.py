@@ -1,0 +1,433 @@
+"""One contract for the durable stores, run against both backends: SQLite and PostgreSQL.
+
+Every test takes the `backend` fixture, parametrized over "sqlite" (files in tmp_path, as
+`open_stores` lays them out) and "postgres" (a fresh schema per test on PODIUM_TEST_PG_DSN,
+default postgresql://postgres@127.0.0.1:5432/test, chosen through the DSN's search_path and
+dropped afterwards). A second store instance on the same files or schema stands for a second
+worker process. `Backend.sql` edits the tables directly, as an operator's tool (or an attacker)
+would. The postgres cases are skipped when the server cannot be reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import orjson
+import pytest
+
+from gateway.errors import BadRequest
+from gateway.identity import Principal, digest_of, key_id_for
+from gateway.keystore import KeyStore
+from gateway.pg_stores import PgAuditLog, PgKeyStore, PgReviewQueue, PgSpendLedger
+from gateway.stores import AuditStore, KeyStoreBackend, ReviewStore, SpendStore, Store
+from plugins.approval import ReviewQueue
+from plugins.audit import AuditLog, VerifyResult
+from plugins.base import RequestContext
+from plugins.budget import SpendLedger
+
+_DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+PG_DSN = os.environ.get("PODIUM_TEST_PG_DSN", _DEFAULT_DSN)
+S = TypeVar("S", bound=Store)
+_pg_state: dict[str, str | None] = {}  # "problem" -> why PostgreSQL is unusable (None: usable)
+
+
+async def _pg_problem() -> str | None:
+    if "problem" not in _pg_state:
+        try:
+            conn = await asyncpg.connect(PG_DSN, timeout=3)
+        except Exception as exc:
+            _pg_state["problem"] = f"{type(exc).__name__}: {exc}"
+        else:
+            await conn.close()
+            _pg_state["problem"] = None
+    return _pg_state["problem"]
+
+
+@dataclass
+class Backend:
+    name: str
+    tmp: Path
+    dsn: str | None = None          # set for postgres
+    opened: list[Store] = field(default_factory=list)
+
+    async def _started(self, store: S) -> S:
+        await store.start()
+        self.opened.append(store)
+        return store
+
+    def _file(self, name: str) -> str:
+        return str(self.tmp / f"{name}.sqlite3")
+
+    async def keys(self) -> KeyStoreBackend:
+        return await self._started(
+            PgKeyStore(self.dsn) if self.dsn else KeyStore(self._file("keys")))
+
+    async def spend(self) -> SpendStore:
+        return await self._started(
+            PgSpendLedger(self.dsn) if self.dsn else SpendLedger(self._file("podium")))
+
+    async def audit(self) -> AuditStore:
+        return await self._started(
+            PgAuditLog(self.dsn) if self.dsn else AuditLog(self._file("podium")))
+
+    async def reviews(self) -> ReviewStore:
+        return await self._started(
+            PgReviewQueue(self.dsn) if self.dsn else ReviewQueue(self._file("podium")))
+
+    async def sql(self, *statements: str, file: str = "podium") -> None:
+        """Run statements directly; `{t}` is the table prefix ("podium_" in PostgreSQL)."""
+        if self.dsn:
+            conn = await asyncpg.connect(self.dsn)
+            try:
+                for statement in statements:
+                    await conn.execute(statement.format(t="podium_"))
+            finally:
+                await conn.close()
+            return
+        db = sqlite3.connect(self._file(file), isolation_level=None)
+        try:
+            for statement in statements:
+                db.execute(statement.format(t=""))
+        finally:
+            db.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    schema = None
+    if request.param == "postgres":
+        problem = await _pg_problem()
+        if problem is not None:
+            where = "127.0.0.1:5432" if PG_DSN == _DEFAULT_DSN else "PODIUM_TEST_PG_DSN"
+            pytest.skip(f"PostgreSQL is not reachable on {where}: {problem}")
+        schema = f"podium_test_{uuid.uuid4().hex[:12]}"
+        conn = await asyncpg.connect(PG_DSN)
+        try:
+            await conn.execute(f"CREATE SCHEMA {schema}")
+        finally:
+            await conn.close()
+        sep = "&" if "?" in PG_DSN else "?"
+        b = Backend("postgres", tmp_path, f"{PG_DSN}{sep}options=-csearch_path%3D{schema}")
+    else:
+        b = Backend("sqlite", tmp_path)
+    try:
+        yield b
+    finally:
+        for store in reversed(b.opened):
+            await store.close()
+        if schema is not None:
+            conn = await asyncpg.connect(PG_DSN)
+            try:
+                await conn.execute(f"DROP SCHEMA {schema} CASCADE")
+            finally:
+                await conn.close()
+
+
+# --- keys ---------------------------------------------------------------------------------
+
+async def test_keys_create_find_list_revoke(backend: Backend) -> None:
+    keys = await backend.keys()
+    key, raw = await keys.create("app", "search", "ana", ["chat", "embed"])
+    other, other_raw = await keys.create("batch", None, None, None)
+    assert raw.startswith("sk-podium-") and raw != other_raw
+    assert key.id == key_id_for(digest_of(raw))
+    assert (key.name, key.team, key.user, key.models) == ("app", "search", "ana",
+                                                          ("chat", "embed"))
+    assert key.revoked_at is None and other.models is None
+
+    assert await keys.find(digest_of(raw)) == key
+    assert await keys.find(digest_of(other_raw)) == other
+    assert await keys.find(digest_of("sk-podium-unknown")) is None
+
+    listed = await keys.list()
+    assert listed == [key, other]  # oldest first
+    for stored in listed:  # only the digest is kept, and not even that is listed
+        assert raw not in repr(stored) and digest_of(raw) not in repr(stored)
+        assert raw.encode() not in orjson.dumps(stored.public())
+
+    assert await keys.revoke(key.id) is True
+    assert await keys.revoke(key.id) is False       # already revoked
+    assert await keys.revoke("key_nonexistent") is False
+    assert await keys.find(digest_of(raw)) is None
+    assert await keys.find(digest_of(other_raw)) == other
+    revoked = (await keys.list())[0]
+    assert revoked.id == key.id and revoked.revoked_at is not None
+    assert revoked.public()["revoked_at"] is not None
+
+
+async def test_key_changes_are_seen_by_a_second_process(backend: Backend) -> None:
+    first, second = await backend.keys(), await backend.keys()  # both running before the change
+    key, raw = await first.create("app", "search", None, None)
+    assert await second.find(digest_of(raw)) == key
+    assert await first.revoke(key.id)
+    assert await second.find(digest_of(raw)) is None  # the very next lookup refuses it
+
+    key2, raw2 = await second.create("app2", None, None, ["chat"])
+    assert await first.find(digest_of(raw2)) == key2
+    # An operator revoking with plain SQL is seen too.
+    await backend.sql(f"UPDATE {{t}}keys SET revoked_at = 1 WHERE id = '{key2.id}'",
+                      file="keys")
+    assert await first.find(digest_of(raw2)) is None
+    assert await second.find(digest_of(raw2)) is None
+
+
+async def test_key_store_reopened_keeps_keys(backend: Backend) -> None:
+    keys = await backend.keys()
+    key, raw = await keys.create("app", None, None, None)
+    await keys.close()
+    assert await keys.find(digest_of(raw)) is None  # closed: nothing is accepted
+    reopened = await backend.keys()
+    assert await reopened.find(digest_of(raw)) == key
+
+
+# --- spend --------------------------------------------------------------------------------
+
+DAY = 1709251200.0  # 2024-03-01T00:00:00Z
+SPEND_ROWS = [  # ts, request_id, key_id, key_name, team, model, deployment, status, pt, ct, $
+    (DAY + 36000, "r1", "key_a", "a", "x", "m1", "d1", 200, 10, 5, 0.5),
+    (DAY + 86399.5, "r2", "key_a", "a", "x", "m2", "d2", 200, 20, 10, 0.25),  # 23:59:59.5
+    (DAY + 86400, "r3", "key_b", "b", "y", "m1", "d1", 500, 30, 0, 0.125),    # next UTC day
+    (DAY + 2 * 86400 + 5, "r4", "key_b", "b", None, "m1", "d3", 200, 1, 2, 1.0),
+]
+
+
+def _row(group: str, value: Any, n: int, ok: int, pt: int, ct: int, cost: float) -> dict[str, Any]:
+    return {group: value, "requests": n, "succeeded": ok, "prompt_tokens": pt,
+            "completion_tokens": ct, "cost_usd": cost}
+
+
+EXPECTED_REPORTS = {
+    "key": [_row("key", "key_b", 2, 1, 31, 2, 1.125), _row("key", "key_a", 2, 2, 30, 15, 0.75)],
+    "team": [_row("team", None, 1, 1, 1, 2, 1.0), _row("team", "x", 2, 2, 30, 15, 0.75),
+             _row("team", "y", 1, 0, 30, 0, 0.125)],
+    "model": [_row("model", "m1", 3, 2, 41, 7, 1.625), _row("model", "m2", 1, 1, 20, 10, 0.25)],
+    "deployment": [_row("deployment", "d3", 1, 1, 1, 2, 1.0),
+                   _row("deployment", "d1", 2, 1, 40, 5, 0.625),
+                   _row("deployment", "d2", 1, 1, 20, 10, 0.25)],
+    "day": [_row("day", "2024-03-03", 1, 1, 1, 2, 1.0),
+            _row("day", "2024-03-01", 2, 2, 30, 15, 0.75),
+            _row("day", "2024-03-02", 1, 0, 30, 0, 0.125)],
+}
+
+
+@pytest.mark.parametrize("group_by", list(EXPECTED_REPORTS))
+async def test_spend_report(backend: Backend, group_by: str) -> None:
+    spend = await backend.spend()
+    for row in SPEND_ROWS:
+        spend.submit(row)
+    # report flushes first: read-your-writes without an explicit flush
+    assert await spend.report(group_by, None, None) == EXPECTED_REPORTS[group_by]
+
+
+async def test_spend_totals_and_windows(backend: Backend) -> None:
+    spend, other = await backend.spend(), await backend.spend()
+    for row in SPEND_ROWS:
+        spend.submit(row)
+    await spend.flush()
+    assert await spend.spent_since("key_id", "key_a", 0.0) == 0.75
+    assert await spend.spent_since("key_id", "key_b", DAY + 86400) == 1.125  # ts >= since
+    assert await spend.spent_since("team", "x", DAY + 36001) == 0.25
+    assert await spend.spent_since("team", "nobody", 0.0) == 0.0
+    assert await other.spent_since("key_id", "key_a", 0.0) == 0.75  # another process sees it
+    # since <= ts < until
+    assert await spend.report("key", DAY + 86400, DAY + 2 * 86400) == [
+        _row("key", "key_b", 1, 0, 30, 0, 0.125)]
+    assert await spend.report("day", None, DAY + 86400) == [
+        _row("day", "2024-03-01", 2, 2, 30, 15, 0.75)]
+    assert await spend.report("model", DAY * 2, None) == []
+
+
+async def test_spend_batches_in_the_background_and_on_close(backend: Backend) -> None:
+    spend, reader = await backend.spend(), await backend.spend()
+    spend.submit(SPEND_ROWS[0])
+    for _ in range(50):  # the writer flushes by itself every 0.2 s
+        if await reader.spent_since("key_id", "key_a", 0.0) == 0.5:
+            break
+        await asyncio.sleep(0.05)
+    assert await reader.spent_since("key_id", "key_a", 0.0) == 0.5
+    spend.submit(SPEND_ROWS[1])
+    await spend.close()  # close writes what is left
+    assert await reader.spent_since("key_id", "key_a", 0.0) == 0.75
+
+
+async def test_spend_failed_write_loses_nothing(backend: Backend) -> None:
+    spend = await backend.spend()
+    await backend.sql("ALTER TABLE {t}spend RENAME TO {t}spend_away")
+    for row in SPEND_ROWS:
+        spend.submit(row)
+    with pytest.raises(Exception):  # noqa: B017 - sqlite3 or asyncpg error
+        await spend.flush()
+    await backend.sql("ALTER TABLE {t}spend_away RENAME TO {t}spend")
+    await spend.flush()
+    assert await spend.report("key", None, None) == EXPECTED_REPORTS["key"]
+
+
+# --- audit --------------------------------------------------------------------------------
+
+def _record(i: int, key: str = "key_a", team: str | None = "x",
+            status: int = 200) -> dict[str, Any]:
+    return {"time": 1000.0 + i, "request_id": f"req-{i}", "trace_id": f"{i:032x}",
+            "key_id": key, "team": team, "status": status, "model": "chat",
+            "decisions": [{"plugin": "pii", "decision": "masked", "detail": "é ✓ 日本"}],
+            "pii": {"email": i}, "cost_usd": 0.001 * i, "error_code": None}
+
+
+def _strip(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k not in ("seq", "hash")}
+
+
+async def test_audit_chain_from_two_processes_appending_at_once(backend: Backend) -> None:
+    first, second = await backend.audit(), await backend.audit()
+    assert await first.verify() == (await second.verify()) and (await first.verify()).ok
+    n = 0
+    for _ in range(6):
+        for log in (first, second, first, second):
+            for _ in range(5):
+                n += 1
+                log.submit(_record(n, key=f"key_{n % 3}"))
+        await asyncio.gather(first.flush(), second.flush(), first.flush(), second.flush())
+    for log in (first, second):
+        result = await log.verify()
+        assert result.ok and result.records == n and result.problem is None
+    rows = await second.query({}, limit=1000)
+    assert len(rows) == n
+    assert [r["seq"] for r in rows] == sorted((r["seq"] for r in rows), reverse=True)
+    assert sorted(r["request_id"] for r in rows) == sorted(f"req-{i}" for i in range(1, n + 1))
+
+
+async def test_audit_query_filters(backend: Backend) -> None:
+    log = await backend.audit()
+    records = [_record(1, "key_a", "x", 200), _record(2, "key_b", "y", 429),
+               _record(3, "key_a", "y", 200), _record(4, "key_a", None, 500)]
+    for record in records:
+        log.submit(record)
+
+    async def ids(filters: dict[str, str], limit: int = 100) -> list[str]:
+        return [r["request_id"] for r in await log.query(filters, limit)]
+
+    rows = await log.query({})  # flushes first; newest first
+    assert [_strip(r) for r in rows] == records[::-1]
+    assert [r["seq"] for r in rows] == [4, 3, 2, 1]
+    assert all(len(r["hash"]) == 64 for r in rows)
+    assert await ids({"key_id": "key_a"}) == ["req-4", "req-3", "req-1"]
+    assert await ids({"team": "y"}) == ["req-3", "req-2"]
+    assert await ids({"status": "200"}) == ["req-3", "req-1"]
+    assert await ids({"request_id": "req-2"}) == ["req-2"]
+    assert await ids({"since": "1002", "until": "1004"}) == ["req-3", "req-2"]
+    assert await ids({"key_id": "key_a", "status": "200"}) == ["req-3", "req-1"]
+    assert await ids({"status": "abc"}) == []
+    assert await ids({"limit": "1", "unknown": "x"}) == ["req-4", "req-3", "req-2", "req-1"]
+    assert await ids({}, limit=2) == ["req-4", "req-3"]
+
+
+FOLLOW = "does not follow the previous record (a record was removed, inserted or reordered)"
+TAMPERING = {
+    "edit": (["UPDATE {t}audit SET record = replace(record, '\"pii\":{{\"email\":2}}', "
+              "'\"pii\":{{\"email\":0}}') WHERE seq = 2"],
+             "record seq=2 (request req-2): content does not match its hash "
+             "(the record was altered)"),
+    "delete": (["DELETE FROM {t}audit WHERE seq = 2"], f"record seq=3 (request req-3): {FOLLOW}"),
+    "reorder": (["UPDATE {t}audit SET seq = -1 WHERE seq = 2",
+                 "UPDATE {t}audit SET seq = 2 WHERE seq = 3",
+                 "UPDATE {t}audit SET seq = 3 WHERE seq = -1"],
+                f"record seq=2 (request req-3): {FOLLOW}"),
+}
+
+
+@pytest.mark.parametrize("tampering", list(TAMPERING))
+async def test_audit_verify_names_the_first_bad_record(backend: Backend, tampering: str) -> None:
+    log = await backend.audit()
+    for i in range(1, 5):
+        log.submit(_record(i))
+    assert await log.verify() == VerifyResult(True, 4)
+    statements, problem = TAMPERING[tampering]
+    await backend.sql(*statements)
+    result = await log.verify()
+    assert (result.ok, result.records, result.problem) == (False, 1, problem)
+
+
+async def test_audit_record_text_is_the_hashed_canonical_json(backend: Backend) -> None:
+    log = await backend.audit()
+    log.submit(_record(1))
+    await log.flush()
+    # Rewriting the record as equivalent but differently formatted JSON breaks the chain: the
+    # stored text is exactly what was hashed, byte for byte.
+    await backend.sql("UPDATE {t}audit SET record = replace(record, ',', ', ') WHERE seq = 1")
+    assert not (await log.verify()).ok
+
+
+# --- reviews ------------------------------------------------------------------------------
+
+def _ctx(request_id: str) -> RequestContext:
+    principal = Principal(key_id="key_abc", name="app", team="search", user="ana",
+                          allowed_models=None)
+    return RequestContext(request_id=request_id, trace_id="0" * 32, principal=principal,
+                          model="chat", body={"model": "chat", "messages": [
+                              {"role": "user", "content": "wire 10k€ to ✓"}]},
+                          stream=False, facts=None, data_class="confidential")
+
+
+ANSWER = {"id": "chatcmpl-1", "object": "chat.completion",
+          "choices": [{"index": 0, "message": {"role": "assistant", "content": "done"}}]}
+
+
+async def test_reviews_hold_get_list_decide(backend: Backend) -> None:
+    queue = await backend.reviews()
+    first = await queue.hold(_ctx("req-1"), "payments", ANSWER)
+    await asyncio.sleep(0.002)
+    second = await queue.hold(_ctx("req-2"), "payments", ANSWER)
+    assert first.startswith("rev_") and first != second
+
+    review = await queue.get(first)
+    assert review is not None
+    assert (review.id, review.status, review.rule, review.request_id, review.key_id,
+            review.team, review.model, review.data_class) == (
+        first, "pending", "payments", "req-1", "key_abc", "search", "chat", "confidential")
+    assert review.request == dict(_ctx("req-1").body) and review.answer == ANSWER
+    assert (review.reviewer, review.comment, review.decided_at) == (None, None, None)
+    assert await queue.get("rev_unknown") is None
+
+    assert [r.id for r in await queue.list(None)] == [first, second]
+    assert [r.id for r in await queue.list("pending")] == [first, second]
+
+    approved = await queue.decide(first, True, "bob", "fine")
+    assert approved is not None
+    assert (approved.status, approved.reviewer, approved.comment) == ("approved", "bob", "fine")
+    assert approved.decided_at is not None and approved.answer == ANSWER
+    assert await queue.get(first) == approved
+    rejected = await queue.decide(second, False, "eve", None)
+    assert rejected is not None and (rejected.status, rejected.comment) == ("rejected", None)
+
+    with pytest.raises(BadRequest) as err:
+        await queue.decide(first, False, "eve", "too late")
+    assert err.value.code == "review_already_decided" and "approved" in err.value.message
+    assert await queue.decide("rev_unknown", True, "bob", None) is None
+    assert [r.id for r in await queue.list("pending")] == []
+    assert [r.id for r in await queue.list("approved")] == [first]
+    assert [r.id for r in await queue.list("rejected")] == [second]
+    assert (await queue.get(first)) == approved  # the late decision changed nothing
+
+
+async def test_reviews_across_processes_decided_once(backend: Backend) -> None:
+    first, second = await backend.reviews(), await backend.reviews()
+    review_id = await first.hold(_ctx("req-1"), "payments", ANSWER)
+    seen = await second.get(review_id)
+    assert seen is not None and seen.status == "pending"
+    assert [r.id for r in await second.list("pending")] == [review_id]
+
+    outcomes = await asyncio.gather(first.decide(review_id, True, "bob", None),
+                                    second.decide(review_id, False, "eve", None),
+                                    return_exceptions=True)
+    decided = [o for o in outcomes if not isinstance(o, BaseException)]
+    refused = [o for o in outcomes if isinstance(o, BadRequest)]
+    assert len(decided) == 1 and len(refused) == 1, outcomes
+    assert refused[0].code == "review_already_decided"
+    assert await first.get(review_id) == await second.get(review_id) == decided[0]
