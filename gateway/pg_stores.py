@@ -30,7 +30,7 @@ import asyncio
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import asyncpg
@@ -194,42 +194,12 @@ class PgKeyStore(_PgStore):
         self._version = version
 
 
-def _no_thread(batch: list[Any]) -> None:
-    raise AssertionError("replaced by an async write")
-
-
-class _AsyncBatchWriter(BatchWriter[T]):
-    """`BatchWriter` (same timing, flush and close) whose write is a coroutine on the loop."""
-
-    def __init__(self, write: Callable[[list[T]], Awaitable[None]], *, name: str) -> None:
-        super().__init__(_no_thread, name=name)
-        self._write_async = write
-
-    async def flush(self) -> None:
-        async with self._lock:
-            batch, self._pending = self._pending, []
-            if not batch:
-                return
-            write = asyncio.ensure_future(self._write_async(batch))
-            try:
-                await asyncio.shield(write)
-            except asyncio.CancelledError:
-                # Let the write finish before anything else runs; requeue it only if it failed.
-                await asyncio.wait({write})
-                if write.cancelled() or write.exception() is not None:
-                    self._pending = batch + self._pending
-                raise
-            except BaseException:
-                self._pending = batch + self._pending  # nothing is dropped: retried next time
-                raise
-
-
 class _BatchedStore(_PgStore):
     _name = "batch"
 
     def __init__(self, dsn: str) -> None:
         super().__init__(dsn)
-        self._writer: _AsyncBatchWriter[Any] = _AsyncBatchWriter(self._write, name=self._name)
+        self._writer: BatchWriter[Any] = BatchWriter(self._write, name=self._name)
 
     async def start(self) -> None:
         await super().start()

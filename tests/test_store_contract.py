@@ -431,3 +431,36 @@ async def test_reviews_across_processes_decided_once(backend: Backend) -> None:
     assert len(decided) == 1 and len(refused) == 1, outcomes
     assert refused[0].code == "review_already_decided"
     assert await first.get(review_id) == await second.get(review_id) == decided[0]
+
+
+async def test_a_gateway_runs_on_this_backend(backend: Backend, upstream: Any,
+                                              make_gateway: Any) -> None:
+    """End to end: admin key creation, a model call, spend and audit, on each backend."""
+    import aiohttp
+
+    from tests.conftest import base_config
+
+    cfg = base_config(upstream.url)
+    cfg["admin_keys"] = [{"key": "sk-admin-0123456789abcdef", "name": "ops"}]
+    if backend.name == "postgres":
+        cfg["storage"] = {"backend": "postgres", "dsn": backend.dsn}
+    gw = await make_gateway(cfg)
+    admin = {"Authorization": "Bearer sk-admin-0123456789abcdef"}
+    base = gw.url.removesuffix("/v1")
+    async with aiohttp.ClientSession() as session:
+        async with session.post(base + "/admin/keys", json={"name": "e2e"},
+                                headers=admin) as resp:
+            created = await resp.json()
+        answer = await gw.client(created["key"]).chat.completions.create(
+            model="chat", messages=[{"role": "user", "content": "hi"}])
+        assert answer.choices[0].message.content.startswith("Simulated answer")
+        async with session.get(base + "/admin/spend?group_by=key", headers=admin) as resp:
+            [row] = (await resp.json())["data"]
+        async with session.get(base + "/admin/audit", headers=admin) as resp:
+            [record] = (await resp.json())["data"]
+        async with session.delete(base + f"/admin/keys/{created['id']}",
+                                  headers=admin) as resp:
+            assert resp.status == 200
+    assert row["key"] == created["id"] and row["succeeded"] == 1
+    assert record["key_id"] == created["id"] and record["status"] == 200
+    assert await gw.gateway.governance.audit.verify() == VerifyResult(True, 1)
