@@ -33,8 +33,9 @@ from gateway.errors import (
     render,
 )
 from gateway.litellm_provider import LiteLLMProvider
+from gateway.metrics import Metrics
 from gateway.openai_provider import OpenAICompatibleProvider, is_openai_compatible
-from gateway.provider import Provider
+from gateway.provider import Provider, Usage
 from gateway.simulator import SimModel, start_simulator
 from gateway.state import SharedState, open_state
 from gateway.stores import KeyStoreBackend, open_stores
@@ -81,11 +82,27 @@ class Gateway:
     preload: asyncio.Task[None] | None = None
     simulator: web.AppRunner | None = None
 
+    metrics: Metrics = field(default_factory=Metrics)
     last_breaker_sync: float = 0.0
 
     def __post_init__(self) -> None:
-        self.caller = Caller(self.provider_for, self.telemetry, self.health,
-                             self.state.publish_breaker)
+        self.caller = Caller(self.provider_for, self.telemetry, self.health, self)
+
+    def attempt_done(self, dep: Deployment, operation: str, seconds: float, outcome: str,
+                     usage: Usage, response_model: str | None) -> None:
+        self.metrics.attempt(dep.id, seconds, outcome)
+        if self.telemetry.genai is not None:
+            attrs = {"gen_ai.operation.name": operation, "gen_ai.provider.name": dep.provider,
+                     "gen_ai.request.model": dep.upstream_model}
+            if response_model:
+                attrs["gen_ai.response.model"] = response_model
+            self.telemetry.genai.record(attrs, seconds, usage.prompt_tokens,
+                                        usage.completion_tokens,
+                                        None if outcome == "ok" else outcome)
+
+    async def breaker_changed(self, dep_id: str, state: str, open_until_wall: float) -> None:
+        self.metrics.breaker_state(dep_id, state)
+        await self.state.publish_breaker(dep_id, state, open_until_wall)
 
     async def sync_breakers(self) -> None:
         """Adopt breaker changes other processes published (at most every 250 ms)."""
@@ -95,6 +112,7 @@ class Gateway:
         self.last_breaker_sync = now
         for dep_id, (state, until) in (await self.state.breaker_updates()).items():
             self.health.apply_remote(dep_id, state, until)
+            self.metrics.breaker_state(dep_id, self.health.snapshot(dep_id).state)
 
     def provider_for(self, deployment: Deployment) -> Provider:
         # OpenAI-compatible upstreams need no translation: the native path costs ~0.15 ms of
@@ -192,7 +210,7 @@ def build_app(config: GatewayConfig, telemetry: Telemetry | None = None,
     telemetry = telemetry or telemetry_mod.from_env(config.telemetry.service_name)
     gw = Gateway(runtime=Runtime.compile(config, stores.keys, governance, telemetry.tracer),
                  keystore=stores.keys, governance=governance, telemetry=telemetry,
-                 state=state)
+                 state=state, metrics=Metrics(t.name for t in config.teams))
     app[GATEWAY] = gw
     app.cleanup_ctx.append(_keystore_ctx)
     app.cleanup_ctx.append(_governance_ctx)

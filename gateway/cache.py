@@ -2,7 +2,7 @@
 
 The key is a digest of the request in canonical form (JSON with sorted keys, minus fields that
 do not change the answer: `stream`, `stream_options`, `user`) together with the routing result
-(the deployment chain) and the caller's scope: the tenant (team, or key when there is no team),
+(every deployment the caller may be routed to) and the caller's scope: the tenant (team, or key when there is no team),
 the data class, and the allowed regions. A caller with another tenant, a narrower allow-list
 (a different chain) or a lower clearance computes a different key, so it can never read an
 answer it could not have received fresh.

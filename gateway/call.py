@@ -44,7 +44,19 @@ _REQUEST_ATTRS = {"max_tokens": "gen_ai.request.max_tokens",
                   "temperature": "gen_ai.request.temperature", "top_p": "gen_ai.request.top_p",
                   "seed": "gen_ai.request.seed"}
 Check = Callable[[ChatAnswer], str | None]  # None: the answer passes; else why it does not
-Publish = Callable[[str, str, float], Awaitable[None]]  # deployment, state, open until (unix s)
+
+
+class CallEvents(Protocol):
+    """What the attempt loop reports as it goes (metrics, shared breaker state)."""
+
+    def attempt_done(self, dep: Deployment, operation: str, seconds: float, outcome: str,
+                     usage: Usage, response_model: str | None) -> None:
+        """One attempt ended: outcome "ok" or the failure kind."""
+        ...
+
+    async def breaker_changed(self, dep_id: str, state: str, open_until_wall: float) -> None:
+        """A breaker opened, went half-open or closed in this process."""
+        ...
 
 
 class Guard(Scope, Protocol):
@@ -74,6 +86,7 @@ class CallResult(Generic[T]):
     escalations: list[str] = field(default_factory=list)
     masked: bool = False               # the answer came from a pseudonymized request
     attempted: list[str] = field(default_factory=list)
+    upstream_s: float = 0.0            # time spent waiting on upstreams, every attempt
 
 
 @dataclass
@@ -87,15 +100,16 @@ class _Walk:
     larger_than: int | None = None     # after a context-length error: only larger windows
     guard: Guard | None = None
     attempted: list[str] = field(default_factory=list)
+    upstream_s: float = 0.0
 
 
 class Caller:
     def __init__(self, select: Callable[[Deployment], Provider], telemetry: Telemetry,
-                 health: Health, publish: Publish | None = None) -> None:
+                 health: Health, events: CallEvents) -> None:
         self._select = select
         self._telemetry = telemetry
         self.health = health
-        self._publish = publish
+        self._events = events
 
     async def chat(self, plan: RoutePlan, body: Mapping[str, Any], deadline: float,
                    routing: RoutingConfig, check: Check | None = None,
@@ -119,8 +133,10 @@ class Caller:
             try:
                 answer = await _bounded(send(self._select(dep), attempt), attempt.timeout_s)
             except ProviderError as err:
+                self._timed(walk, dep, operation, started, err.kind, Usage(), None)
                 await self._failed(dep, span, err, walk, routing)
                 continue
+            self._timed(walk, dep, operation, started, "ok", answer.usage, answer.response_model)
             await self._succeeded(dep, span, started)
             walk.cost_usd += dep.cost(answer.usage.prompt_tokens, answer.usage.completion_tokens)
             walk.usage += answer.usage
@@ -133,12 +149,13 @@ class Caller:
             result = CallResult(answer, dep, walk.number, walk.failures, walk.cost_usd,
                                 walk.usage, walk.escalations,
                                 masked=bool(guard and guard.masks_for(dep)),
-                                attempted=walk.attempted)
+                                attempted=walk.attempted, upstream_s=walk.upstream_s)
             if verdict is None:
                 return result
             escalated = result
         if escalated is not None:  # every answer failed its checks: the last is the best we have
             escalated.cost_usd, escalated.usage = walk.cost_usd, walk.usage
+            escalated.upstream_s = walk.upstream_s
             return escalated
         raise _exhausted(walk)
 
@@ -153,12 +170,14 @@ class Caller:
             except (ProviderError, StopAsyncIteration) as exc:
                 err = exc if isinstance(exc, ProviderError) else ProviderError(
                     "server", "the upstream closed the stream without sending anything")
+                self._timed(walk, dep, "chat", started, err.kind, Usage(), None)
                 await self._failed(dep, span, err, walk, routing)
                 continue
             await self._succeeded(dep, span, started)
             return OpenStream(dep, walk.number, walk.failures, first, chunks, span,
                               masked=bool(guard and guard.masks_for(dep)),
-                              attempted=walk.attempted)
+                              attempted=walk.attempted, started=started,
+                              upstream_s=walk.upstream_s, events=self._events)
         raise _exhausted(walk)
 
     async def _tries(self, plan: RoutePlan, body: Mapping[str, Any], deadline: float,
@@ -206,8 +225,13 @@ class Caller:
             await self._share(dep.id, change)
 
     async def _share(self, dep_id: str, state: str) -> None:
-        if self._publish is not None:
-            await self._publish(dep_id, state, self.health.wall_open_until(dep_id))
+        await self._events.breaker_changed(dep_id, state, self.health.wall_open_until(dep_id))
+
+    def _timed(self, walk: _Walk, dep: Deployment, operation: str, started: float,
+               outcome: str, usage: Usage, model: str | None) -> None:
+        seconds = asyncio.get_running_loop().time() - started
+        walk.upstream_s += seconds
+        self._events.attempt_done(dep, operation, seconds, outcome, usage, model)
 
     def _start_span(self, operation: str, dep: Deployment, body: Mapping[str, Any],
                     number: int) -> trace.Span:
@@ -263,6 +287,9 @@ class OpenStream:
     span: trace.Span
     masked: bool = False
     attempted: list[str] = field(default_factory=list)
+    started: float = 0.0               # loop time when this attempt began
+    upstream_s: float = 0.0            # failed attempts before it; the stream's own time added
+    events: CallEvents | None = None
     usage: Usage = field(default_factory=Usage)
 
     async def chunks(self) -> AsyncIterator[dict[str, Any]]:
@@ -278,6 +305,7 @@ class OpenStream:
                 yield chunk
                 chunk = await anext(self.rest, None)
         except ProviderError as err:
+            self._done(err.kind, model)
             _end_failed(self.span, err)
             raise StreamInterrupted(FailedAttempt(self.deployment.id, err)) from None
         except BaseException:
@@ -286,7 +314,15 @@ class OpenStream:
             self.span.end()
             await _aclose(self.rest)
             raise
+        self._done("ok", model)
         _end_ok(self.span, self.usage, model, tuple(reasons))
+
+    def _done(self, outcome: str, model: str | None) -> None:
+        seconds = asyncio.get_running_loop().time() - self.started
+        self.upstream_s += seconds
+        if self.events is not None:
+            self.events.attempt_done(self.deployment, "chat", seconds, outcome, self.usage,
+                                     model)
 
     @property
     def cost_usd(self) -> float:

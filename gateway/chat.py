@@ -9,7 +9,8 @@ Once the caller is known and the body valid, a `RequestContext` follows the requ
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +55,20 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         raise
     finally:
         await rt.chain.on_complete(ctx, outcome)
+        observe(gw, ctx, outcome, "chat")
+
+
+def observe(gw: Gateway, ctx: RequestContext, outcome: Outcome, endpoint: str) -> None:
+    """Metrics for a finished request (the plugins' accounting has run)."""
+    gw.metrics.answered(
+        endpoint=endpoint, route=ctx.plan.rule if ctx.plan else "none",
+        deployment=outcome.deployment, team=ctx.principal.team, status=outcome.status,
+        cache=outcome.cache, error_code=outcome.error_code, usage=outcome.usage,
+        cost_usd=outcome.cost_usd, total_s=time.monotonic() - ctx.started_mono,
+        upstream_s=outcome.upstream_s)
+    escalated = sum(1 for d in ctx.decisions if d["decision"] == "escalated")
+    if escalated and ctx.plan is not None:
+        gw.metrics.escalations.labels(ctx.plan.rule).inc(escalated)
 
 
 def _context(request: web.Request, principal: Principal,
@@ -89,7 +104,7 @@ async def _serve(request: web.Request, gw: Gateway, rt: Runtime,
     answer = result.answer.body
     if result.masked and scope.pseudonymizer is not None:
         answer = unmask_completion(answer, scope.pseudonymizer)
-    _record(outcome, result, answer)
+    _record(ctx, outcome, result)
     headers = {**call_headers(request, plan, result), **lookup.headers(request, plan)}
     response = await _respond(request, rt, ctx, outcome, answer, headers)
     await lookup.store(answer)
@@ -119,7 +134,9 @@ async def _cache_lookup(request: web.Request, gw: Gateway, rt: Runtime, plan: Ro
                            held=ctx.hold is not None)
         lookup = CacheLookup(gw.state.cache, pol, "")
         if pol.read or pol.write:
-            lookup.key = cache_key(parsed.body, tuple(d.id for d in plan.chain),
+            # Every candidate the caller may use, not the chain: breakers and cool-downs
+            # reorder the chain, and must not change the key.
+            lookup.key = cache_key(parsed.body, tuple(c.deployment.id for c in plan.candidates),
                                    ctx.principal.team or ctx.principal.key_id,
                                    scope.data_class, scope.regions)
         if pol.read:
@@ -173,9 +190,11 @@ async def _stream(request: web.Request, gw: Gateway, rt: Runtime, plan: RoutePla
     if stream.masked and scope.pseudonymizer is not None:
         chunks = unmask_stream(chunks, scope.pseudonymizer)
     seen: list[dict[str, Any]] | None = [] if lookup.policy.write else None
-    response = await sse_response(request, headers,
-                                  _checked(rt, ctx, chunks, outcome, stream, seen),
-                                  include_usage=parsed.typed.wants_usage_in_stream)
+    ttft = gw.metrics.ttft.labels(stream.deployment.id)
+    response = await sse_response(
+        request, headers, _checked(rt, ctx, chunks, outcome, stream, seen,
+                                   lambda: ttft.observe(time.monotonic() - ctx.started_mono)),
+        include_usage=parsed.typed.wants_usage_in_stream)
     if seen is not None and outcome.error_code is None:
         await lookup.store(assemble(seen))  # a streamed answer is stored once it is complete
     return response
@@ -183,10 +202,14 @@ async def _stream(request: web.Request, gw: Gateway, rt: Runtime, plan: RoutePla
 
 async def _checked(rt: Runtime, ctx: RequestContext, chunks: AsyncIterator[dict[str, Any]],
                    outcome: Outcome, stream: OpenStream | None = None,
-                   seen: list[dict[str, Any]] | None = None) -> AsyncIterator[dict[str, Any]]:
+                   seen: list[dict[str, Any]] | None = None,
+                   first: Callable[[], None] | None = None) -> AsyncIterator[dict[str, Any]]:
     """Chunks through the plugins' chunk hook; the outcome learns how the stream ended."""
     try:
         async for chunk in chunks:
+            if first is not None:
+                first()
+                first = None
             rt.chain.on_chunk(ctx, chunk)
             if seen is not None:
                 seen.append(orjson.loads(orjson.dumps(chunk)))  # egress edits chunks in place
@@ -197,6 +220,7 @@ async def _checked(rt: Runtime, ctx: RequestContext, chunks: AsyncIterator[dict[
     finally:
         if stream is not None:
             outcome.usage, outcome.cost_usd = stream.usage, stream.cost_usd
+            outcome.upstream_s = stream.upstream_s
 
 
 def _reserve(ctx: RequestContext, rt: Runtime, plan: RoutePlan, req: RouteRequest,
@@ -213,9 +237,12 @@ def _reserve(ctx: RequestContext, rt: Runtime, plan: RoutePlan, req: RouteReques
     ctx.reserve_usd = sum(costs) if plan.strategy == "cascade" else max(costs)
 
 
-def _record(outcome: Outcome, result: CallResult[ChatAnswer], answer: dict[str, Any]) -> None:
+def _record(ctx: RequestContext, outcome: Outcome, result: CallResult[ChatAnswer]) -> None:
     outcome.deployment, outcome.attempted = result.deployment.id, result.attempted
     outcome.usage, outcome.cost_usd = result.usage, result.cost_usd
+    outcome.upstream_s = result.upstream_s
+    for escalation in result.escalations:
+        ctx.decide("cascade", "escalated", escalation)
 
 
 def _unstreamed(body: dict[str, Any]) -> dict[str, Any]:

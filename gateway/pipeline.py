@@ -17,24 +17,23 @@ from gateway.call import CallResult
 from gateway.egress import (
     json_response,
     model_list,
-    to_base64,
 )
 from gateway.explain import chat_route_request, explain
 from gateway.identity import Principal
 from gateway.ingress import (
     ChatCompletionRequest,
-    EmbeddingRequest,
     Parsed,
     read_json,
     validate,
 )
+from gateway.metrics import CONTENT_TYPE
 from gateway.permissions import PermissionScope, resolve_scope
 from routing.router import AUTO, RoutePlan, RouteRequest
-from routing.tokens import count_text
 
 
 def add_routes(app: web.Application) -> None:
-    from gateway.chat import chat_completions  # chat builds on the hops defined here
+    from gateway.chat import chat_completions  # these build on the hops defined here
+    from gateway.embeddings import embeddings
 
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/embeddings", embeddings)
@@ -42,6 +41,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/models", models)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
 
 
 async def identify(gw: Gateway, rt: Runtime, request: web.Request) -> Principal:
@@ -110,24 +110,6 @@ async def route_explain(request: web.Request) -> web.Response:
     return json_response(explain(plan, req, gw.health), {"x-request-id": request[REQUEST_ID]})
 
 
-async def embeddings(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
-    rt = gw.runtime
-    principal = await identify(gw, rt, request)
-    parsed = validate(EmbeddingRequest, await read_json(request, _limit(rt)))
-    emb = parsed.typed
-    inputs = emb.input if isinstance(emb.input, list) else [emb.input]
-    tokens = sum(count_text(i) if isinstance(i, str) else 1 for i in inputs)
-    plan = await route(gw, rt, RouteRequest(model=emb.model, mode="embedding", needs=frozenset(),
-                                      prompt_tokens=tokens, max_output_tokens=None), principal)
-    result = await gw.caller.embed(plan, parsed.body, deadline_for(rt), rt.config.routing)
-    body = result.answer.body
-    if emb.encoding_format == "base64":
-        body = {**body, "data": [{**d, "embedding": to_base64(d["embedding"])}
-                                 for d in body["data"]]}
-    return json_response(body, call_headers(request, plan, result))
-
-
 async def models(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     rt = gw.runtime
@@ -146,6 +128,12 @@ async def readyz(request: web.Request) -> web.Response:
     ready, parts = request.app[GATEWAY].ready()
     return json_response({"status": "ready" if ready else "not_ready", **parts}, {},
                          status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format; open like /healthz (put it behind your network policy)."""
+    return web.Response(body=request.app[GATEWAY].metrics.exposition(),
+                        headers={"Content-Type": CONTENT_TYPE})
 
 
 def _limit(rt: Runtime) -> int:

@@ -18,7 +18,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from opentelemetry import trace
+from opentelemetry.metrics import Histogram
 from opentelemetry.propagators.textmap import TextMapPropagator
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -37,6 +40,7 @@ class Telemetry:
     tracer: trace.Tracer
     propagator: TextMapPropagator
     provider: TracerProvider | None = None
+    genai: GenAIMetrics | None = None
 
     @property
     def enabled(self) -> bool:
@@ -46,6 +50,37 @@ class Telemetry:
         """Flush and stop exporting; called once when the app closes."""
         if self.provider is not None:
             self.provider.shutdown()
+        if self.genai is not None:
+            self.genai.provider.shutdown()
+
+
+@dataclass(frozen=True)
+class GenAIMetrics:
+    """The OpenTelemetry GenAI client metrics, exported through the OTel metrics SDK."""
+    provider: MeterProvider
+    token_usage: Histogram
+    duration: Histogram
+
+    @classmethod
+    def create(cls, reader: MetricReader, service_name: str) -> GenAIMetrics:
+        provider = MeterProvider(metric_readers=[reader], resource=_resource(service_name))
+        meter = provider.get_meter("podium")
+        return cls(provider=provider,
+                   token_usage=meter.create_histogram(
+                       "gen_ai.client.token.usage", unit="{token}",
+                       description="Number of input and output tokens used"),
+                   duration=meter.create_histogram(
+                       "gen_ai.client.operation.duration", unit="s",
+                       description="GenAI operation duration"))
+
+    def record(self, attrs: dict[str, str], seconds: float, input_tokens: int,
+               output_tokens: int, error_type: str | None) -> None:
+        if error_type:
+            attrs = {**attrs, "error.type": error_type}
+        self.duration.record(seconds, attrs)
+        if not error_type:
+            self.token_usage.record(input_tokens, {**attrs, "gen_ai.token.type": "input"})
+            self.token_usage.record(output_tokens, {**attrs, "gen_ai.token.type": "output"})
 
 
 def disabled() -> Telemetry:
@@ -53,12 +88,13 @@ def disabled() -> Telemetry:
 
 
 def with_exporter(exporter: SpanExporter, service_name: str = "podium",
-                  *, batch: bool = False) -> Telemetry:
+                  *, batch: bool = False, metrics: MetricReader | None = None) -> Telemetry:
     provider = TracerProvider(resource=_resource(service_name))
     processor = BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter)
     provider.add_span_processor(processor)
+    genai = GenAIMetrics.create(metrics, service_name) if metrics is not None else None
     return Telemetry(tracer=provider.get_tracer("podium"),
-                     propagator=TraceContextTextMapPropagator(), provider=provider)
+                     propagator=TraceContextTextMapPropagator(), provider=provider, genai=genai)
 
 
 def from_env(service_name: str, env: Mapping[str, str] | None = None) -> Telemetry:
@@ -70,7 +106,8 @@ def from_env(service_name: str, env: Mapping[str, str] | None = None) -> Telemet
     has_endpoint = bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
                         or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
     if exporter_name in ("", "otlp") and (has_endpoint or exporter_name == "otlp"):
-        return with_exporter(_otlp_exporter(env), service_name, batch=True)
+        return with_exporter(_otlp_exporter(env), service_name, batch=True,
+                             metrics=_otlp_metrics(env))
     if exporter_name == "console":
         return with_exporter(ConsoleSpanExporter(), service_name, batch=True)
     if exporter_name not in ("", "none"):
@@ -86,6 +123,15 @@ def _otlp_exporter(env: Mapping[str, str]) -> SpanExporter:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     return OTLPSpanExporter()  # reads the endpoint, headers and timeout from OTEL_* itself
+
+
+def _otlp_metrics(env: Mapping[str, str]) -> MetricReader | None:
+    """GenAI client metrics over OTLP too, unless OTEL_METRICS_EXPORTER says none."""
+    if env.get("OTEL_METRICS_EXPORTER", "otlp").strip().lower() == "none":
+        return None
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+    return PeriodicExportingMetricReader(OTLPMetricExporter())
 
 
 def _resource(service_name: str) -> Resource:

@@ -18,10 +18,14 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+from prometheus_client import multiprocess
+
 from gateway.config import GatewayConfig
+from gateway.metrics import MULTIPROC_ENV
 
 log = logging.getLogger("podium.workers")
 WORKER_ENV = "PODIUM_WORKER_INDEX"     # set in workers; the simulator runs in the supervisor
@@ -36,6 +40,9 @@ async def supervise(config_path: Path, cfg: GatewayConfig, host: str, port: int,
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     simulator = await _start_simulator(cfg)
+    # Every worker writes its Prometheus samples here; any worker's /metrics sums them all.
+    metrics_dir = tempfile.TemporaryDirectory(prefix="podium-metrics-")
+    os.environ[MULTIPROC_ENV] = metrics_dir.name
     try:
         slots = [asyncio.create_task(_keep_alive(i, config_path, host, port, stop))
                  for i in range(workers)]
@@ -46,6 +53,8 @@ async def supervise(config_path: Path, cfg: GatewayConfig, host: str, port: int,
     finally:
         if simulator is not None:
             await simulator.cleanup()
+        os.environ.pop(MULTIPROC_ENV, None)
+        metrics_dir.cleanup()
     return 0 if all(c in (0, -signal.SIGTERM) for c in codes) else 1
 
 
@@ -66,6 +75,7 @@ async def _keep_alive(index: int, config_path: Path, host: str, port: int,
             log.info("worker %d (pid %d) exited with %s", index, proc.pid, code)
             return code
         stopping.cancel()
+        multiprocess.mark_process_dead(proc.pid)  # its live gauges no longer count
         failures = 0 if time.monotonic() - started > _STABLE_S else failures + 1
         delay = _BACKOFF_S[min(failures, len(_BACKOFF_S) - 1)]
         log.warning("worker %d (pid %d) died with %s; restarting in %.1fs",

@@ -47,6 +47,7 @@ class RequestContext:
     hold: str | None = None            # the approval rule holding this answer, if any
     decisions: list[dict[str, Any]] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
+    started_mono: float = field(default_factory=time.monotonic)
 
     def decide(self, plugin: str, decision: str, detail: str = "") -> None:
         self.decisions.append({"plugin": plugin, "decision": decision, "detail": detail})
@@ -63,6 +64,7 @@ class Outcome:
     answer: dict[str, Any] | None = None
     review_id: str | None = None
     cache: str | None = None
+    upstream_s: float = 0.0            # time spent waiting on upstreams
 
 
 @runtime_checkable

@@ -15,6 +15,7 @@ import aiohttp
 import openai
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.simulator import RECORDED, SimModel, start_simulator
 from tests.conftest import APP_KEY, base_config, deployment
@@ -84,6 +85,14 @@ async def test_two_workers_share_the_port(pool: dict[str, Any]) -> None:
         model="chat", messages=[{"role": "user", "content": f"q{i}"}]) for i in range(10)))
     assert [a.choices[0].message.content.endswith(f"q{i}") for i, a in enumerate(answers)] == \
         [True] * 10
+    # Whichever worker answers the scrape, it reports the whole pool's requests.
+    for _ in range(4):
+        async with aiohttp.ClientSession() as session, session.get(
+                pool["base"] + "/metrics") as resp:
+            text = await resp.text()
+        counted = sum(s.value for f in text_string_to_metric_families(text)
+                      for s in f.samples if s.name == "podium_requests_total")
+        assert counted == 10
 
 
 async def _two(base: str) -> set[int] | None:

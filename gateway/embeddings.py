@@ -1,0 +1,56 @@
+"""`POST /v1/embeddings`: identity → route → plugins → call → egress, governed like chat
+(rate limits, budgets, audit, metrics), without the chat-only hops (PII, cache, cascades)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.app import GATEWAY, REQUEST_ID
+from gateway.chat import observe
+from gateway.egress import json_response, to_base64
+from gateway.errors import AllAttemptsFailed, PodiumError
+from gateway.ingress import EmbeddingRequest, read_json, validate
+from gateway.pipeline import call_headers, deadline_for, identify, route
+from plugins.base import Outcome, RequestContext
+from routing.router import RouteRequest
+from routing.tokens import count_text
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    rt = gw.runtime
+    principal = await identify(gw, rt, request)
+    parsed = validate(EmbeddingRequest,
+                      await read_json(request, rt.config.server.max_body_bytes))
+    emb = parsed.typed
+    ctx = RequestContext(request_id=request[REQUEST_ID], trace_id="", principal=principal,
+                         model=emb.model, body=parsed.body, stream=False, facts=None)
+    outcome = Outcome(status=500)
+    try:
+        inputs = emb.input if isinstance(emb.input, list) else [emb.input]
+        tokens = sum(count_text(i) if isinstance(i, str) else len(i) if isinstance(i, list)
+                     else 1 for i in inputs)
+        plan = await route(gw, rt, RouteRequest(
+            model=emb.model, mode="embedding", needs=frozenset(), prompt_tokens=tokens,
+            max_output_tokens=None), principal)
+        ctx.plan, ctx.prompt_tokens, ctx.reserve_tokens = plan, tokens, tokens
+        ctx.reserve_usd = max(d.cost(tokens, 0) for d in plan.chain)
+        await rt.chain.on_request(ctx)
+        result = await gw.caller.embed(plan, parsed.body, deadline_for(rt), rt.config.routing)
+        outcome.deployment, outcome.attempted = result.deployment.id, result.attempted
+        outcome.usage, outcome.cost_usd = result.usage, result.cost_usd
+        outcome.upstream_s = result.upstream_s
+        body = result.answer.body
+        if emb.encoding_format == "base64":
+            body = {**body, "data": [{**d, "embedding": to_base64(d["embedding"])}
+                                     for d in body["data"]]}
+        outcome.status = 200
+        return json_response(body, call_headers(request, plan, result))
+    except PodiumError as err:
+        outcome.status, outcome.error_code = err.status, err.code
+        if isinstance(err, AllAttemptsFailed):
+            outcome.attempted = [a.deployment_id for a in err.attempts]
+        raise
+    finally:
+        await rt.chain.on_complete(ctx, outcome)
+        observe(gw, ctx, outcome, "embeddings")

@@ -1,0 +1,124 @@
+"""/metrics in the Prometheus format, moving with traffic; the OTel GenAI client metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+from aiohttp.test_utils import TestServer
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway import telemetry
+from gateway.app import build_app
+from gateway.config import parse_config
+from tests.conftest import (
+    APP_KEY,
+    GatewayFactory,
+    RunningGateway,
+    Upstream,
+    base_config,
+    deployment,
+)
+from tests.test_call import closed_port
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+async def scrape(gw: RunningGateway) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    async with aiohttp.ClientSession() as session, session.get(
+            gw.url.removesuffix("/v1") + "/metrics") as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        text = await resp.text()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples
+
+
+def total(samples: dict[Any, float], name: str, **labels: str) -> float:
+    return sum(v for (n, ls), v in samples.items()
+               if n == name and all(dict(ls).get(k) == val for k, val in labels.items()))
+
+
+async def test_metrics_move_with_traffic(upstream: Upstream,
+                                         make_gateway: GatewayFactory) -> None:
+    cfg = base_config(upstream.url)
+    cfg["model_list"].insert(0, deployment("chat", "sim-dead",
+                                           f"http://127.0.0.1:{closed_port()}/v1",
+                                           input_cost_per_token=0))
+    cfg["routing"] = {"breaker": {"failures": 1, "cooldown_s": 60}}
+    cfg["teams"] = [{"name": "support", "rpm": 4}]
+    gw = await make_gateway(cfg)
+    before = await scrape(gw)
+    client = gw.client()
+    await client.chat.completions.create(model="chat", messages=HI)   # miss, dead → cheap
+    await client.chat.completions.create(model="chat", messages=HI)   # hit
+    stream = await client.chat.completions.create(
+        model="chat", stream=True, messages=[{"role": "user", "content": "stream me"}])
+    [_ async for _ in stream]
+    await client.embeddings.create(model="embed", input="x")
+    with pytest.raises(openai.RateLimitError):
+        await client.chat.completions.create(model="chat", messages=HI)
+    after = await scrape(gw)
+
+    def grew(name: str, **labels: str) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    assert grew("podium_requests_total", endpoint="chat", status="200") == 3
+    assert grew("podium_requests_total", endpoint="embeddings", status="200") == 1
+    assert grew("podium_requests_total", status="429", team="support") == 1
+    assert grew("podium_cache_requests_total", result="hit") == 1
+    assert grew("podium_rejections_total", code="rate_limit_exceeded") == 1
+    assert grew("podium_fallbacks_total", deployment="sim-dead", kind="connection") == 1
+    assert total(after, "podium_breaker_state", deployment="sim-dead") == 2
+    assert grew("podium_tokens_total", deployment="sim-cheap", direction="output") > 0
+    assert grew("podium_cost_usd_total", deployment="sim-cheap", team="support") > 0
+    assert grew("podium_request_duration_seconds_count", endpoint="chat") == 4
+    assert grew("podium_gateway_overhead_seconds_count", endpoint="chat") == 4
+    assert grew("podium_time_to_first_token_seconds_count", deployment="sim-cheap") == 1
+    # The cache hit never reached an upstream.
+    assert grew("podium_upstream_duration_seconds_count", deployment="sim-cheap",
+                outcome="ok") == 2
+    labels = {k for (_, ls) in after for k, _ in ls}
+    assert not labels & {"request_id", "user", "key"}, "no unbounded label values"
+
+
+async def test_unknown_teams_are_bucketed(upstream: Upstream,
+                                          make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway(base_config(upstream.url))  # "support" is not in teams:
+    await gw.client().chat.completions.create(model="chat", messages=HI)
+    samples = await scrape(gw)
+    assert total(samples, "podium_requests_total", team="other") == 1
+    assert total(samples, "podium_requests_total", team="support") == 0
+
+
+async def test_genai_client_metrics(upstream: Upstream) -> None:
+    reader = InMemoryMetricReader()
+    tel = telemetry.with_exporter(InMemorySpanExporter(), metrics=reader)
+    app = build_app(parse_config({**base_config(upstream.url),
+                                  "key_store": {"path": ":memory:"}}, env={}), tel)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{server.port}/v1",
+                                    api_key=APP_KEY, max_retries=0)
+        await client.chat.completions.create(model="chat", messages=HI)
+        data = reader.get_metrics_data()
+    finally:
+        await server.close()
+    metrics = {m.name: m for rm in data.resource_metrics for sm in rm.scope_metrics
+               for m in sm.metrics}
+    usage = metrics["gen_ai.client.token.usage"]
+    assert usage.unit == "{token}"
+    points = {p.attributes["gen_ai.token.type"]: p for p in usage.data.data_points}
+    assert points["input"].sum > 0 and points["output"].sum > 0
+    assert points["input"].attributes["gen_ai.request.model"] == "sim-cheap"
+    assert points["input"].attributes["gen_ai.operation.name"] == "chat"
+    duration = metrics["gen_ai.client.operation.duration"]
+    assert duration.unit == "s" and duration.data.data_points[0].count == 1
