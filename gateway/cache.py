@@ -2,10 +2,10 @@
 
 The key is a digest of the request in canonical form (JSON with sorted keys, minus fields that
 do not change the answer: `stream`, `stream_options`, `user`) together with the routing result
-(every deployment the caller may be routed to) and the caller's scope: the tenant (team, or key when there is no team),
-the data class, and the allowed regions. A caller with another tenant, a narrower allow-list
-(a different chain) or a lower clearance computes a different key, so it can never read an
-answer it could not have received fresh.
+(every deployment the caller may be routed to) and the caller's scope: the tenant (team, or
+key when there is no team), the data class, and the allowed regions. A caller with another
+tenant, a narrower allow-list (other candidates) or a lower clearance computes a different
+key, so it can never read an answer it could not have received fresh.
 
 Only complete, successful answers are stored. By default only deterministic requests
 (`temperature` absent or 0) are cached; a routing rule may allow others. Request controls:
