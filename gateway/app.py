@@ -139,6 +139,9 @@ class Gateway:
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
 BREAKER_SYNC_S = 0.25
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("podium.request_id", str)
+# What the handler learnt about the request (principal, deployment, cost) for the access log.
+ACCESS: web.RequestKey[dict] = web.RequestKey("podium.access", dict)
+access_log = logging.getLogger("podium.access")
 
 
 def new_request_id() -> str:
@@ -157,6 +160,8 @@ async def edge_middleware(request: web.Request, handler: web.Handler) -> web.Str
         f"{request.method} {route}".strip(), context=parent, kind=SpanKind.SERVER,
         record_exception=False, set_status_on_exception=False,
     ) as span:
+        started = time.monotonic()
+        request[ACCESS] = {}
         if span.is_recording():
             span.set_attributes({"http.request.method": request.method, "http.route": route,
                                  "url.path": request.path, "podium.request_id": request_id})
@@ -165,7 +170,18 @@ async def edge_middleware(request: web.Request, handler: web.Handler) -> web.Str
             span.set_attribute("http.response.status_code", response.status)
             if response.status >= 500:
                 span.set_status(Status(StatusCode.ERROR))
+        if gw.runtime.config.logging.access_log:
+            _log_access(request, response.status, started, span)
         return response
+
+
+def _log_access(request: web.Request, status: int, started: float, span: trace.Span) -> None:
+    context = span.get_span_context()
+    access_log.info("%s %s %d", request.method, request.path, status, extra={
+        "request_id": request[REQUEST_ID], "method": request.method, "path": request.path,
+        "status": status, "latency_ms": round((time.monotonic() - started) * 1000, 3),
+        "trace_id": format(context.trace_id, "032x") if context.is_valid else None,
+        **request[ACCESS]})
 
 
 async def _respond(request: web.Request, handler: web.Handler,

@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 from opentelemetry import trace
 
-from gateway.app import GATEWAY, REQUEST_ID, Gateway, Runtime
+from gateway.app import ACCESS, GATEWAY, REQUEST_ID, Gateway, Runtime
 from gateway.cache import CachePolicy, CacheStore, assemble, cache_key
 from gateway.cache import policy as cache_policy
 from gateway.call import CallResult, OpenStream
@@ -55,11 +55,17 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         raise
     finally:
         await rt.chain.on_complete(ctx, outcome)
-        observe(gw, ctx, outcome, "chat")
+        observe(gw, ctx, outcome, "chat", request)
 
 
-def observe(gw: Gateway, ctx: RequestContext, outcome: Outcome, endpoint: str) -> None:
-    """Metrics for a finished request (the plugins' accounting has run)."""
+def observe(gw: Gateway, ctx: RequestContext, outcome: Outcome, endpoint: str,
+            request: web.Request) -> None:
+    """Metrics and the access log's fields for a finished request (after the plugins)."""
+    request[ACCESS].update(
+        key_id=ctx.principal.key_id, team=ctx.principal.team, model=ctx.model,
+        route=ctx.plan.rule if ctx.plan else None, deployment=outcome.deployment,
+        attempts=len(outcome.attempted), cost_usd=round(outcome.cost_usd, 10),
+        cache=outcome.cache, error_code=outcome.error_code)
     gw.metrics.answered(
         endpoint=endpoint, route=ctx.plan.rule if ctx.plan else "none",
         deployment=outcome.deployment, team=ctx.principal.team, status=outcome.status,

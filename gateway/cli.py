@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gateway import logs
 from gateway.config import ConfigError, GatewayConfig, load_config
 
 DEFAULT_CONFIG = "config/gateway.yaml"
@@ -152,6 +153,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from gateway.app import build_app
 
+    logs.setup(cfg.logging.format, os.environ.get("PODIUM_LOG_LEVEL", cfg.logging.level))
     host = args.host or os.environ.get("PODIUM_HOST") or "127.0.0.1"
     port = int(args.port or os.environ.get("PODIUM_PORT") or 4000)
     if args.workers > 1:
@@ -216,9 +218,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=os.environ.get("PODIUM_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # litellm logs every call at INFO through its own handler; Podium's own logs say what matters.
-    logging.getLogger("LiteLLM").setLevel(logging.WARNING)
+    logs.setup("text", os.environ.get("PODIUM_LOG_LEVEL", "INFO"))
     args = build_parser().parse_args(argv)
     return int(args.func(args))

@@ -166,6 +166,12 @@ class StateConfig(_Frozen):
         return self
 
 
+class LoggingConfig(_Frozen):
+    format: Literal["json", "text"] = "json"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = True                       # one line per HTTP request
+
+
 class ServerConfig(_Frozen):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     request_timeout_s: float = Field(default=600.0, gt=0)
@@ -204,6 +210,7 @@ class GatewayConfig(_Frozen):
     storage: StorageConfig = StorageConfig()
     cache: CacheConfig = CacheConfig()
     state: StateConfig = StateConfig()
+    logging: LoggingConfig = LoggingConfig()
     audit: AuditConfig = AuditConfig()
     approvals: tuple[ApprovalRule, ...] = ()
     guardrails: tuple[GuardrailConfig, ...] = ()

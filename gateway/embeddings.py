@@ -53,4 +53,4 @@ async def embeddings(request: web.Request) -> web.Response:
         raise
     finally:
         await rt.chain.on_complete(ctx, outcome)
-        observe(gw, ctx, outcome, "embeddings")
+        observe(gw, ctx, outcome, "embeddings", request)

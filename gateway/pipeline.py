@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.app import GATEWAY, REQUEST_ID, Gateway, Runtime
+from gateway.app import ACCESS, GATEWAY, REQUEST_ID, Gateway, Runtime
 from gateway.call import CallResult
 from gateway.egress import (
     json_response,
@@ -47,6 +47,7 @@ def add_routes(app: web.Application) -> None:
 async def identify(gw: Gateway, rt: Runtime, request: web.Request) -> Principal:
     with gw.telemetry.tracer.start_as_current_span("podium.identity") as span:
         principal = await rt.auth.authenticate(request.headers.get("Authorization"))
+        request[ACCESS].update(key_id=principal.key_id, team=principal.team)
         if span.is_recording():
             span.set_attributes({"podium.key.id": principal.key_id,
                                  "podium.key.name": principal.name,

@@ -1,0 +1,57 @@
+"""Structured JSON logs from a real `podium serve`: one access line per request with the
+fields an operator needs, and no secrets or content anywhere."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import openai
+import yaml
+
+from tests.conftest import APP_KEY, UPSTREAM_KEY, Upstream, base_config
+from tests.test_call import closed_port
+from tests.test_workers import get_json, until
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET_PROMPT = "my card is 4111 1111 1111 1111, tell nobody"
+
+
+async def test_access_and_event_logs_are_json_without_secrets(upstream: Upstream,
+                                                              tmp_path: Path) -> None:
+    cfg = base_config(upstream.url)
+    cfg["storage"] = {"path": str(tmp_path / "podium.sqlite3")}
+    cfg["key_store"] = {"path": str(tmp_path / "keys.sqlite3")}
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    port = closed_port()
+    proc = subprocess.Popen(  # noqa: ASYNC220 - Popen returns at once
+        [sys.executable, "-m", "gateway", "serve", "--config", str(path), "--port", str(port)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        await until(lambda: get_json(base + "/readyz"), "the gateway to be ready")
+        client = openai.AsyncOpenAI(base_url=base + "/v1", api_key=APP_KEY, max_retries=0)
+        raw = await client.chat.completions.with_raw_response.create(
+            model="chat", messages=[{"role": "user", "content": SECRET_PROMPT}])
+        try:
+            await openai.AsyncOpenAI(base_url=base + "/v1", api_key="sk-wrong-123456",
+                                     max_retries=0).models.list()
+        except openai.AuthenticationError:
+            pass
+    finally:
+        proc.terminate()
+        output, _ = proc.communicate(timeout=30)
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    assert lines and all({"time", "level", "logger", "message"} <= set(e) for e in lines)
+    [access] = [e for e in lines if e.get("request_id") == raw.headers["x-request-id"]]
+    assert access["logger"] == "podium.access" and access["status"] == 200
+    assert access["path"] == "/v1/chat/completions" and access["method"] == "POST"
+    assert access["deployment"] == "sim-cheap" and access["team"] == "support"
+    assert access["key_id"].startswith("key_") and access["cost_usd"] > 0
+    assert access["latency_ms"] > 0 and access["cache"] == "miss"
+    assert any(e.get("status") == 401 and e["path"] == "/v1/models" for e in lines)
+    for secret in (APP_KEY, UPSTREAM_KEY, "sk-wrong-123456", "4111 1111", "tell nobody"):
+        assert secret not in output
