@@ -124,7 +124,7 @@ async def _respond(request: web.Request, rt: Runtime, ctx: RequestContext, outco
     if ctx.stream:
         return await sse_response(request, headers, _checked(rt, ctx, completion_chunks(answer),
                                                              outcome),
-                                  include_usage=bool(ctx.body.get("stream_options", {})
+                                  include_usage=bool((ctx.body.get("stream_options") or {})
                                                      .get("include_usage")))
     return json_response(answer, headers)
 

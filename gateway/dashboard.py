@@ -213,8 +213,9 @@ async def logout(request: web.Request) -> web.Response:
 
 
 async def asset(request: web.Request) -> web.Response:
-    found = request.app[ASSETS].get(request.match_info["name"])
-    if found is None:
+    name = request.match_info["name"]
+    found = request.app[ASSETS].get(name)
+    if found is None or name.endswith(".html"):  # pages go through /dashboard only
         raise RouteNotFound(f"Unknown endpoint GET {request.path}.")
     headers = {"ETag": found.etag, "Cache-Control": "no-cache",
                "X-Content-Type-Options": "nosniff", "Content-Security-Policy": CSP}
@@ -281,7 +282,9 @@ def quantile(q: float, cumulative: list[tuple[float, float]]) -> float | None:
 
 def _feedback(samples: Samples, label: str) -> dict[str, dict[str, float]]:
     counts = sum_by(samples, "podium_feedback_total", label)
-    scores = sum_by(samples, "podium_feedback_score_sum", label)
+    # prometheus_client exposes the Counter `podium_feedback_score_sum` as `..._sum_total`.
+    scores = sum_by(samples, "podium_feedback_score_sum_total", label) or sum_by(
+        samples, "podium_feedback_score_sum", label)
     return {k: {"count": n, "mean": round(scores.get(k, 0.0) / n, 4)}
             for k, n in counts.items() if n > 0}
 
@@ -338,7 +341,7 @@ async def snapshot(gw: Gateway) -> dict[str, Any]:
         },
         "latency": {"buckets": latency, "p50_s": quantile(0.5, latency),
                     "p95_s": quantile(0.95, latency),
-                    "overhead_p50_s": quantile(0.5, overhead),
+                    "overhead_buckets": overhead, "overhead_p50_s": quantile(0.5, overhead),
                     "overhead_p95_s": quantile(0.95, overhead)},
         "cache": sum_by(samples, "podium_cache_requests_total", "result"),
         "escalations": sum_by(samples, "podium_cascade_escalations_total", "route"),

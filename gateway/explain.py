@@ -52,8 +52,7 @@ def _last_user_text(messages: list[Message]) -> str:
         if message.role == "user":
             if isinstance(message.content, str):
                 return message.content
-            return " ".join(str(p.get("text", "")) for p in message.content or ()
-                            if p.get("type") == "text")
+            return " ".join(p.text or "" for p in message.content or () if p.type == "text")
     return ""
 
 

@@ -12,7 +12,14 @@ from typing import Any, Generic, Literal, TypeVar
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from gateway.config import format_loc
 from gateway.errors import BadRequest, InvalidJSON, PayloadTooLarge
@@ -40,9 +47,20 @@ class Tool(_Open):
         return self
 
 
+class ContentPart(_Open):
+    type: str = Field(min_length=1)
+    text: str | None = None
+
+
+class ToolCallMessage(_Open):
+    type: str = "function"
+    function: dict[str, Any] | None = None
+
+
 class Message(_Open):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[ContentPart] | None = None
+    tool_calls: list[ToolCallMessage] | None = None
 
 
 class StreamOptions(_Open):
@@ -67,6 +85,7 @@ class ChatCompletionRequest(_Open):
     tools: list[Tool] | None = None
     functions: list[FunctionDef] | None = None
     response_format: ResponseFormat | None = None
+    metadata: dict[str, str] | None = None
 
     @property
     def wants_usage_in_stream(self) -> bool:
@@ -87,20 +106,29 @@ class ChatCompletionRequest(_Open):
 
 def _has_image(content: object) -> bool:
     return isinstance(content, list) and any(
-        isinstance(p, dict) and p.get("type") == "image_url" for p in content)
+        isinstance(p, ContentPart) and p.type == "image_url" for p in content)
+
+
+# OpenAI's own limits: at most 2048 inputs per request; no model has more dimensions than this.
+MAX_EMBEDDING_INPUTS = 2048
+MAX_DIMENSIONS = 16384
 
 
 class EmbeddingRequest(_Open):
     model: str = Field(min_length=1)
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] | None = None
-    dimensions: int | None = Field(default=None, ge=1)
+    dimensions: int | None = Field(default=None, ge=1, le=MAX_DIMENSIONS)
 
-    @model_validator(mode="after")
-    def _input_not_empty(self) -> EmbeddingRequest:
-        if isinstance(self.input, list) and not self.input:
+    @field_validator("input")
+    @classmethod
+    def _input_size(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
             raise ValueError("'input' must not be empty")
-        return self
+        if isinstance(value, list) and isinstance(value[0], str | list) \
+                and len(value) > MAX_EMBEDDING_INPUTS:
+            raise ValueError(f"'input' may hold at most {MAX_EMBEDDING_INPUTS} items")
+        return value
 
 
 T = TypeVar("T", bound=BaseModel)

@@ -139,9 +139,9 @@ def message_texts(messages: list[Any]) -> list[str]:
             texts += [p["text"] for p in content
                       if isinstance(p, dict) and isinstance(p.get("text"), str)]
         for call in m.get("tool_calls") or ():
-            args = (call.get("function") or {}).get("arguments")
-            if isinstance(args, str):
-                texts.append(args)
+            fn = call.get("function") if isinstance(call, dict) else None
+            if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+                texts.append(fn["arguments"])
     return texts
 
 

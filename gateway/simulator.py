@@ -67,6 +67,8 @@ _MAX_BODY = (
 _HANG_SECONDS = 3600.0
 _IMAGE_TOKENS = 85
 _DEFAULT_DIMENSIONS = 8
+_MAX_DIMENSIONS = 16384
+_MAX_INPUTS = 2048
 _WORDS_PER_CHUNK = 3
 _ARGUMENT_FRAGMENT = 7
 _SAY_MARKER = re.compile(r"\[\[say:(.*?)\]\]", re.DOTALL)
@@ -402,6 +404,10 @@ async def _embeddings(request: web.Request) -> web.StreamResponse:
     body = _json_body(request, "input")
     inputs = _embedding_inputs(body["input"])
     dimensions = _positive_int(body, "dimensions", _DEFAULT_DIMENSIONS) or _DEFAULT_DIMENSIONS
+    if dimensions > _MAX_DIMENSIONS or len(inputs) > _MAX_INPUTS:
+        # Like a real provider, refuse work that would stall the server (it runs in-process).
+        raise _SimError(400, f"At most {_MAX_INPUTS} inputs of at most {_MAX_DIMENSIONS} "
+                             "dimensions per request.")
     await _behave(request.app[_STATE], body["model"])
     vectors = [_encode(_vector(i, dimensions), body.get("encoding_format")) for i in inputs]
     data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]

@@ -132,3 +132,44 @@ async def test_upstream_bad_request_is_not_retried(upstream: Upstream,
     assert "sim-badreq" in body["error"]["message"]
     assert upstream.models_called() == ["sim-badreq"]
     assert UPSTREAM_KEY not in body["error"]["message"]
+
+
+@pytest.mark.parametrize(("payload", "param"), [
+    # Found by the conformance tests: each of these used to be a 500 or a 502.
+    ({"messages": [{"role": "assistant", "content": "hi", "tool_calls": [None]}]},
+     "messages[0].tool_calls[0]"),
+    ({"messages": [{"role": "assistant", "content": "hi", "tool_calls": "abc"}]},
+     "messages[0].tool_calls"),
+    ({"messages": [{"role": "user", "content": [{"text": "no type"}]}]},
+     "messages[0].content"),
+    ({"messages": [{"role": "user", "content": "x"}], "metadata": [{}, None]}, "metadata"),
+])
+async def test_malformed_nested_fields_are_400(gateway: RunningGateway, upstream: Upstream,
+                                               payload: dict, param: str) -> None:
+    status, body, _ = await post(gateway, "/chat/completions", json={"model": "chat", **payload})
+    assert status == 400
+    assert body["error"]["param"].startswith(param)
+    assert upstream.models_called() == []
+
+
+async def test_cached_stream_with_null_stream_options(gateway: RunningGateway) -> None:
+    body = {**CHAT, "stream": True, "stream_options": None}
+    for _ in range(2):  # the second is served from the cache
+        async with aiohttp.ClientSession() as session, session.post(
+                gateway.url + "/chat/completions", json=body,
+                headers={"Authorization": f"Bearer {APP_KEY}"}) as resp:
+            assert resp.status == 200
+            text = await resp.text()
+        assert text.rstrip().endswith("data: [DONE]")
+
+
+@pytest.mark.parametrize(("payload", "param"), [
+    ({"input": "x", "dimensions": 1_000_000}, "dimensions"),
+    ({"input": ["x"] * 2049}, "input"),
+])
+async def test_oversized_embedding_requests_are_400(gateway: RunningGateway,
+                                                    upstream: Upstream, payload: dict,
+                                                    param: str) -> None:
+    status, body, _ = await post(gateway, "/embeddings", json={"model": "embed", **payload})
+    assert status == 400 and body["error"]["param"] == param
+    assert upstream.models_called() == []

@@ -148,7 +148,9 @@ async def test_429_moves_on_at_once_and_cools_the_deployment(
         upstream: Upstream, make_gateway: GatewayFactory) -> None:
     from tests.test_call import chain
 
-    gw = await make_gateway(chain(upstream.url, "sim-rate429", "sim-ok"))
+    config = chain(upstream.url, "sim-rate429", "sim-ok")
+    config["cache"] = {"enabled": False}
+    gw = await make_gateway(config)
     started = time.monotonic()
     assert await answered_by(gw, model="chat") == "sim-ok"
     # The simulator says Retry-After: 7. Moving on must not wait for it.
