@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from opentelemetry import trace
@@ -83,7 +87,9 @@ class Gateway:
     simulator: web.AppRunner | None = None
 
     metrics: Metrics = field(default_factory=Metrics)
+    config_path: Path | None = None
     last_breaker_sync: float = 0.0
+    reloading: asyncio.Task[Any] | None = None
 
     def __post_init__(self) -> None:
         self.caller = Caller(self.provider_for, self.telemetry, self.health, self)
@@ -121,6 +127,13 @@ class Gateway:
 
     def needs_litellm(self) -> bool:
         return any(not is_openai_compatible(d) for d in self.runtime.catalog.deployments)
+
+    def start_litellm_if_needed(self) -> None:
+        """litellm's import takes seconds: only when a deployment needs it, in the background;
+        /readyz reports when it is done."""
+        if self.preload is None and self.needs_litellm():
+            self.preload = asyncio.create_task(self.litellm.preload(),
+                                               name="podium-litellm-preload")
 
     def ready(self) -> tuple[bool, dict[str, str]]:
         """Whether to take traffic, and each part's state (shared state, providers)."""
@@ -215,8 +228,10 @@ def _from_http(exc: web.HTTPException, request: web.Request) -> PodiumError:
 
 
 def build_app(config: GatewayConfig, telemetry: Telemetry | None = None,
-              *, start_simulator: bool = True) -> web.Application:
-    from gateway import admin, pipeline, reviews  # handlers import app's keys: avoid a cycle
+              *, start_simulator: bool = True, config_path: Path | None = None,
+              ) -> web.Application:
+    # Handlers import this module's keys: import them here to avoid a cycle.
+    from gateway import admin, pipeline, reload, reviews
 
     app = web.Application(middlewares=[edge_middleware],
                           client_max_size=config.server.max_body_bytes)
@@ -226,16 +241,19 @@ def build_app(config: GatewayConfig, telemetry: Telemetry | None = None,
     telemetry = telemetry or telemetry_mod.from_env(config.telemetry.service_name)
     gw = Gateway(runtime=Runtime.compile(config, stores.keys, governance, telemetry.tracer),
                  keystore=stores.keys, governance=governance, telemetry=telemetry,
-                 state=state, metrics=Metrics(t.name for t in config.teams))
+                 state=state, metrics=Metrics(t.name for t in config.teams),
+                 config_path=config_path)
     app[GATEWAY] = gw
     app.cleanup_ctx.append(_keystore_ctx)
     app.cleanup_ctx.append(_governance_ctx)
     if start_simulator:
         app.cleanup_ctx.append(_simulator_ctx)
+    app.cleanup_ctx.append(_sighup_ctx)
     app.cleanup_ctx.append(_providers_ctx)
     pipeline.add_routes(app)
     admin.add_routes(app)
     reviews.add_routes(app)
+    reload.add_routes(app)
     return app
 
 
@@ -254,6 +272,27 @@ async def _governance_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[GATEWAY].state.close()
 
 
+async def _sighup_ctx(app: web.Application) -> AsyncIterator[None]:
+    """SIGHUP reloads the config (only where signals can be handled: the main thread)."""
+    gw = app[GATEWAY]
+    loop = asyncio.get_running_loop()
+    handled = gw.config_path is not None and threading.current_thread() is threading.main_thread()
+    if handled:
+        loop.add_signal_handler(signal.SIGHUP, _reload_on_signal, gw)
+    yield
+    if handled:
+        loop.remove_signal_handler(signal.SIGHUP)
+    if gw.reloading is not None:
+        await asyncio.gather(gw.reloading, return_exceptions=True)
+
+
+def _reload_on_signal(gw: Gateway) -> None:
+    from gateway.reload import reload
+
+    if gw.config_path is not None and (gw.reloading is None or gw.reloading.done()):
+        gw.reloading = asyncio.create_task(reload(gw, gw.config_path), name="podium-reload")
+
+
 async def _simulator_ctx(app: web.Application) -> AsyncIterator[None]:
     gw = app[GATEWAY]
     sim = gw.runtime.config.simulator
@@ -270,10 +309,7 @@ async def _simulator_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _providers_ctx(app: web.Application) -> AsyncIterator[None]:
     gw = app[GATEWAY]
-    # litellm's import takes seconds: only when a deployment needs it, and in the background;
-    # /readyz reports when it is done.
-    if gw.needs_litellm():
-        gw.preload = asyncio.create_task(gw.litellm.preload(), name="podium-litellm-preload")
+    gw.start_litellm_if_needed()
     yield
     if gw.preload is not None:
         gw.preload.cancel()

@@ -169,7 +169,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     in_pool = WORKER_ENV in os.environ  # the supervisor runs the simulator for the pool
     logging.getLogger("podium").info("serving %s on http://%s:%d (pid %d)", path, host, port,
                                      os.getpid())
-    web.run_app(build_app(cfg, start_simulator=not in_pool), host=host, port=port,
+    web.run_app(build_app(cfg, start_simulator=not in_pool, config_path=path.resolve()),
+                host=host, port=port,
                 access_log=None, loop=_new_loop(), reuse_port=args.reuse_port or None,
                 shutdown_timeout=cfg.server.shutdown_timeout_s,
                 print=lambda msg: print(msg, flush=True))

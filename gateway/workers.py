@@ -36,15 +36,18 @@ _STABLE_S = 10.0                        # a worker alive this long resets its ba
 async def supervise(config_path: Path, cfg: GatewayConfig, host: str, port: int,
                     workers: int) -> int:
     stop = asyncio.Event()
+    procs: dict[int, asyncio.subprocess.Process] = {}
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # A reload is each worker's own business: pass SIGHUP on to every one of them.
+    loop.add_signal_handler(signal.SIGHUP, _forward, procs, signal.SIGHUP)
     simulator = await _start_simulator(cfg)
     # Every worker writes its Prometheus samples here; any worker's /metrics sums them all.
     metrics_dir = tempfile.TemporaryDirectory(prefix="podium-metrics-")
     os.environ[MULTIPROC_ENV] = metrics_dir.name
     try:
-        slots = [asyncio.create_task(_keep_alive(i, config_path, host, port, stop))
+        slots = [asyncio.create_task(_keep_alive(i, config_path, host, port, stop, procs))
                  for i in range(workers)]
         log.info("supervisor %d: %d workers on http://%s:%d", os.getpid(), workers, host, port)
         await stop.wait()
@@ -58,13 +61,19 @@ async def supervise(config_path: Path, cfg: GatewayConfig, host: str, port: int,
     return 0 if all(c in (0, -signal.SIGTERM) for c in codes) else 1
 
 
+def _forward(procs: dict[int, asyncio.subprocess.Process], sig: signal.Signals) -> None:
+    for proc in procs.values():
+        if proc.returncode is None:
+            proc.send_signal(sig)
+
+
 async def _keep_alive(index: int, config_path: Path, host: str, port: int,
-                      stop: asyncio.Event) -> int:
+                      stop: asyncio.Event, procs: dict[int, asyncio.subprocess.Process]) -> int:
     """Run worker `index`; restart it whenever it dies before `stop` is set."""
     failures = 0
     while True:
         started = time.monotonic()
-        proc = await _spawn(index, config_path, host, port)
+        proc = procs[index] = await _spawn(index, config_path, host, port)
         waiting = asyncio.create_task(proc.wait())
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
