@@ -231,7 +231,7 @@ def build_app(config: GatewayConfig, telemetry: Telemetry | None = None,
               *, start_simulator: bool = True, config_path: Path | None = None,
               ) -> web.Application:
     # Handlers import this module's keys: import them here to avoid a cycle.
-    from gateway import admin, pipeline, reload, reviews
+    from gateway import admin, feedback, pipeline, reload, reviews
 
     app = web.Application(middlewares=[edge_middleware],
                           client_max_size=config.server.max_body_bytes)
@@ -254,6 +254,7 @@ def build_app(config: GatewayConfig, telemetry: Telemetry | None = None,
     admin.add_routes(app)
     reviews.add_routes(app)
     reload.add_routes(app)
+    feedback.add_routes(app)
     return app
 
 

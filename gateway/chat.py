@@ -79,12 +79,19 @@ def observe(gw: Gateway, ctx: RequestContext, outcome: Outcome, endpoint: str,
 
 def _context(request: web.Request, principal: Principal,
              parsed: Parsed[ChatCompletionRequest]) -> RequestContext:
-    span_context = trace.get_current_span().get_span_context()
     return RequestContext(
-        request_id=request[REQUEST_ID],
-        trace_id=format(span_context.trace_id, "032x") if span_context.is_valid else "",
-        principal=principal, model=parsed.typed.model, body=parsed.body,
-        stream=bool(parsed.typed.stream), facts=None)
+        request_id=request[REQUEST_ID], principal=principal, model=parsed.typed.model,
+        body=parsed.body, stream=bool(parsed.typed.stream),
+        facts=None, **trace_ids())
+
+
+def trace_ids() -> dict[str, str]:
+    """The current (SERVER) span's ids, for the audit record; empty when not tracing."""
+    span_context = trace.get_current_span().get_span_context()
+    if not span_context.is_valid:
+        return {"trace_id": "", "span_id": ""}
+    return {"trace_id": format(span_context.trace_id, "032x"),
+            "span_id": format(span_context.span_id, "016x")}
 
 
 async def _serve(request: web.Request, gw: Gateway, rt: Runtime,

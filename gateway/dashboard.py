@@ -281,10 +281,9 @@ def quantile(q: float, cumulative: list[tuple[float, float]]) -> float | None:
 
 
 def _feedback(samples: Samples, label: str) -> dict[str, dict[str, float]]:
-    counts = sum_by(samples, "podium_feedback_total", label)
-    # prometheus_client exposes the Counter `podium_feedback_score_sum` as `..._sum_total`.
-    scores = sum_by(samples, "podium_feedback_score_sum_total", label) or sum_by(
-        samples, "podium_feedback_score_sum", label)
+    """Count and mean of the `podium_feedback_score` histogram (scores 0 bad … 1 good)."""
+    counts = sum_by(samples, "podium_feedback_score_count", label)
+    scores = sum_by(samples, "podium_feedback_score_sum", label)
     return {k: {"count": n, "mean": round(scores.get(k, 0.0) / n, 4)}
             for k, n in counts.items() if n > 0}
 

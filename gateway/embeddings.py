@@ -6,7 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.app import GATEWAY, REQUEST_ID
-from gateway.chat import observe
+from gateway.chat import observe, trace_ids
 from gateway.egress import json_response, to_base64
 from gateway.errors import AllAttemptsFailed, PodiumError
 from gateway.ingress import EmbeddingRequest, read_json, validate
@@ -23,8 +23,8 @@ async def embeddings(request: web.Request) -> web.Response:
     parsed = validate(EmbeddingRequest,
                       await read_json(request, rt.config.server.max_body_bytes))
     emb = parsed.typed
-    ctx = RequestContext(request_id=request[REQUEST_ID], trace_id="", principal=principal,
-                         model=emb.model, body=parsed.body, stream=False, facts=None)
+    ctx = RequestContext(request_id=request[REQUEST_ID], principal=principal, model=emb.model,
+                         body=parsed.body, stream=False, facts=None, **trace_ids())
     outcome = Outcome(status=500)
     try:
         inputs = emb.input if isinstance(emb.input, list) else [emb.input]

@@ -76,10 +76,10 @@ class Metrics:
                                   ["code"], registry=reg)
         self.reloads = Counter("podium_config_reloads_total", "Config reloads by result",
                                ["result"], registry=reg)
-        self.feedback = Counter("podium_feedback_total", "Feedback received",
-                                ["deployment", "route"], registry=reg)
-        self.feedback_score = Counter("podium_feedback_score_sum", "Sum of feedback scores",
-                                      ["deployment", "route"], registry=reg)
+        self.feedback = Histogram("podium_feedback_score", "Feedback scores (0 bad … 1 good), "
+                                  "by the deployment and rule of the rated request",
+                                  ["deployment", "route"], buckets=(0.25, 0.5, 0.75, 1.0),
+                                  registry=reg)
 
     def team(self, team: str | None) -> str:
         return team if team in self.teams else ("none" if team is None else "other")

@@ -90,7 +90,9 @@ CREATE TABLE IF NOT EXISTS podium_audit (
 _AUDIT_FILTERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "key_id": ("key_id = ${}", str), "team": ("team = ${}", str),
     "status": ("status = ${}", int), "request_id": ("request_id = ${}", str),
-    "since": ("ts >= ${}", float), "until": ("ts < ${}", float)}
+    "since": ("ts >= ${}", float), "until": ("ts < ${}", float),
+    "trace_id": ("(record::jsonb ->> 'trace_id') = ${}", str),
+    "event": ("(record::jsonb ->> 'event') = ${}", str)}
 
 _REVIEWS_DDL = """
 CREATE TABLE IF NOT EXISTS podium_reviews (

@@ -35,7 +35,9 @@ CREATE TABLE IF NOT EXISTS audit (
     hash TEXT NOT NULL
 )"""
 _FILTERS = {"key_id": "key_id = ?", "team": "team = ?", "status": "status = ?",
-            "request_id": "request_id = ?", "since": "ts >= ?", "until": "ts < ?"}
+            "request_id": "request_id = ?", "since": "ts >= ?", "until": "ts < ?",
+            "trace_id": "json_extract(record, '$.trace_id') = ?",
+            "event": "json_extract(record, '$.event') = ?"}
 
 
 def chain_hash(prev_hash: str, record_json: str) -> str:
@@ -159,6 +161,7 @@ class AuditPlugin(BasePlugin):
         p = ctx.principal
         record: dict[str, Any] = {
             "time": ctx.started_at, "request_id": ctx.request_id, "trace_id": ctx.trace_id,
+            "span_id": ctx.span_id,
             "key_id": p.key_id, "key_name": p.name, "team": p.team, "user": p.user,
             "model": ctx.model, "route": ctx.plan.rule if ctx.plan else None,
             "attempted": outcome.attempted, "deployment": outcome.deployment,

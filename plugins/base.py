@@ -46,6 +46,7 @@ class RequestContext:
     reserve_usd: float = 0.0           # what budgets reserve before the call (the maximum)
     hold: str | None = None            # the approval rule holding this answer, if any
     decisions: list[dict[str, Any]] = field(default_factory=list)
+    span_id: str = ""                  # the request's SERVER span, for links from feedback
     started_at: float = field(default_factory=time.time)
     started_mono: float = field(default_factory=time.monotonic)
 

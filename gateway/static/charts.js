@@ -152,7 +152,8 @@ export function lineChart(el, opts) {
   el.dataset.series = String(series.length);
 }
 
-// Horizontal bars. rows: [{label, value, note?, color?}]; format(v) for the value text.
+// Horizontal bars. rows: [{label, value, note?, color?}]; opts: format(v) for the value text,
+// scale (the value of a full bar; default the largest), max rows, empty (message).
 export function barChart(el, rows, opts = {}) {
   const shown = rows.filter((r) => r.value !== 0 || opts.keepZero).slice(0, opts.max || 8);
   el.replaceChildren();
@@ -161,7 +162,7 @@ export function barChart(el, rows, opts = {}) {
     html("p", "empty-note", opts.empty || "Nothing yet.", el);
     return;
   }
-  const top = Math.max(...shown.map((r) => Math.abs(r.value)), 1e-12);
+  const top = opts.scale || Math.max(...shown.map((r) => Math.abs(r.value)), 1e-12);
   for (const r of shown) {
     const row = html("div", "bar-row", null, el);
     row.title = `${r.label}: ${(opts.format || String)(r.value)}${r.note ? " " + r.note : ""}`;

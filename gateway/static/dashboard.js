@@ -23,7 +23,7 @@ const fmt = {
   count: (v) => (v >= 1e6 ? `${(v / 1e6).toFixed(1)}M` : v >= 1e4 ? `${(v / 1e3).toFixed(1)}k`
     : String(Math.round(v))),
   tick: (v) => String(Number(v.toFixed(3))),
-  score: (v) => (Math.abs(v) >= 10 ? v.toFixed(1) : v.toFixed(2)),
+  score: (v) => v.toFixed(2),
 };
 const TEAM_NAMES = { none: "(no team)", other: "(teams not in config)" };
 const teamName = (t) => TEAM_NAMES[t] || t;
@@ -171,12 +171,15 @@ function render() {
   { format: fmt.count, empty: "No cascade has escalated." });
   barChart(document.getElementById("bars-rejections"), rows(snap.rejections).map((r) => ({ ...r, color: "#f5a524" })),
     { format: fmt.count, empty: "Nothing refused." });
+  // Scores run from 0 (bad) to 1 (good): a full bar is a perfect mean, coloured by how good.
   const feedbackRows = (obj) => Object.entries(obj || {}).map(([k, f]) => ({
-    label: k, value: f.mean, note: `(${fmt.count(f.count)})` }));
-  barChart(document.getElementById("bars-feedback-deployment"), feedbackRows(snap.feedback.by_deployment),
-    { format: fmt.score, empty: "No feedback yet." });
-  barChart(document.getElementById("bars-feedback-rule"), feedbackRows(snap.feedback.by_route),
-    { format: fmt.score, empty: "No feedback yet." });
+    label: k, value: f.mean, note: `(${fmt.count(f.count)})`,
+    color: f.mean >= 0.75 ? "#2bc48a" : f.mean >= 0.5 ? "#f5a524" : "#e5484d" }))
+    .sort((a, b) => a.value - b.value);
+  const feedbackOpts = { format: fmt.score, scale: 1, keepZero: true,
+    empty: "No feedback yet (POST /v1/feedback)." };
+  barChart(document.getElementById("bars-feedback-deployment"), feedbackRows(snap.feedback.by_deployment), feedbackOpts);
+  barChart(document.getElementById("bars-feedback-rule"), feedbackRows(snap.feedback.by_route), feedbackOpts);
   renderHealth(snap.deployments);
   renderReviews(snap.reviews, now);
 }
