@@ -46,6 +46,7 @@ from gateway.stores import KeyStoreBackend, open_stores
 from gateway.telemetry import Telemetry
 from plugins.base import PluginChain
 from plugins.registry import Governance, build_chain
+from routing import tokens
 from routing.catalog import Catalog, Deployment
 from routing.health import Health
 from routing.router import Router
@@ -161,11 +162,18 @@ def new_request_id() -> str:
     return f"req_{uuid.uuid4().hex}"
 
 
+# Probes and scrapes arrive every few seconds: a trace each would drown the real ones.
+_UNTRACED = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
 @web.middleware
 async def edge_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     request_id = new_request_id()
     request[REQUEST_ID] = request_id
+    if request.path in _UNTRACED:
+        request[ACCESS] = {}
+        return await _respond(request, handler, request_id)
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else ""
     parent = gw.telemetry.propagator.extract(request.headers)
@@ -311,6 +319,8 @@ async def _simulator_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _providers_ctx(app: web.Application) -> AsyncIterator[None]:
     gw = app[GATEWAY]
     gw.start_litellm_if_needed()
+    # The tokenizer's tables take ~0.2 s to load: not on the event loop, not on a request.
+    await asyncio.to_thread(tokens.warm)
     yield
     if gw.preload is not None:
         gw.preload.cancel()

@@ -31,6 +31,11 @@ def _encoding() -> tiktoken.Encoding:
     return tiktoken.get_encoding("cl100k_base")
 
 
+def warm() -> None:
+    """Load the encoding now (it is loaded on first use otherwise)."""
+    _encoding()
+
+
 def count_text(text: str) -> int:
     return len(_encoding().encode_ordinary(text)) if text else 0
 
