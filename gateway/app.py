@@ -239,7 +239,7 @@ def build_app(config: GatewayConfig, telemetry: Telemetry | None = None,
               *, start_simulator: bool = True, config_path: Path | None = None,
               ) -> web.Application:
     # Handlers import this module's keys: import them here to avoid a cycle.
-    from gateway import admin, feedback, pipeline, reload, reviews
+    from gateway import admin, dashboard, feedback, pipeline, reload, reviews
 
     app = web.Application(middlewares=[edge_middleware],
                           client_max_size=config.server.max_body_bytes)
@@ -263,6 +263,7 @@ def build_app(config: GatewayConfig, telemetry: Telemetry | None = None,
     reviews.add_routes(app)
     reload.add_routes(app)
     feedback.add_routes(app)
+    dashboard.add_routes(app)
     return app
 
 

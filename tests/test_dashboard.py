@@ -1,0 +1,483 @@
+"""The dashboard: its login and session, its data, and the page in a real headless Chromium.
+
+The browser is Debian's `chromium`, driven directly over the Chrome DevTools Protocol (a
+websocket, with aiohttp): no Selenium, no webdriver. Traffic comes from the official `openai`
+SDK against a real gateway in front of the simulator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from gateway import dashboard, telemetry
+from gateway.app import GATEWAY, Gateway, build_app
+from gateway.config import AdminKeyEntry, parse_config
+from tests.conftest import APP_KEY, Upstream, base_config, deployment
+
+ADMIN = "sk-admin-dashboard-0123456789abcdef"
+RESEARCH_KEY = "sk-test-research-0123456789"
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+HI = [{"role": "user", "content": "hi"}]
+
+
+# ---- a gateway with the dashboard -----------------------------------------------------------
+
+def dashboard_config(url: str) -> dict[str, Any]:
+    cfg = base_config(url)
+    # The cheapest chat deployment always fails (HTTP 500): its breaker opens at once.
+    cfg["model_list"].insert(0, deployment("chat", "sim-error500", url, input_cost_per_token=0,
+                                           output_cost_per_token=0))
+    cfg["model_list"] += [
+        deployment("careful", "sim-refuse", url, quality=40, input_cost_per_token=1e-7,
+                   output_cost_per_token=1e-7),
+        deployment("careful", "sim-strong", url, quality=90, input_cost_per_token=1e-6,
+                   output_cost_per_token=2e-6)]
+    cfg["keys"].append({"key": RESEARCH_KEY, "name": "research-app", "team": "research"})
+    cfg["teams"] = [{"name": "support"}, {"name": "research"}]
+    cfg["admin_keys"] = [{"key": ADMIN, "name": "ops"}]
+    cfg["routing"] = {"breaker": {"failures": 1, "cooldown_s": 300}, "rules": [
+        {"name": "careful-cascade", "match": {"model": "careful"}, "strategy": "cascade"},
+        {"name": "research-quality", "match": {"team": "research"}, "min_quality": 70}]}
+    cfg["approvals"] = [{"name": "legal-review", "match": {"last_user_message": "contract"}}]
+    return cfg
+
+
+@dataclass
+class DashGateway:
+    base: str                         # http://127.0.0.1:port
+    server: TestServer
+
+    @property
+    def gateway(self) -> Gateway:
+        return self.server.app[GATEWAY]
+
+    def client(self, key: str = APP_KEY) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=self.base + "/v1", api_key=key, max_retries=0)
+
+
+def with_dashboard(app: web.Application) -> web.Application:
+    # Until build_app registers the dashboard itself; add_routes is also a no-op when it has.
+    if not any(r.canonical == "/dashboard" for r in app.router.resources()):
+        dashboard.add_routes(app)
+    return app
+
+
+@pytest.fixture
+async def dash(upstream: Upstream, tmp_path: Path) -> AsyncIterator[DashGateway]:
+    cfg = {"key_store": {"path": ":memory:"},
+           "storage": {"path": str(tmp_path / "podium.sqlite3")}, **dashboard_config(upstream.url)}
+    app = build_app(parse_config(cfg, env={}), telemetry.with_exporter(InMemorySpanExporter()))
+    server = TestServer(with_dashboard(app), host="127.0.0.1")
+    await server.start_server()
+    yield DashGateway(base=f"http://127.0.0.1:{server.port}", server=server)
+    await server.close()
+
+
+async def fetch(method: str, url: str, **kw: Any) -> tuple[int, dict[str, str], str]:
+    async with aiohttp.ClientSession() as session, session.request(
+            method, url, allow_redirects=False, **kw) as resp:
+        return resp.status, dict(resp.headers), await resp.text()
+
+
+async def generate_traffic(dash: DashGateway, wave: int) -> None:
+    support, research = dash.client(APP_KEY), dash.client(RESEARCH_KEY)
+    await support.chat.completions.create(model="chat", messages=HI)   # error500 → breaker
+    await support.chat.completions.create(model="chat", messages=HI)   # a cache hit
+    cheap = await support.chat.completions.with_raw_response.create(
+        model="chat", messages=[{"role": "user", "content": f"wave {wave}: status?"}])
+    await research.chat.completions.create(
+        model="chat", messages=[{"role": "user", "content": f"wave {wave}: research"}])
+    careful = await support.chat.completions.with_raw_response.create(        # escalates
+        model="careful", messages=[{"role": "user", "content": f"wave {wave}: careful"}])
+    if wave == 0:
+        await research.chat.completions.create(model="premium", messages=HI)
+        with pytest.raises(openai.PermissionDeniedError):
+            await support.chat.completions.create(
+                model="chat", messages=[{"role": "user", "content": "check this contract"}])
+    for raw, score in ((cheap, 0.75 + 0.25 * (wave % 2)), (careful, 0.5)):
+        status, _, _ = await fetch("POST", dash.base + "/v1/feedback", headers={
+            "Authorization": f"Bearer {APP_KEY}"}, json={
+                "request_id": raw.headers["x-request-id"], "score": score})
+        assert status == 201
+
+
+# ---- without a browser ----------------------------------------------------------------------
+
+def test_session_values() -> None:
+    admins = [AdminKeyEntry.model_validate({"key": ADMIN, "name": "ops.team"})]
+    value = dashboard.sign_session("ops.team", admins[0].digest(), now=1000.0)
+    assert ADMIN not in value and admins[0].digest() not in value
+    assert dashboard.verify_session(value, admins, now=1001.0) == "ops.team"
+    assert dashboard.verify_session(value, admins, now=1000.0 + 12 * 3600 + 1) is None
+    name, expiry, mac = value.split(".")
+    assert dashboard.verify_session(f"{name}.{int(expiry) + 60}.{mac}", admins, now=1001) is None
+    forged = "0" * len(mac)
+    assert dashboard.verify_session(f"{name}.{expiry}.{forged}", admins, now=1001) is None
+    rotated = [AdminKeyEntry.model_validate({"key": ADMIN + "-new", "name": "ops.team"})]
+    assert dashboard.verify_session(value, rotated, now=1001.0) is None
+    assert dashboard.verify_session("garbage", admins) is None
+
+
+async def test_login_cookie_and_data_without_a_browser(dash: DashGateway,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG")
+    status, headers, text = await fetch("GET", dash.base + "/dashboard")
+    assert status == 200 and 'id="login"' in text and 'id="dashboard"' not in text
+    assert "default-src 'self'" in headers["Content-Security-Policy"]
+    status, _, text = await fetch("POST", dash.base + "/dashboard/login", data={"key": "nope"})
+    assert status == 401 and "not a valid admin key" in text
+    status, _, text = await fetch("POST", dash.base + "/dashboard/login", data={"key": APP_KEY})
+    assert status == 403 and "not an admin key" in text
+    status, _, _ = await fetch("POST", dash.base + "/dashboard/login", data={"key": ADMIN},
+                               headers={"Origin": "http://evil.example"})
+    assert status == 403
+    status, headers, _ = await fetch("POST", dash.base + "/dashboard/login", data={"key": ADMIN})
+    assert status == 303 and headers["Location"] == "/dashboard"
+    cookie = headers["Set-Cookie"]
+    assert cookie.startswith(f"{dashboard.SESSION_COOKIE}=") and ADMIN not in cookie
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
+    assert "Secure" not in cookie  # plain http here; https requests get Secure
+    value = cookie.split(";")[0].split("=", 1)[1]
+    jar = {dashboard.SESSION_COOKIE: value}
+    status, _, text = await fetch("GET", dash.base + "/dashboard", cookies=jar)
+    assert status == 200 and 'id="dashboard"' in text and ADMIN not in text
+    status, _, text = await fetch("GET", dash.base + "/admin/dashboard/data", cookies=jar)
+    assert status == 200 and json.loads(text)["object"] == "dashboard.snapshot"
+    tampered = {dashboard.SESSION_COOKIE: value[:-1] + ("0" if value[-1] != "0" else "1")}
+    status, _, _ = await fetch("GET", dash.base + "/admin/dashboard/data", cookies=tampered)
+    assert status == 401
+    status, headers, _ = await fetch("POST", dash.base + "/dashboard/logout", cookies=jar)
+    assert status == 303 and "Max-Age=0" in headers["Set-Cookie"]
+    assert ADMIN not in caplog.text
+
+
+async def test_data_after_traffic(dash: DashGateway) -> None:
+    await generate_traffic(dash, 0)
+    bearer = {"Authorization": f"Bearer {ADMIN}"}
+    status, headers, text = await fetch("GET", dash.base + "/admin/dashboard/data",
+                                        headers=bearer)
+    assert status == 200 and headers["Cache-Control"] == "no-store"
+    snap = json.loads(text)
+    assert snap["requests"]["by_route"]["careful-cascade"] == 1
+    assert snap["requests"]["by_route"]["research-quality"] == 2
+    assert snap["requests"]["by_deployment"]["sim-strong"] == 1
+    assert snap["escalations"] == {"careful-cascade": 1}
+    assert snap["cache"]["hit"] == 1 and snap["cache"]["miss"] >= 3
+    assert snap["rejections"]["review_pending"] == 1
+    assert set(snap["spend"]["by_team"]) == {"support", "research"}
+    assert snap["spend"]["by_model"]["premium"] > 0
+    assert 0 < snap["latency"]["p50_s"] <= snap["latency"]["p95_s"]
+    health = {d["id"]: d for d in snap["deployments"]}
+    assert health["sim-error500"]["breaker"] == "open"
+    assert health["sim-error500"]["retry_in_s"] > 0
+    assert health["sim-cheap"]["breaker"] == "closed" and health["sim-cheap"]["latency_s"] > 0
+    assert snap["reviews"]["pending"] == 1
+    [review] = snap["reviews"]["oldest"]
+    assert review["rule"] == "legal-review" and review["team"] == "support"
+    assert "contract" not in text  # no prompt text
+    assert snap["feedback"]["by_deployment"]["sim-cheap"] == {"count": 1, "mean": 0.75}
+    assert snap["feedback"]["by_route"]["careful-cascade"] == {"count": 1, "mean": 0.5}
+
+
+async def test_refused_without_an_admin_credential(dash: DashGateway) -> None:
+    url = dash.base + "/admin/dashboard/data"
+    status, _, text = await fetch("GET", url)
+    assert status == 401 and json.loads(text)["error"]["type"] == "authentication_error"
+    status, _, text = await fetch("GET", url, headers={"Authorization": f"Bearer {APP_KEY}"})
+    assert status == 403 and json.loads(text)["error"]["code"] == "admin_required"
+    status, headers, body = await fetch("GET", dash.base + "/dashboard/static/dashboard.js")
+    assert status == 200 and headers["Content-Type"].startswith("text/javascript")
+    assert "http://" not in body and "https://" not in body.replace("http://www.w3.org", "")
+    for name in ("..%2Fdashboard.py", "dashboard.html", "nope.js"):
+        status, _, _ = await fetch("GET", dash.base + "/dashboard/static/" + name)
+        assert status == 404
+
+
+# ---- Chromium over the DevTools protocol ----------------------------------------------------
+
+def _install_chromium() -> str | None:
+    """Install Debian's chromium where that is possible; the reason to skip otherwise."""
+    if all(os.path.exists(p) for p in (CHROMIUM, CHROMEDRIVER)):
+        return None
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return f"{CHROMIUM} or {CHROMEDRIVER} missing: apt-get install chromium chromium-driver"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"]
+    for command in (install, ["apt-get", "update", "-q"], install):
+        try:
+            subprocess.run(command, env=env, capture_output=True, timeout=600, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            break
+        if all(os.path.exists(p) for p in (CHROMIUM, CHROMEDRIVER)):
+            return None
+    return f"{CHROMIUM} or {CHROMEDRIVER} missing and apt-get could not install them"
+
+
+@pytest.fixture(scope="session")
+def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A headless Chromium for the whole session; yields its DevTools websocket URL."""
+    reason = _install_chromium()
+    if reason:
+        pytest.skip(reason)
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    log = (profile.parent / "chromium.log").open("wb")
+    proc = subprocess.Popen(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
+         "--remote-debugging-port=0", "about:blank"],
+        stdout=log, stderr=log, start_new_session=True)
+    port_file, deadline = profile / "DevToolsActivePort", time.monotonic() + 30
+    try:
+        while not (port_file.exists() and len(port_file.read_text().split()) == 2):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.skip(f"chromium did not start (see {log.name})")
+            time.sleep(0.05)
+        port, path = port_file.read_text().split()
+        yield f"ws://127.0.0.1:{port}{path}"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+class CDPError(Exception):
+    pass
+
+
+@dataclass
+class CDP:
+    """One websocket to the browser; page commands go to a flat-attached session."""
+    ws: aiohttp.ClientWebSocketResponse
+    pending: dict[int, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    next_id: int = 0
+
+    async def read(self) -> None:
+        async for msg in self.ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue
+            data = json.loads(msg.data)
+            future = self.pending.pop(data.get("id", -1), None)
+            if future is not None and not future.done():
+                future.set_result(data)
+            elif "method" in data:
+                self.events.append(data)
+
+    async def send(self, method: str, params: dict[str, Any] | None = None,
+                   session: str | None = None) -> dict[str, Any]:
+        self.next_id += 1
+        message: dict[str, Any] = {"id": self.next_id, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = session
+        future = asyncio.get_running_loop().create_future()
+        self.pending[self.next_id] = future
+        await self.ws.send_str(json.dumps(message))
+        reply = await asyncio.wait_for(future, 30)
+        if "error" in reply:
+            raise CDPError(f"{method}: {reply['error']}")
+        return reply["result"]
+
+
+@dataclass
+class Page:
+    cdp: CDP
+    session: str
+    context: str
+
+    async def evaluate(self, expression: str) -> Any:
+        result = await self.cdp.send("Runtime.evaluate", {
+            "expression": expression, "returnByValue": True, "awaitPromise": True},
+            self.session)
+        if "exceptionDetails" in result:
+            raise CDPError(str(result["exceptionDetails"].get("exception", result)))
+        return result["result"].get("value")
+
+    async def wait_for(self, expression: str, what: str, limit_s: float = 20.0) -> Any:
+        """Poll a DOM condition until it holds, for at most `limit_s` seconds."""
+        deadline, last = time.monotonic() + limit_s, None
+        while True:
+            try:
+                value = await self.evaluate(expression)
+            except CDPError as err:  # e.g. the page is navigating
+                value, last = None, err
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                state = await self.evaluate("document.body ? document.body.innerText : ''")
+                raise AssertionError(f"timed out waiting for {what} ({last}); page: {state!r}")
+            await asyncio.sleep(0.1)
+
+    async def navigate(self, url: str) -> None:
+        await self.cdp.send("Page.navigate", {"url": url}, self.session)
+
+    async def cookies(self) -> list[dict[str, Any]]:
+        found = await self.cdp.send("Storage.getCookies", {"browserContextId": self.context})
+        return list(found["cookies"])
+
+    def errors(self) -> list[str]:
+        out = []
+        for e in self.cdp.events:
+            if e.get("sessionId") != self.session:
+                continue
+            if e["method"] == "Runtime.exceptionThrown":
+                out.append(str(e["params"]["exceptionDetails"]))
+            elif e["method"] == "Log.entryAdded" and e["params"]["entry"]["level"] == "error":
+                out.append(e["params"]["entry"]["text"])
+        return out
+
+    async def screenshot(self, path: Path) -> bytes:
+        metrics = await self.cdp.send("Page.getLayoutMetrics", {}, self.session)
+        size = metrics["cssContentSize"]
+        shot = await self.cdp.send("Page.captureScreenshot", {
+            "format": "png", "captureBeyondViewport": True,
+            "clip": {"x": 0, "y": 0, "width": size["width"], "height": size["height"],
+                     "scale": 1}}, self.session)
+        png = base64.b64decode(shot["data"])
+        await asyncio.to_thread(path.write_bytes, png)
+        return png
+
+
+@pytest.fixture
+async def page(chromium: str) -> AsyncIterator[Page]:
+    """A fresh tab in its own browser context (own cookies), 1440 px wide."""
+    async with aiohttp.ClientSession() as session, session.ws_connect(
+            chromium, max_msg_size=0) as ws:
+        cdp = CDP(ws)
+        reader = asyncio.create_task(cdp.read())
+        context = (await cdp.send("Target.createBrowserContext"))["browserContextId"]
+        target = (await cdp.send("Target.createTarget", {
+            "url": "about:blank", "browserContextId": context}))["targetId"]
+        attached = await cdp.send("Target.attachToTarget", {"targetId": target, "flatten": True})
+        tab = Page(cdp, attached["sessionId"], context)
+        for method in ("Runtime.enable", "Log.enable"):
+            await cdp.send(method, {}, tab.session)
+        await cdp.send("Emulation.setDeviceMetricsOverride", {
+            "width": 1440, "height": 1000, "deviceScaleFactor": 1, "mobile": False}, tab.session)
+        yield tab
+        await cdp.send("Target.disposeBrowserContext", {"browserContextId": context})
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+
+
+async def log_in(page: Page, base: str, key: str) -> None:
+    await page.navigate(base + "/dashboard")
+    await page.wait_for("location.pathname === '/dashboard' && document.readyState === 'complete'"
+                        " && !!document.getElementById('key')", "the login form")
+    await page.evaluate(f"document.getElementById('key').value = {json.dumps(key)};"
+                        "document.querySelector('#login button').click(); true")
+
+
+BROWSER_TIMEOUT = pytest.mark.timeout(900)  # a first run may install chromium
+DATA_STATUS = "fetch('/admin/dashboard/data').then(r => r.status)"
+
+
+@BROWSER_TIMEOUT
+async def test_browser_without_a_session_sees_the_login(dash: DashGateway, page: Page,
+                                                        tmp_path: Path) -> None:
+    await page.navigate(dash.base + "/dashboard")
+    await page.wait_for("!!document.getElementById('login')", "the login form")
+    assert await page.evaluate("!document.getElementById('dashboard')")
+    assert await page.evaluate(DATA_STATUS) == 401
+    error = ("location.pathname === '/dashboard/login' && "
+             "(document.querySelector('.error') || {}).textContent")
+    await log_in(page, dash.base, "sk-wrong-key-0000000000")
+    assert "not a valid admin key" in await page.wait_for(error, "the error")
+    await log_in(page, dash.base, APP_KEY)
+    assert "not an admin key" in await page.wait_for(error, "the error")
+    await page.screenshot(tmp_path / "login.png")
+    assert await page.cookies() == []
+    assert await page.evaluate(DATA_STATUS) == 401
+
+
+@BROWSER_TIMEOUT
+async def test_browser_dashboard_shows_live_data(dash: DashGateway, page: Page,
+                                                 tmp_path: Path) -> None:
+    await log_in(page, dash.base, ADMIN)
+    await page.wait_for("location.pathname === '/dashboard' && "
+                        "Number(document.body.dataset.polls) >= 1", "the dashboard's first poll")
+    await page.screenshot(tmp_path / "dashboard-before-traffic.png")
+    for wave in range(3):  # traffic spread over several polls, so rates are a time series
+        polls = await page.evaluate("Number(document.body.dataset.polls)")
+        await generate_traffic(dash, wave)
+        # The poll after next surely started after this wave had been answered.
+        more = 2 if wave == 2 else 1
+        await page.wait_for(f"Number(document.body.dataset.polls) >= {polls + more}", "a poll")
+
+    rate = await page.wait_for(
+        "(e => Number(e.dataset.points) >= 3 && Number(e.dataset.max) > 0 && e.dataset.points)"
+        "(document.getElementById('chart-rate'))", "request-rate points")
+    assert int(rate) >= 3
+    health = await page.wait_for(
+        "(rows => rows.length === 7 && Object.fromEntries(rows.map("
+        "r => [r.dataset.deployment, r.dataset.breaker])))"
+        "([...document.querySelectorAll('#health .health-row[data-deployment]')])",
+        "the health panel")
+    assert health["sim-error500"] == "open" and health["sim-cheap"] == "closed"
+    legend = await page.wait_for(
+        "(e => Number(e.dataset.series) >= 2 && e.innerText)"
+        "(document.getElementById('chart-spend-team'))", "spend by team")
+    assert "support" in legend and "research" in legend and "$" in legend
+    assert await page.evaluate("Number(document.getElementById('chart-latency').dataset.points)")
+    assert await page.evaluate("Number(document.getElementById('chart-spend-model')"
+                               ".dataset.series)") >= 2
+    assert "careful-cascade" in await page.evaluate(
+        "document.getElementById('bars-escalations').innerText")
+    assert "sim-strong" in await page.evaluate(
+        "document.getElementById('bars-deployments').innerText")
+    assert await page.evaluate("document.getElementById('reviews-count').textContent") == "1"
+    assert "sim-cheap" in await page.evaluate(
+        "document.getElementById('bars-feedback-deployment').innerText")
+    assert ADMIN not in await page.evaluate("document.documentElement.outerHTML")
+    assert page.errors() == [], "no script errors, no CSP violations"
+
+    # Hovering a chart shows every series' value at that moment.
+    box = await page.evaluate("(r => [r.x + r.width * 0.97, r.y + r.height * 0.4])"
+                              "(document.querySelector('#chart-rate svg').getBoundingClientRect())")
+    await page.cdp.send("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": box[0],
+                                                     "y": box[1]}, page.session)
+    tip = await page.wait_for("(t => t && !t.hidden && t.innerText)"
+                              "(document.querySelector('#chart-rate .tip'))", "the tooltip")
+    assert "all requests" in tip
+    path = tmp_path / "dashboard.png"
+    png = await page.screenshot(path)
+    print(f"dashboard screenshot: {path}")
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 50_000
+
+
+@BROWSER_TIMEOUT
+async def test_browser_session_cookie_is_httponly(dash: DashGateway, page: Page) -> None:
+    await log_in(page, dash.base, ADMIN)
+    await page.wait_for("Number(document.body.dataset.polls) >= 1", "the dashboard")
+    assert dashboard.SESSION_COOKIE not in await page.evaluate("document.cookie")
+    [cookie] = [c for c in await page.cookies() if c["name"] == dashboard.SESSION_COOKIE]
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/"
+    assert ADMIN not in cookie["value"] and cookie["value"].count(".") == 2
+    # Signing out ends the session: the data endpoint refuses, the page is the login again.
+    await page.evaluate("document.querySelector('form[action=\"/dashboard/logout\"] button')"
+                        ".click(); true")
+    await page.wait_for("!!document.getElementById('login')", "the login page")
+    assert not [c for c in await page.cookies() if c["name"] == dashboard.SESSION_COOKIE]
+    assert await page.evaluate(DATA_STATUS) == 401
