@@ -28,9 +28,11 @@ keep every attempt's error (so the client learns which deployment failed and why
 
 from __future__ import annotations
 
+import email.utils
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal
 
 import orjson
@@ -221,6 +223,21 @@ class StreamInterrupted(PodiumError):
         super().__init__(f"the stream from deployment {attempt.deployment_id!r} broke off: "
                          f"{attempt.error.summary()}")
         self.attempts = [attempt]
+
+
+def parse_retry_after(value: str) -> float | None:
+    """Seconds to wait from a Retry-After value: seconds, or an HTTP date (RFC 9110)."""
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from gateway.identity import DigestIndex, digest_of, key_id_for
+from plugins.batch import sqlite_connect
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (
@@ -56,9 +57,7 @@ class KeyStore:
         self._index = DigestIndex()
 
     async def start(self) -> None:
-        self._db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(_SCHEMA)
+        self._db = sqlite_connect(self._path, _SCHEMA)
         self._reload()
 
     async def close(self) -> None:
@@ -76,12 +75,8 @@ class KeyStore:
         return found if isinstance(found, StoredKey) else None
 
     async def create(self, name: str, team: str | None, user: str | None,
-               models: list[str] | None) -> tuple[StoredKey, str]:
-        raw = f"sk-podium-{secrets.token_urlsafe(32)}"
-        digest = digest_of(raw)
-        key = StoredKey(id=key_id_for(digest), name=name, team=team, user=user,
-                        models=tuple(models) if models is not None else None,
-                        created_at=time.time(), revoked_at=None)
+                     models: list[str] | None) -> tuple[StoredKey, str]:
+        key, raw, digest = new_key(name, team, user, models)
         self._conn().execute(
             "INSERT INTO keys VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
             (key.id, digest, name, team, user,
@@ -110,6 +105,17 @@ class KeyStore:
         rows = db.execute("SELECT * FROM keys WHERE revoked_at IS NULL").fetchall()
         self._index = DigestIndex((r[1], _row_key(r)) for r in rows)
         self._version = db.execute("PRAGMA data_version").fetchone()[0]
+
+
+def new_key(name: str, team: str | None, user: str | None,
+            models: list[str] | None) -> tuple[StoredKey, str, str]:
+    """A fresh key: its record, the raw key (shown once) and the digest (stored)."""
+    raw = f"sk-podium-{secrets.token_urlsafe(32)}"
+    digest = digest_of(raw)
+    key = StoredKey(id=key_id_for(digest), name=name, team=team, user=user,
+                    models=tuple(models) if models is not None else None,
+                    created_at=time.time(), revoked_at=None)
+    return key, raw, digest
 
 
 def _row_key(row: tuple[Any, ...]) -> StoredKey:

@@ -9,14 +9,12 @@ The import is lazy (it costs seconds) and happens off the event loop: see `prelo
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import importlib
-import time
 from collections.abc import AsyncIterator, Mapping
 from types import ModuleType
 from typing import Any
 
-from gateway.errors import ErrorKind, ProviderError, redact
+from gateway.errors import ErrorKind, ProviderError, parse_retry_after, redact
 from gateway.provider import Attempt, ChatAnswer, EmbeddingAnswer, Usage, finish_reasons
 
 # Fields of an OpenAI message/delta that may be null in the spec; every other null is dropped.
@@ -265,16 +263,3 @@ def _retry_after(exc: BaseException) -> float | None:
         headers = getattr(getattr(exc, "response", None), "headers", None)
     value = headers.get("retry-after") if headers is not None else None
     return parse_retry_after(value) if value is not None else None
-
-
-def parse_retry_after(value: str) -> float | None:
-    """Retry-After is either seconds or an HTTP date (RFC 9110)."""
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())

@@ -19,17 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import email.utils
 import struct
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import orjson
 
-from gateway.errors import ErrorKind, ProviderError, redact
+from gateway.errors import ErrorKind, ProviderError, parse_retry_after, redact
 from gateway.provider import Attempt, ChatAnswer, EmbeddingAnswer, Usage, finish_reasons
 from routing.catalog import Deployment
 
@@ -367,16 +365,4 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
         except ValueError:
             pass
     value = headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return parse_retry_after(value) if value else None

@@ -27,9 +27,7 @@ just committed: any number of writers in any number of processes form one chain 
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -37,11 +35,11 @@ import asyncpg
 import orjson
 
 from gateway.errors import BadRequest
-from gateway.identity import DigestIndex, digest_of, key_id_for
-from gateway.keystore import StoredKey, _row_key
+from gateway.identity import DigestIndex
+from gateway.keystore import StoredKey, _row_key, new_key
 from plugins.approval import _COLUMNS as _REVIEW_COLUMNS
-from plugins.approval import Review, _review
-from plugins.audit import GENESIS, VerifyResult, chain_hash
+from plugins.approval import Review, _review, new_review_row
+from plugins.audit import GENESIS, ChainCheck, VerifyResult, chain_hash
 from plugins.base import RequestContext
 from plugins.batch import BatchWriter
 
@@ -163,11 +161,7 @@ class PgKeyStore(_PgStore):
 
     async def create(self, name: str, team: str | None, user: str | None,
                      models: list[str] | None) -> tuple[StoredKey, str]:
-        raw = f"sk-podium-{secrets.token_urlsafe(32)}"
-        digest = digest_of(raw)
-        key = StoredKey(id=key_id_for(digest), name=name, team=team, user=user,
-                        models=tuple(models) if models is not None else None,
-                        created_at=time.time(), revoked_at=None)
+        key, raw, digest = new_key(name, team, user, models)
         await self._db().execute(
             f"INSERT INTO podium_keys ({_KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL)",
             key.id, digest, name, team, user,
@@ -293,35 +287,26 @@ class PgAuditLog(_BatchedStore):
     async def verify(self) -> VerifyResult:
         """Walk the chain from the first record; name the first one that does not fit."""
         await self.flush()
-        prev, n = GENESIS, 0
+        check = ChainCheck()
         try:
             async with self._db().acquire() as conn, \
                     conn.transaction(isolation="repeatable_read", readonly=True):
-                async for seq, request_id, text, prev_hash, digest in conn.cursor(
+                async for row in conn.cursor(
                         "SELECT seq, request_id, record, prev_hash, hash FROM podium_audit "
                         "ORDER BY seq", prefetch=1000):
-                    where = f"record seq={seq} (request {request_id})"
-                    if prev_hash != prev:
-                        return VerifyResult(False, n, f"{where}: does not follow the previous "
-                                            "record (a record was removed, inserted or reordered)")
-                    if chain_hash(prev_hash, text) != digest:
-                        return VerifyResult(False, n, f"{where}: content does not match its "
-                                                      "hash (the record was altered)")
-                    prev, n = digest, n + 1
+                    if (failed := check.add(*row)) is not None:
+                        return failed
         except asyncpg.PostgresError as exc:
             return VerifyResult(False, 0, f"cannot read the audit table: {exc}")
-        return VerifyResult(True, n)
+        return check.ok()
 
 
 class PgReviewQueue(_PgStore):
     _ddl, _what = _REVIEWS_DDL, "review queue"
 
     async def hold(self, ctx: RequestContext, rule: str, answer: dict[str, Any]) -> str:
-        review_id = f"rev_{uuid.uuid4().hex}"
-        row = (review_id, time.time(), "pending", rule, ctx.request_id, ctx.principal.key_id,
-               ctx.principal.team, ctx.model, ctx.data_class,
-               orjson.dumps(dict(ctx.body)).decode(), orjson.dumps(answer).decode(),
-               None, None, None)
+        row = new_review_row(ctx, rule, answer)
+        review_id = row[0]
         # Committed before the caller hears of it, so a held answer survives a crash.
         placeholders = ", ".join(f"${i}" for i in range(1, len(row) + 1))
         await self._db().execute(

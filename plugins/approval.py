@@ -22,6 +22,7 @@ import orjson
 
 from gateway.errors import BadRequest, ReviewPending
 from plugins.base import BasePlugin, Outcome, RequestContext
+from plugins.batch import sqlite_connect
 from plugins.settings import ApprovalRule
 from routing.rules import RequestFacts
 
@@ -71,10 +72,7 @@ class ReviewQueue:
         self._db: sqlite3.Connection | None = None
 
     async def start(self) -> None:
-        self._db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False,
-                                   timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(_SCHEMA)
+        self._db = sqlite_connect(self._path, _SCHEMA)
 
     async def close(self) -> None:
         if self._db is not None:
@@ -82,11 +80,8 @@ class ReviewQueue:
             self._db = None
 
     async def hold(self, ctx: RequestContext, rule: str, answer: dict[str, Any]) -> str:
-        review_id = f"rev_{uuid.uuid4().hex}"
-        row = (review_id, time.time(), "pending", rule, ctx.request_id, ctx.principal.key_id,
-               ctx.principal.team, ctx.model, ctx.data_class,
-               orjson.dumps(dict(ctx.body)).decode(), orjson.dumps(answer).decode(),
-               None, None, None)
+        row = new_review_row(ctx, rule, answer)
+        review_id = row[0]
         # Written before the caller hears of it, so a held answer survives a crash; one small
         # row in WAL mode, on the loop thread, so reads never race a writer thread.
         self._conn().execute(f"INSERT INTO reviews VALUES ({','.join('?' * len(row))})", row)
@@ -122,6 +117,14 @@ class ReviewQueue:
         if self._db is None:
             raise RuntimeError("the review queue is not open")
         return self._db
+
+
+def new_review_row(ctx: RequestContext, rule: str, answer: dict[str, Any]) -> tuple[Any, ...]:
+    """A pending review as a row in `_COLUMNS` order (every backend stores the same)."""
+    return (f"rev_{uuid.uuid4().hex}", time.time(), "pending", rule, ctx.request_id,
+            ctx.principal.key_id, ctx.principal.team, ctx.model, ctx.data_class,
+            orjson.dumps(dict(ctx.body)).decode(), orjson.dumps(answer).decode(),
+            None, None, None)
 
 
 def _review(row: tuple[Any, ...]) -> Review:

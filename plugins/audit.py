@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from plugins.base import BasePlugin, Outcome, RequestContext
-from plugins.batch import BatchWriter
+from plugins.batch import BatchWriter, sqlite_connect
 
 if TYPE_CHECKING:
     from gateway.stores import AuditStore
@@ -45,10 +45,7 @@ def chain_hash(prev_hash: str, record_json: str) -> str:
 
 
 def connect(path: str) -> sqlite3.Connection:
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute(_SCHEMA)
-    return db
+    return sqlite_connect(path, _SCHEMA)
 
 
 class AuditLog:
@@ -134,17 +131,33 @@ def verify(path: str) -> VerifyResult:
         return VerifyResult(False, 0, f"cannot read the audit table: {exc}")
     finally:
         db.close()
-    prev = GENESIS
-    for n, (seq, request_id, text, prev_hash, digest) in enumerate(rows):
+    check = ChainCheck()
+    for row in rows:
+        if (failed := check.add(*row)) is not None:
+            return failed
+    return check.ok()
+
+
+class ChainCheck:
+    """Rows in seq order, one at a time (any backend); `add` names the first bad one."""
+
+    def __init__(self) -> None:
+        self.prev, self.count = GENESIS, 0
+
+    def add(self, seq: int, request_id: str, text: str, prev_hash: str,
+            digest: str) -> VerifyResult | None:
         where = f"record seq={seq} (request {request_id})"
-        if prev_hash != prev:
-            return VerifyResult(False, n, f"{where}: does not follow the previous record "
-                                          "(a record was removed, inserted or reordered)")
+        if prev_hash != self.prev:
+            return VerifyResult(False, self.count, f"{where}: does not follow the previous "
+                                "record (a record was removed, inserted or reordered)")
         if chain_hash(prev_hash, text) != digest:
-            return VerifyResult(False, n, f"{where}: content does not match its hash "
-                                          "(the record was altered)")
-        prev = digest
-    return VerifyResult(True, len(rows))
+            return VerifyResult(False, self.count, f"{where}: content does not match its hash "
+                                "(the record was altered)")
+        self.prev, self.count = digest, self.count + 1
+        return None
+
+    def ok(self) -> VerifyResult:
+        return VerifyResult(True, self.count)
 
 
 class AuditPlugin(BasePlugin):

@@ -12,11 +12,21 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 log = logging.getLogger("podium.batch")
+
+
+def sqlite_connect(path: str, schema: str) -> sqlite3.Connection:
+    """The embedded stores' connection: autocommit (transactions are explicit), WAL so readers
+    never wait for the writer, usable from the writer thread, and the schema in place."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(schema)
+    return db
 
 
 class BatchWriter(Generic[T]):

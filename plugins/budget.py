@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.errors import BudgetExceeded
 from gateway.state import BudgetClaim, SharedState
 from plugins.base import BasePlugin, Outcome, RequestContext
-from plugins.batch import BatchWriter
+from plugins.batch import BatchWriter, sqlite_connect
 from plugins.settings import BudgetPeriod, Limits
 
 if TYPE_CHECKING:
@@ -105,10 +105,7 @@ class SpendLedger:
 
 
 def _connect(path: str) -> sqlite3.Connection:
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute(_SCHEMA)
-    return db
+    return sqlite_connect(path, _SCHEMA)
 
 
 class BudgetPlugin(BasePlugin):

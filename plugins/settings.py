@@ -3,12 +3,11 @@ rejected). Limits and budgets live on `keys[]` and `teams[]` (see `Limits`)."""
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from routing.rules import RuleMatch
+from routing.rules import RuleMatch, valid_regex
 
 BudgetPeriod = Literal["day", "month", "total"]
 
@@ -70,15 +69,7 @@ class GuardrailConfig(_Frozen):
             data = {("on" if k is True else k): v for k, v in data.items()}
         return data
 
-    @field_validator("pattern")
-    @classmethod
-    def _regex(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"invalid regular expression: {exc}") from None
-        return value
+    _check_regex = field_validator("pattern")(valid_regex)
 
     @model_validator(mode="after")
     def _needs_its_parameter(self) -> GuardrailConfig:

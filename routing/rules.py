@@ -21,7 +21,7 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _valid_regex(value: str | None) -> str | None:
+def valid_regex(value: str | None) -> str | None:
     if value is not None:
         try:
             re.compile(value)
@@ -40,7 +40,7 @@ class RuleMatch(_Frozen):
     headers: dict[str, str] = {}                  # exact values; names are case-insensitive
     last_user_message: str | None = None          # regex, searched in the last user message
 
-    _check_regex = field_validator("last_user_message")(_valid_regex)
+    _check_regex = field_validator("last_user_message")(valid_regex)
 
 
 class CascadeChecks(_Frozen):
@@ -48,7 +48,7 @@ class CascadeChecks(_Frozen):
     must_not_match: str | None = None             # regex the answer must not contain
     allow_length_finish: bool = False             # accept a finish_reason of "length"
 
-    _check_regex = field_validator("must_match", "must_not_match")(_valid_regex)
+    _check_regex = field_validator("must_match", "must_not_match")(valid_regex)
 
 
 class RouteSettings(_Frozen):
