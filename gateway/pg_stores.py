@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -190,7 +191,7 @@ class PgKeyStore(_PgStore):
         self._version = version
 
 
-class _BatchedStore(_PgStore):
+class _BatchedStore(_PgStore, ABC):
     _name = "batch"
 
     def __init__(self, dsn: str) -> None:
@@ -210,8 +211,9 @@ class _BatchedStore(_PgStore):
     async def flush(self) -> None:
         await self._writer.flush()
 
+    @abstractmethod
     async def _write(self, batch: list[Any]) -> None:
-        raise NotImplementedError
+        """Write one batch in one transaction; raise to have it retried with the next."""
 
 
 class PgSpendLedger(_BatchedStore):
