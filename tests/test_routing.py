@@ -300,3 +300,90 @@ def test_cli_explain_matches_the_live_decision(tmp_path: Path, upstream: Upstrea
         input=body, capture_output=True, text=True, timeout=60, cwd=ROOT).stdout
     assert "plan: sim-cheap -> sim-dear" in text
     assert "dropped sim-tiny" in text and "does not support tools" in text
+
+
+def matching(url: str, rule: dict[str, Any]) -> dict[str, Any]:
+    cfg = catalog(url)
+    cfg["routing"] = {"rules": [{"name": "the-rule", "min_quality": 70, **rule}]}
+    return cfg
+
+
+@pytest.mark.parametrize(("rule", "hit", "miss"), [
+    ({"match": {"key": "app"}}, {}, {"key": "sk-test-ops-0123456789"}),
+    ({"match": {"model": "auto"}}, {"model": "auto"}, {}),
+    ({"match": {"has_tools": True}},
+     {"tools": [{"type": "function", "function": {"name": "f"}}]}, {}),
+    ({"match": {"min_prompt_tokens": 50}},
+     {"messages": [{"role": "user", "content": "word " * 60}]}, {}),
+    ({"match": {"max_prompt_tokens": 20}}, {},
+     {"messages": [{"role": "user", "content": "word " * 60}]}),
+    ({"match": {"last_user_message": "(?i)urgent"}},
+     {"messages": [{"role": "user", "content": "URGENT: help"}]}, {}),
+])
+async def test_every_rule_condition(upstream: Upstream, make_gateway: GatewayFactory,
+                                    rule: dict[str, Any], hit: dict[str, Any],
+                                    miss: dict[str, Any]) -> None:
+    gw = await make_gateway(matching(upstream.url, rule))
+    for request, expected in ((hit, "the-rule"), (miss, "default")):
+        key = request.pop("key", APP_KEY)
+        body = {"model": "chat", "messages": HI, **request}
+        decision = await explain(gw, body, key=key)
+        assert decision["rule"] == expected, (request, decision["rule"])
+
+
+async def test_latency_strategy_prefers_the_fastest_measured(
+        upstream: Upstream, make_gateway: GatewayFactory) -> None:
+    cfg = base_config(upstream.url)
+    cfg["model_list"][:2] = [
+        deployment("chat", "sim-slow", upstream.url, input_cost_per_token=1e-9),
+        deployment("chat", "sim-quick", upstream.url, input_cost_per_token=1e-6)]
+    cfg["routing"] = {"default": {"strategy": "latency"}}
+    cfg["cache"] = {"enabled": False}
+    gw = await make_gateway(cfg)
+    # Unmeasured deployments go first so they get measured: both answer once.
+    first = {await answered_by(gw, model="chat"), await answered_by(gw, model="chat")}
+    assert first == {"sim-slow", "sim-quick"}
+    decision = await explain(gw, {"model": "chat", "messages": HI})
+    latency = {c["deployment"]: c["health"]["latency_ms"] for c in decision["candidates"]}
+    assert latency["sim-slow"] > latency["sim-quick"], "the simulator's sim-slow takes 50 ms"
+    assert decision["chain"][0] == "sim-quick"
+    assert await answered_by(gw, model="chat") == "sim-quick"
+
+
+async def test_weighted_strategy_follows_the_weights(upstream: Upstream,
+                                                     make_gateway: GatewayFactory) -> None:
+    cfg = base_config(upstream.url)
+    cfg["routing"] = {"default": {"strategy": "weighted",
+                                  "weights": {"sim-cheap": 9, "sim-dear": 1}}}
+    gw = await make_gateway(cfg)
+    firsts = [(await explain(gw, {"model": "chat", "messages": HI}))["chain"][0]
+              for _ in range(200)]
+    share = firsts.count("sim-cheap") / len(firsts)
+    assert 0.8 < share < 0.97, share  # 0.9 expected; bounds far outside sampling noise
+
+
+async def test_request_deadline_bounds_all_attempts(upstream: Upstream,
+                                                    make_gateway: GatewayFactory) -> None:
+    from tests.test_call import chain
+
+    cfg = chain(upstream.url, "sim-hang-a", "sim-hang-b", "sim-hang-c", timeout=5)
+    cfg["server"] = {"request_timeout_s": 0.6}
+    gw = await make_gateway(cfg)
+    started = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as info:
+        await gw.client().chat.completions.create(model="chat", messages=HI)
+    assert info.value.status_code == 504
+    # Three 5 s timeouts would take 15 s; the 0.6 s deadline cuts every attempt short.
+    assert time.monotonic() - started < 4
+
+
+async def test_route_span_records_every_candidate(routed: RunningGateway) -> None:
+    await routed.client().chat.completions.create(
+        model="chat", messages=HI, tools=[{"type": "function", "function": {"name": "f"}}])
+    [span] = [s for s in routed.spans.get_finished_spans() if s.name == "podium.route"]
+    events = {e.attributes["deployment"]: e.attributes for e in span.events
+              if e.name == "candidate"}
+    assert events["sim-tiny"]["kept"] is False
+    assert "does not support tools" in events["sim-tiny"]["reason"]
+    assert events["sim-cheap"]["kept"] is True
+    assert span.attributes["podium.route.rule"] == "default"
