@@ -91,6 +91,7 @@ class Gateway:
     config_path: Path | None = None
     last_breaker_sync: float = 0.0
     reloading: asyncio.Task[Any] | None = None
+    semantic_index: Any = None  # gateway.semantic_cache.SemanticIndex, made on first use
 
     def __post_init__(self) -> None:
         self.caller = Caller(self.provider_for, self.telemetry, self.health, self)

@@ -117,6 +117,28 @@ def cache_key(body: Mapping[str, Any], chain: tuple[str, ...], tenant: str, data
     return hashlib.sha256(orjson.dumps(scoped, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+def scope_key(body: Mapping[str, Any], chain: tuple[str, ...], tenant: str, data_class: str,
+              regions: frozenset[str] | None, extra: Mapping[str, Any]) -> str:
+    """Everything in `cache_key` except the messages' text (roles, images, tool calls and
+    every parameter stay), plus `extra`: the semantic cache's scope, within which only the
+    prompt text may differ."""
+    untexted = {**body, "messages": [_untexted(m) for m in body.get("messages") or ()]}
+    return cache_key({**untexted, "podium.semantic": dict(extra)}, chain, tenant, data_class,
+                     regions)
+
+
+def _untexted(message: Any) -> Any:
+    if not isinstance(message, Mapping):
+        return message
+    content = message.get("content")
+    if isinstance(content, str):
+        content = None
+    elif isinstance(content, list):
+        content = [{k: v for k, v in p.items() if k != "text"} if isinstance(p, Mapping) else p
+                   for p in content]
+    return {**message, "content": content}
+
+
 def assemble(chunks: list[dict[str, Any]]) -> dict[str, Any] | None:
     """A streamed answer put back together as a `chat.completion`, to be stored; None if the
     stream did not finish every choice."""

@@ -30,6 +30,7 @@ from gateway.ingress import ChatCompletionRequest, Parsed, read_json, validate
 from gateway.permissions import PermissionScope
 from gateway.pipeline import call_headers, deadline_for, identify, permit, route
 from gateway.provider import ChatAnswer
+from gateway.semantic_cache import KIND_HEADER, SemanticProbe, probe
 from gateway.unmask import unmask_completion, unmask_stream
 from plugins.base import Outcome, RequestContext
 from routing.cascade import AnswerCheck
@@ -118,7 +119,8 @@ async def _serve(request: web.Request, gw: Gateway, rt: Runtime,
     if result.masked and scope.pseudonymizer is not None:
         answer = unmask_completion(answer, scope.pseudonymizer)
     _record(ctx, outcome, result)
-    headers = {**call_headers(request, plan, result), **lookup.headers(request, plan)}
+    headers = {**call_headers(request, plan, result), **lookup.headers(request, plan),
+               "x-podium-cost-usd": f"{outcome.cost_usd:.10f}"}  # with a semantic lookup's
     response = await _respond(request, rt, ctx, outcome, answer, headers)
     await lookup.store(answer)
     return response
@@ -146,19 +148,26 @@ async def _cache_lookup(request: web.Request, gw: Gateway, rt: Runtime, plan: Ro
                            else cfg.ttl_s, nondeterministic_ok=plan.cache_any_temperature,
                            held=ctx.hold is not None)
         lookup = CacheLookup(gw.state.cache, pol, "")
+        # Every candidate the caller may use, not the chain: breakers and cool-downs
+        # reorder the chain, and must not change the key.
+        candidates = tuple(c.deployment.id for c in plan.candidates)
         if pol.read or pol.write:
-            # Every candidate the caller may use, not the chain: breakers and cool-downs
-            # reorder the chain, and must not change the key.
-            lookup.key = cache_key(parsed.body, tuple(c.deployment.id for c in plan.candidates),
+            lookup.key = cache_key(parsed.body, candidates,
                                    ctx.principal.team or ctx.principal.key_id,
                                    scope.data_class, scope.regions)
         if pol.read:
             raw = await gw.state.cache.get(lookup.key)
             lookup.hit = orjson.loads(raw) if raw is not None else None
+        if pol.read and lookup.hit is None and cfg.semantic.enabled:  # costs an embedding call
+            lookup.semantic = await probe(gw, rt, ctx.principal, scope,
+                                          parsed.body, candidates, gw.state.cache)
+            if lookup.semantic is not None:
+                outcome.cost_usd += lookup.semantic.cost_usd
+                lookup.hit = lookup.semantic.hit
         outcome.cache = lookup.state
         span.set_attribute("podium.cache", lookup.state)
         if lookup.hit is not None:
-            ctx.decide("cache", "hit")
+            ctx.decide("cache", "hit", lookup.kind)
         return lookup
 
 
@@ -168,6 +177,12 @@ class CacheLookup:
     policy: CachePolicy
     key: str
     hit: dict[str, Any] | None = None
+    semantic: SemanticProbe | None = None
+
+    @property
+    def kind(self) -> str:
+        semantic = self.semantic is not None and self.semantic.hit is not None
+        return "semantic" if semantic else "exact"
 
     @property
     def state(self) -> str:
@@ -179,13 +194,17 @@ class CacheLookup:
         out = {"x-podium-cache": self.state}
         if self.hit is not None:
             out.update(call_headers(request, plan, None))
+            cost = self.semantic.cost_usd if self.semantic is not None else 0.0
             out.update({"x-podium-cache": "hit", "x-podium-attempts": "0",
-                        "x-podium-cost-usd": f"{0:.10f}"})
+                        "x-podium-cost-usd": f"{cost:.10f}", KIND_HEADER: self.kind})
+            out.update(self.semantic.headers() if self.semantic is not None else {})
         return out
 
     async def store(self, answer: dict[str, Any] | None) -> None:
         if self.policy.write and answer is not None and self.hit is None:
             await self.store_to.set(self.key, orjson.dumps(answer), self.policy.ttl_s)
+            if self.semantic is not None:
+                self.semantic.remember(self.key, self.policy.ttl_s)
 
 
 async def _stream(request: web.Request, gw: Gateway, rt: Runtime, plan: RoutePlan,
@@ -232,7 +251,8 @@ async def _checked(rt: Runtime, ctx: RequestContext, chunks: AsyncIterator[dict[
         raise
     finally:
         if stream is not None:
-            outcome.usage, outcome.cost_usd = stream.usage, stream.cost_usd
+            outcome.usage = stream.usage
+            outcome.cost_usd += stream.cost_usd  # after a semantic lookup's, if any
             outcome.upstream_s = stream.upstream_s
 
 
@@ -252,7 +272,8 @@ def _reserve(ctx: RequestContext, rt: Runtime, plan: RoutePlan, req: RouteReques
 
 def _record(ctx: RequestContext, outcome: Outcome, result: CallResult[ChatAnswer]) -> None:
     outcome.deployment, outcome.attempted = result.deployment.id, result.attempted
-    outcome.usage, outcome.cost_usd = result.usage, result.cost_usd
+    outcome.usage = result.usage
+    outcome.cost_usd += result.cost_usd  # after a semantic lookup's, if any
     outcome.upstream_s = result.upstream_s
     for escalation in result.escalations:
         ctx.decide("cascade", "escalated", escalation)

@@ -142,11 +142,28 @@ class PIIConfig(_Frozen):
         "email", "phone", "card", "iban", "ssn", "ip", "secret")
 
 
+class SemanticCacheConfig(_Frozen):
+    # Reuse an answer for a near-identical prompt (gateway/semantic_cache.py); off by default.
+    enabled: bool = False
+    embedding_model: str | None = None            # a model group of mode `embedding`
+    threshold: float = Field(default=0.95, ge=0, le=1)  # cosine similarity for a hit
+    max_entries: int = Field(default=2000, ge=1)  # per process
+    dimensions: int | None = Field(default=None, gt=0)  # sent as `dimensions` when set
+    timeout_s: float = Field(default=2.0, gt=0)   # the embedding call's whole budget
+
+    @model_validator(mode="after")
+    def _needs_model(self) -> SemanticCacheConfig:
+        if self.enabled and not self.embedding_model:
+            raise ValueError("'enabled: true' needs 'embedding_model' (an embedding model group)")
+        return self
+
+
 class CacheConfig(_Frozen):
     enabled: bool = True
     ttl_s: float = Field(default=300.0, ge=0)
     max_entries: int = Field(default=10_000, ge=1)
     max_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    semantic: SemanticCacheConfig = SemanticCacheConfig()
 
 
 class StateConfig(_Frozen):
@@ -303,6 +320,10 @@ def check_references(cfg: GatewayConfig) -> list[str]:
     problems += _check_keys(cfg, set(groups) | set(first_seen))
     problems += _check_routing(cfg, set(groups), set(first_seen))
     problems += _check_teams(cfg, set(groups) | set(first_seen))
+    model = cfg.cache.semantic.embedding_model
+    if model is not None and groups.get(model) != "embedding":
+        problems.append(f"cache.semantic.embedding_model: unknown embedding model {model!r}"
+                        + (f" (a {groups[model]} model group)" if model in groups else ""))
     from plugins.registry import unknown_plugins  # plugins build on config: import late
 
     problems += unknown_plugins(cfg.plugins)

@@ -23,7 +23,7 @@ from gateway.egress import json_response
 from gateway.errors import BadRequest, PodiumError
 
 log = logging.getLogger("podium.reload")
-_PROCESS_LIFETIME = ("storage", "state", "key_store", "simulator", "telemetry", "cache")
+_PROCESS_LIFETIME = ("storage", "state", "key_store", "simulator", "telemetry")
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,11 @@ def _needs_restart(old: GatewayConfig, new: GatewayConfig) -> list[str]:
     changed = [name for name in _PROCESS_LIFETIME if getattr(old, name) != getattr(new, name)]
     if old.server.max_body_bytes != new.server.max_body_bytes:
         changed.append("server.max_body_bytes")
+    # The cache's bounds size the store made at start; its TTLs and the semantic settings are
+    # read per request and apply at once.
+    for bound in ("max_entries", "max_bytes"):
+        if getattr(old.cache, bound) != getattr(new.cache, bound):
+            changed.append(f"cache.{bound}")
     return changed
 
 

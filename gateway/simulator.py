@@ -71,6 +71,8 @@ _MAX_DIMENSIONS = 16384
 _MAX_INPUTS = 2048
 _WORDS_PER_CHUNK = 3
 _ARGUMENT_FRAGMENT = 7
+_WORD = re.compile(r"\w+")
+_SLOTS_PER_FEATURE = 4  # 4 x 5 bytes of a sha256 digest: a uint32 index and a sign byte
 _SAY_MARKER = re.compile(r"\[\[say:(.*?)\]\]", re.DOTALL)
 _MALFORMED = object()  # sentinel: a body was sent but is not JSON
 _BAD = "invalid_request_error"
@@ -386,6 +388,23 @@ def _embedding_inputs(value: Any) -> list[str | list[int]]:
 
 
 def _vector(item: str | list[int], dimensions: int) -> list[float]:
+    """A unit vector. For text it preserves similarity, like a real model (if crudely): the
+    lower-cased words and word bigrams are feature-hashed into the dimensions, so texts that
+    share most words point the same way. Token arrays and wordless text are hashed whole."""
+    words = _WORD.findall(item.lower()) if isinstance(item, str) else []
+    if not words:
+        return _hashed_vector(item, dimensions)
+    values = [0.0] * dimensions
+    for feature in [*words, *(f"{a} {b}" for a, b in itertools.pairwise(words))]:
+        digest = hashlib.sha256(feature.encode()).digest()
+        for slot in range(_SLOTS_PER_FEATURE):  # a few signed slots each: dense at low dims
+            index, sign = struct.unpack_from("<IB", digest, slot * 5)
+            values[index % dimensions] += 1.0 if sign & 1 else -1.0
+    norm = math.sqrt(sum(v * v for v in values))
+    return [v / norm for v in values] if norm else _hashed_vector(item, dimensions)
+
+
+def _hashed_vector(item: str | list[int], dimensions: int) -> list[float]:
     seed = orjson.dumps(item)
     blocks = range(math.ceil(dimensions / 16))  # a sha256 digest yields 16 uint16 values
     raw = b"".join(hashlib.sha256(seed + b.to_bytes(4, "little")).digest() for b in blocks)
