@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
-import hashlib
 import itertools
 import math
 import random
@@ -24,6 +23,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
+
+from gateway.sim_vectors import text_vector
 
 __all__ = ["RECORDED", "RecordedRequest", "SimModel", "build_simulator_app", "start_simulator"]
 
@@ -61,9 +62,7 @@ _BODY: web.RequestKey[Any] = web.RequestKey("podium_sim_body", object)
 _CREATED = 1_700_000_000  # fixed, so whole responses are reproducible across runs
 _FINGERPRINT = "podium-sim"
 _RECORD_LIMIT = 1000
-_MAX_BODY = (
-    64 * 1024 * 1024
-)  # like a real provider, accept large prompts (aiohttp's default: 1 MiB)
+_MAX_BODY = 64 * 1024 * 1024  # like a real provider, accept large prompts (aiohttp: 1 MiB)
 _HANG_SECONDS = 3600.0
 _IMAGE_TOKENS = 85
 _DEFAULT_DIMENSIONS = 8
@@ -71,8 +70,6 @@ _MAX_DIMENSIONS = 16384
 _MAX_INPUTS = 2048
 _WORDS_PER_CHUNK = 3
 _ARGUMENT_FRAGMENT = 7
-_WORD = re.compile(r"\w+")
-_SLOTS_PER_FEATURE = 4  # 4 x 5 bytes of a sha256 digest: a uint32 index and a sign byte
 _SAY_MARKER = re.compile(r"\[\[say:(.*?)\]\]", re.DOTALL)
 _MALFORMED = object()  # sentinel: a body was sent but is not JSON
 _BAD = "invalid_request_error"
@@ -85,6 +82,8 @@ _KEYWORD_ERRORS: tuple[tuple[str, int, str, str | None, str], ...] = (
     ("rate429", 429, "rate_limit_error", "rate_limit_exceeded", "Simulated rate limit reached."),
     ("badreq", 400, _BAD, None, "Simulated invalid request."),
     ("ctxlimit", 400, _BAD, "context_length_exceeded", _CTX_MESSAGE),
+    ("policy400", 400, _BAD, "content_policy_violation",
+     "The request was rejected by the simulated content policy."),
 )
 
 # keyword -> a scripted poor answer, for cascade checks to catch.
@@ -387,32 +386,6 @@ def _embedding_inputs(value: Any) -> list[str | list[int]]:
     raise _SimError(400, "'input' must be a string, an array of strings, or token arrays.")
 
 
-def _vector(item: str | list[int], dimensions: int) -> list[float]:
-    """A unit vector. For text it preserves similarity, like a real model (if crudely): the
-    lower-cased words and word bigrams are feature-hashed into the dimensions, so texts that
-    share most words point the same way. Token arrays and wordless text are hashed whole."""
-    words = _WORD.findall(item.lower()) if isinstance(item, str) else []
-    if not words:
-        return _hashed_vector(item, dimensions)
-    values = [0.0] * dimensions
-    for feature in [*words, *(f"{a} {b}" for a, b in itertools.pairwise(words))]:
-        digest = hashlib.sha256(feature.encode()).digest()
-        for slot in range(_SLOTS_PER_FEATURE):  # a few signed slots each: dense at low dims
-            index, sign = struct.unpack_from("<IB", digest, slot * 5)
-            values[index % dimensions] += 1.0 if sign & 1 else -1.0
-    norm = math.sqrt(sum(v * v for v in values))
-    return [v / norm for v in values] if norm else _hashed_vector(item, dimensions)
-
-
-def _hashed_vector(item: str | list[int], dimensions: int) -> list[float]:
-    seed = orjson.dumps(item)
-    blocks = range(math.ceil(dimensions / 16))  # a sha256 digest yields 16 uint16 values
-    raw = b"".join(hashlib.sha256(seed + b.to_bytes(4, "little")).digest() for b in blocks)
-    values = [v / 32767.5 - 1.0 for v in struct.unpack(f"<{dimensions}H", raw[: dimensions * 2])]
-    norm = math.sqrt(sum(v * v for v in values)) or 1.0
-    return [v / norm for v in values]
-
-
 def _encode(vector: list[float], encoding: Any) -> list[float] | str:
     if encoding == "base64":
         return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
@@ -428,7 +401,7 @@ async def _embeddings(request: web.Request) -> web.StreamResponse:
         raise _SimError(400, f"At most {_MAX_INPUTS} inputs of at most {_MAX_DIMENSIONS} "
                              "dimensions per request.")
     await _behave(request.app[_STATE], body["model"])
-    vectors = [_encode(_vector(i, dimensions), body.get("encoding_format")) for i in inputs]
+    vectors = [_encode(text_vector(i, dimensions), body.get("encoding_format")) for i in inputs]
     data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
     tokens = sum(_ceil_tokens(len(i)) if isinstance(i, str) else len(i) for i in inputs)
     usage = {"prompt_tokens": tokens, "total_tokens": tokens}

@@ -387,3 +387,22 @@ async def test_route_span_records_every_candidate(routed: RunningGateway) -> Non
     assert "does not support tools" in events["sim-tiny"]["reason"]
     assert events["sim-cheap"]["kept"] is True
     assert span.attributes["podium.route.rule"] == "default"
+
+
+@pytest.mark.parametrize(("policy", "answered"), [("fail", None), ("next", "sim-ok")])
+async def test_content_policy_refusal_is_configurable(upstream: Upstream,
+                                                      make_gateway: GatewayFactory,
+                                                      policy: str, answered: str | None) -> None:
+    from tests.test_call import chain
+
+    cfg = chain(upstream.url, "sim-policy400", "sim-ok")
+    cfg["routing"] = {"on_content_policy": policy}
+    gw = await make_gateway(cfg)
+    if answered is None:
+        with pytest.raises(openai.BadRequestError) as info:
+            await gw.client().chat.completions.create(model="chat", messages=HI)
+        assert info.value.body["code"] == "content_policy_violation"
+        assert upstream.models_called() == ["sim-policy400"]
+    else:
+        assert await answered_by(gw, model="chat") == answered
+        assert upstream.models_called() == ["sim-policy400", "sim-ok"]
