@@ -10,11 +10,12 @@ requests finish on the one they started with. `Gateway` holds what lives as long
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import secrets
 import signal
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,8 +160,14 @@ ACCESS: web.RequestKey[dict] = web.RequestKey("podium.access", dict)
 access_log = logging.getLogger("podium.access")
 
 
+# A random per-process prefix and a counter: unique across processes and restarts, and far
+# cheaper per request than uuid4 (os.urandom each time).
+_ID_PREFIX = secrets.token_hex(8)
+_ids = itertools.count(1)
+
+
 def new_request_id() -> str:
-    return f"req_{uuid.uuid4().hex}"
+    return f"req_{_ID_PREFIX}{next(_ids):016x}"
 
 
 # Probes and scrapes arrive every few seconds: a trace each would drown the real ones.

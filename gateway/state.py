@@ -93,11 +93,31 @@ class _Entry:
 
 
 @dataclass
+class _Window:
+    """One sliding window: its entries oldest first, their running total, and each request's
+    entry, so admitting and settling cost O(1) however busy the window is."""
+    entries: deque[_Entry] = field(default_factory=deque)
+    total: float = 0.0
+    by_request: dict[str, _Entry] = field(default_factory=dict)
+
+    def prune(self, horizon: float) -> None:
+        while self.entries and self.entries[0].at <= horizon:
+            gone = self.entries.popleft()
+            self.total -= gone.amount
+            self.by_request.pop(gone.request_id, None)
+
+    def add(self, entry: _Entry) -> None:
+        self.entries.append(entry)
+        self.total += entry.amount
+        self.by_request[entry.request_id] = entry
+
+
+@dataclass
 class MemoryState:
     """The state of one process: exact, fast, and not shared."""
     cache: CacheStore
     clock: Callable[[], float] = time.time
-    _windows: dict[str, deque[_Entry]] = field(default_factory=dict)
+    _windows: dict[str, _Window] = field(default_factory=dict)
     _spent: dict[tuple[str, float], float] = field(default_factory=dict)
     _reserved: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -112,33 +132,35 @@ class MemoryState:
             return wait, full
         now = self.clock()
         for c in checks:
-            self._window(c.key).append(_Entry(now, c.amount, request_id))
+            self._window(c.key).add(_Entry(now, c.amount, request_id))
         return 0.0, None
 
     def _wait(self, check: WindowCheck) -> float:
-        log, now = self._window(check.key), self.clock()
-        used = sum(e.amount for e in log)
+        window, now = self._window(check.key), self.clock()
+        used = window.total
         if used + check.amount <= check.limit:
             return 0.0
         freed = 0.0
-        for e in log:  # oldest first: once enough has left the window, it fits
+        for e in window.entries:  # only when refusing: oldest first, until enough has left
             freed += e.amount
             if used - freed + check.amount <= check.limit:
                 return max(0.001, e.at + WINDOW_S - now)
         return WINDOW_S
 
-    def _window(self, key: str) -> deque[_Entry]:
-        log = self._windows.setdefault(key, deque())
-        horizon = self.clock() - WINDOW_S
-        while log and log[0].at <= horizon:
-            log.popleft()
-        return log
+    def _window(self, key: str) -> _Window:
+        window = self._windows.get(key)
+        if window is None:
+            window = self._windows[key] = _Window()
+        window.prune(self.clock() - WINDOW_S)
+        return window
 
     async def settle_windows(self, keys: list[str], request_id: str, amount: float) -> None:
         for key in keys:
-            for entry in self._windows.get(key, ()):
-                if entry.request_id == request_id:
-                    entry.amount = amount
+            window = self._windows.get(key)
+            entry = window.by_request.get(request_id) if window is not None else None
+            if window is not None and entry is not None:
+                window.total += amount - entry.amount
+                entry.amount = amount
 
     async def reserve(self, claims: list[BudgetClaim], request_id: str, amount: float,
                       ttl_s: float) -> tuple[BudgetClaim, float, float] | None:

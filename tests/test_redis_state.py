@@ -20,7 +20,7 @@ import yaml
 
 from tests.conftest import APP_KEY, GatewayFactory, Upstream, base_config, deployment
 from tests.test_call import closed_port
-from tests.test_workers import get_json, until
+from tests.test_workers import _two, get_json, until
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN = "sk-admin-0123456789abcdef"
@@ -66,6 +66,7 @@ async def pool_of_two(tmp_path: Path, upstream: Upstream,
     base = f"http://127.0.0.1:{port}"
     try:
         await until(lambda: get_json(base + "/readyz"), "the pool to be ready")
+        await until(lambda: _two(base), "both workers to be listening")
         yield base
     finally:
         proc.terminate()
