@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import secrets
 import signal
 import threading
@@ -264,6 +265,8 @@ def build_app(config: GatewayConfig, telemetry: Telemetry | None = None,
     app.cleanup_ctx.append(_governance_ctx)
     if start_simulator:
         app.cleanup_ctx.append(_simulator_ctx)
+    else:  # a worker in a pool: it must not outlive its supervisor
+        app.cleanup_ctx.append(_orphan_ctx)
     app.cleanup_ctx.append(_sighup_ctx)
     app.cleanup_ctx.append(_providers_ctx)
     pipeline.add_routes(app)
@@ -288,6 +291,15 @@ async def _governance_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await governance.close()  # flushes batched audit and spend writes
     await app[GATEWAY].state.close()
+
+
+async def _orphan_ctx(app: web.Application) -> AsyncIterator[None]:
+    from gateway.workers import watch_supervisor
+
+    watcher = asyncio.create_task(watch_supervisor(os.getppid()), name="podium-watch-parent")
+    yield
+    watcher.cancel()
+    await asyncio.gather(watcher, return_exceptions=True)
 
 
 async def _sighup_ctx(app: web.Application) -> AsyncIterator[None]:

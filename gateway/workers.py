@@ -31,6 +31,7 @@ log = logging.getLogger("podium.workers")
 WORKER_ENV = "PODIUM_WORKER_INDEX"     # set in workers; the simulator runs in the supervisor
 _BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 _STABLE_S = 10.0                        # a worker alive this long resets its backoff
+_PARENT_CHECK_S = 0.5                   # how often a worker checks its supervisor is alive
 
 
 async def supervise(config_path: Path, cfg: GatewayConfig, host: str, port: int,
@@ -102,6 +103,15 @@ async def _spawn(index: int, config_path: Path, host: str,
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "serve", "--config", str(config_path),
         "--host", host, "--port", str(port), "--reuse-port", env=env)
+
+
+async def watch_supervisor(parent: int) -> None:
+    """In a worker: if the supervisor dies (even by SIGKILL, which it cannot pass on), the
+    worker is re-parented; it then stops itself gracefully rather than serve as an orphan."""
+    while os.getppid() == parent:  # noqa: ASYNC110 - a parent's death raises no event to await
+        await asyncio.sleep(_PARENT_CHECK_S)
+    log.warning("worker %d: supervisor %d is gone; shutting down", os.getpid(), parent)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 async def _start_simulator(cfg: GatewayConfig) -> object | None:

@@ -20,7 +20,7 @@ import yaml
 
 from tests.conftest import APP_KEY, GatewayFactory, Upstream, base_config, deployment
 from tests.test_call import closed_port
-from tests.test_workers import _two, get_json, until
+from tests.test_workers import _two, get_json, stop_group, until
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN = "sk-admin-0123456789abcdef"
@@ -62,15 +62,15 @@ async def pool_of_two(tmp_path: Path, upstream: Upstream,
     port = closed_port()
     proc = subprocess.Popen(  # noqa: ASYNC220 - Popen returns at once; the wait is async
         [sys.executable, "-m", "gateway", "serve", "--config", str(path), "--port", str(port),
-         "--workers", "2"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+         "--workers", "2"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)  # its own process group: teardown stops the workers too
     base = f"http://127.0.0.1:{port}"
     try:
         await until(lambda: get_json(base + "/readyz"), "the pool to be ready")
         await until(lambda: _two(base), "both workers to be listening")
         yield base
     finally:
-        proc.terminate()
-        await asyncio.to_thread(proc.wait, 30)
+        await asyncio.to_thread(stop_group, proc)
 
 
 async def fire(base: str, n: int, **kw: Any) -> tuple[int, int, set[int]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -56,16 +57,28 @@ async def pool(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     port = closed_port()
     proc = subprocess.Popen(  # noqa: ASYNC220 - Popen returns at once; the wait is async
         [sys.executable, "-m", "gateway", "serve", "--config", str(path), "--port", str(port),
-         "--workers", "2"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+         "--workers", "2"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)  # its own process group: teardown stops the workers too
     base = f"http://127.0.0.1:{port}"
     try:
         await until(lambda: get_json(base + "/readyz"), "the pool to be ready")
         yield {"base": base, "proc": proc, "upstream": runner}
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
+        await asyncio.to_thread(stop_group, proc)
         await runner.cleanup()
+
+
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """Stop the supervisor and every worker it started, whatever state they are in."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # anything that did not drain in time
+    proc.wait(timeout=30)
 
 
 async def pids(base: str, n: int = 40) -> set[int]:
@@ -135,3 +148,14 @@ async def test_sigterm_drains_an_in_flight_stream(pool: dict[str, Any]) -> None:
     code = await asyncio.to_thread(pool["proc"].wait, 30)
     assert code == 0
     assert await get_json(pool["base"] + "/healthz") is None, "nothing listens any more"
+
+
+async def test_workers_do_not_outlive_a_killed_supervisor(pool: dict[str, Any]) -> None:
+    workers = await until(lambda: _two(pool["base"]), "both workers to answer")
+    pool["proc"].kill()  # SIGKILL: the supervisor cannot pass anything on
+    await asyncio.to_thread(pool["proc"].wait, 30)
+
+    async def all_gone() -> bool:
+        return not any(Path(f"/proc/{pid}").exists() for pid in workers)
+
+    await until(all_gone, "the orphaned workers to stop by themselves")
