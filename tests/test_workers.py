@@ -156,6 +156,6 @@ async def test_workers_do_not_outlive_a_killed_supervisor(pool: dict[str, Any]) 
     await asyncio.to_thread(pool["proc"].wait, 30)
 
     async def all_gone() -> bool:
-        return not any(Path(f"/proc/{pid}").exists() for pid in workers)
+        return not any(os.path.exists(f"/proc/{pid}") for pid in workers)  # noqa: ASYNC240
 
     await until(all_gone, "the orphaned workers to stop by themselves")
