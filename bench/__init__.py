@@ -1,0 +1,1 @@
+"""Podium's benchmark: `python -m bench.run` (see bench/README.md)."""
