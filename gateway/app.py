@@ -46,7 +46,7 @@ from gateway.simulator import SimModel, start_simulator
 from gateway.state import SharedState, open_state
 from gateway.stores import KeyStoreBackend, open_stores
 from gateway.telemetry import Telemetry
-from plugins.base import PluginChain
+from plugins.base import PluginChain, SpanFactory
 from plugins.registry import Governance, build_chain
 from routing import tokens
 from routing.catalog import Catalog, Deployment
@@ -68,11 +68,11 @@ class Runtime:
 
     @classmethod
     def compile(cls, config: GatewayConfig, store: KeyStoreBackend, governance: Governance,
-                tracer: trace.Tracer) -> Runtime:
+                span: SpanFactory) -> Runtime:
         catalog = Catalog.from_config(config)
         return cls(config=config, catalog=catalog, auth=Authenticator(config, store),
                    router=Router(catalog, config.routing),
-                   chain=build_chain(config, governance, tracer), loaded_at=int(time.time()))
+                   chain=build_chain(config, governance, span), loaded_at=int(time.time()))
 
 
 @dataclass
@@ -256,7 +256,7 @@ def build_app(config: GatewayConfig, telemetry: Telemetry | None = None,
     state = open_state(config)
     governance = Governance.from_stores(stores, state)
     telemetry = telemetry or telemetry_mod.from_env(config.telemetry.service_name)
-    gw = Gateway(runtime=Runtime.compile(config, stores.keys, governance, telemetry.tracer),
+    gw = Gateway(runtime=Runtime.compile(config, stores.keys, governance, telemetry.span),
                  keystore=stores.keys, governance=governance, telemetry=telemetry,
                  state=state, metrics=Metrics(t.name for t in config.teams),
                  config_path=config_path)

@@ -142,7 +142,7 @@ async def _cache_lookup(request: web.Request, gw: Gateway, rt: Runtime, plan: Ro
                         parsed: Parsed[ChatCompletionRequest], scope: PermissionScope,
                         ctx: RequestContext, outcome: Outcome) -> CacheLookup:
     cfg = rt.config.cache
-    with gw.telemetry.tracer.start_as_current_span("podium.cache") as span:
+    with gw.telemetry.span("podium.cache") as span:
         pol = cache_policy(request.headers, parsed.body, enabled=cfg.enabled,
                            default_ttl_s=plan.cache_ttl_s if plan.cache_ttl_s is not None
                            else cfg.ttl_s, nondeterministic_ok=plan.cache_any_temperature,

@@ -62,19 +62,18 @@ def cmd_route(args: argparse.Namespace) -> int:
     if cfg is None:
         print(f"{path}: {len(problems)} problem(s); run 'podium check'", file=sys.stderr)
         return 1
-    from opentelemetry.trace import NoOpTracer
-
     from gateway.app import Runtime
     from gateway.explain import chat_route_request
     from gateway.permissions import resolve_scope
     from gateway.state import MemoryState
     from gateway.stores import open_stores
+    from gateway.telemetry import disabled
     from plugins.registry import Governance
     from routing.health import Health
 
     stores = open_stores(cfg)  # built, never started: explaining touches no store
     governance = Governance.from_stores(stores, MemoryState.with_cache(1, 1))
-    rt = Runtime.compile(cfg, stores.keys, governance, NoOpTracer())
+    rt = Runtime.compile(cfg, stores.keys, governance, disabled().span)
     try:
         principal = _principal(rt, cfg, args)
         body = orjson.loads(sys.stdin.buffer.read())

@@ -45,7 +45,7 @@ def add_routes(app: web.Application) -> None:
 
 
 async def identify(gw: Gateway, rt: Runtime, request: web.Request) -> Principal:
-    with gw.telemetry.tracer.start_as_current_span("podium.identity") as span:
+    with gw.telemetry.span("podium.identity") as span:
         principal = await rt.auth.authenticate(request.headers.get("Authorization"))
         request[ACCESS].update(key_id=principal.key_id, team=principal.team)
         if span.is_recording():
@@ -58,7 +58,7 @@ async def identify(gw: Gateway, rt: Runtime, request: web.Request) -> Principal:
 
 def permit(gw: Gateway, rt: Runtime, principal: Principal, parsed: Parsed[ChatCompletionRequest],
            request: web.Request) -> PermissionScope:
-    with gw.telemetry.tracer.start_as_current_span("podium.permissions") as span:
+    with gw.telemetry.span("podium.permissions") as span:
         scope = resolve_scope(principal, parsed.typed, parsed.body, request.headers,
                               rt.config.pii)
         if span.is_recording():
@@ -73,7 +73,7 @@ def permit(gw: Gateway, rt: Runtime, principal: Principal, parsed: Parsed[ChatCo
 async def route(gw: Gateway, rt: Runtime, req: RouteRequest,
                 principal: Principal) -> RoutePlan:
     await gw.sync_breakers()
-    with gw.telemetry.tracer.start_as_current_span("podium.route") as span:
+    with gw.telemetry.span("podium.route") as span:
         plan = rt.router.plan(req, principal, gw.health)
         if span.is_recording():
             span.set_attributes({

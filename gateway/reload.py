@@ -36,7 +36,7 @@ class ReloadResult:
 async def reload(gw: Gateway, path: Path) -> ReloadResult:
     try:
         cfg = await asyncio.to_thread(load_config, path)
-        runtime = Runtime.compile(cfg, gw.keystore, gw.governance, gw.telemetry.tracer)
+        runtime = Runtime.compile(cfg, gw.keystore, gw.governance, gw.telemetry.span)
     except ConfigError as err:
         return _rejected(gw, path, err.problems)
     except (OSError, ValueError, PodiumError) as err:  # e.g. a JWKS file that cannot be read

@@ -176,7 +176,7 @@ async def probe(gw: Gateway, rt: Runtime, principal: Principal,
     when the embedding was not possible (a failure is logged: the request carries on)."""
     cfg = rt.config.cache.semantic
     assert cfg.embedding_model is not None
-    with gw.telemetry.tracer.start_as_current_span("podium.cache.semantic") as span:
+    with gw.telemetry.span("podium.cache.semantic") as span:
         if scope.findings:
             span.set_attribute("podium.cache.semantic", "skipped: pii")
             return None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 from opentelemetry import trace
@@ -33,6 +34,7 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 log = logging.getLogger("podium.telemetry")
+_NO_SPAN: AbstractContextManager[trace.Span] = nullcontext(trace.INVALID_SPAN)
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,12 @@ class Telemetry:
     @property
     def enabled(self) -> bool:
         return self.provider is not None
+
+    def span(self, name: str) -> AbstractContextManager[trace.Span]:
+        """A hop's span; when tracing is off, a shared no-op that costs nothing to enter."""
+        if self.provider is None:
+            return _NO_SPAN
+        return self.tracer.start_as_current_span(name)
 
     def shutdown(self) -> None:
         """Flush and stop exporting; called once when the app closes."""

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -26,6 +27,7 @@ from routing.router import RoutePlan
 from routing.rules import RequestFacts
 
 log = logging.getLogger("podium.plugins")
+SpanFactory = Callable[[str], AbstractContextManager[trace.Span]]
 
 
 @dataclass
@@ -106,9 +108,9 @@ class BasePlugin:
 
 
 class PluginChain:
-    def __init__(self, plugins: list[Plugin], tracer: trace.Tracer) -> None:
+    def __init__(self, plugins: list[Plugin], span: SpanFactory) -> None:
         self.plugins = plugins
-        self._tracer = tracer
+        self._span = span
         # Only plugins that override a hook are called for it: most hooks are no-ops.
         self._chunk_hooks = [p for p in plugins if _overrides(p, "on_chunk")]
 
@@ -119,7 +121,7 @@ class PluginChain:
     async def on_request(self, ctx: RequestContext) -> None:
         for plugin in self.plugins:
             if _overrides(plugin, "on_request"):
-                with self._tracer.start_as_current_span(f"podium.plugin.{plugin.name}") as span:
+                with self._span(f"podium.plugin.{plugin.name}") as span:
                     span.set_attribute("podium.plugin.hook", "on_request")
                     await plugin.on_request(ctx)
 
@@ -130,7 +132,7 @@ class PluginChain:
     async def on_response(self, ctx: RequestContext, outcome: Outcome) -> None:
         for plugin in self.plugins:
             if _overrides(plugin, "on_response"):
-                with self._tracer.start_as_current_span(f"podium.plugin.{plugin.name}") as span:
+                with self._span(f"podium.plugin.{plugin.name}") as span:
                     span.set_attribute("podium.plugin.hook", "on_response")
                     await plugin.on_response(ctx, outcome)
 

@@ -13,14 +13,12 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import trace
-
 from gateway.identity import key_id_for
 from gateway.state import SharedState
 from gateway.stores import AuditStore, ReviewStore, SpendStore, Stores
 from plugins.approval import ApprovalPlugin
 from plugins.audit import AuditPlugin
-from plugins.base import Plugin, PluginChain
+from plugins.base import Plugin, PluginChain, SpanFactory
 from plugins.budget import BudgetPlugin
 from plugins.guardrails import GuardrailPlugin
 from plugins.ratelimit import RateLimitPlugin
@@ -93,7 +91,7 @@ def _ref(ref: PluginRef | str) -> PluginRef:
     return PluginRef(name=ref) if isinstance(ref, str) else ref
 
 
-def build_chain(cfg: GatewayConfig, gov: Governance, tracer: trace.Tracer) -> PluginChain:
+def build_chain(cfg: GatewayConfig, gov: Governance, span: SpanFactory) -> PluginChain:
     refs = {r.name: r for r in map(_ref, cfg.plugins)}
     order = [*refs, *(b for b in BUILTIN_ORDER if b not in refs)]
     installed = third_party() if any(n not in BUILTINS for n in refs) else {}
@@ -107,4 +105,4 @@ def build_chain(cfg: GatewayConfig, gov: Governance, tracer: trace.Tracer) -> Pl
                 plugin.name = name
         if plugin is not None:
             plugins.append(plugin)
-    return PluginChain(plugins, tracer)
+    return PluginChain(plugins, span)
