@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,10 +46,19 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                       await read_json(request, rt.config.server.max_body_bytes))
     ctx = _context(request, principal, parsed)
     outcome = Outcome(status=500)
-    try:
+    async with accounted(request, gw, rt, ctx, outcome, "chat"):
         response = await _serve(request, gw, rt, parsed, ctx, outcome)
         outcome.status = response.status
         return response
+
+
+@asynccontextmanager
+async def accounted(request: web.Request, gw: Gateway, rt: Runtime, ctx: RequestContext,
+                    outcome: Outcome, endpoint: str) -> AsyncIterator[None]:
+    """Around a governed request: the outcome learns how it failed, and the plugins'
+    accounting (spend, limits, audit) and the metrics run exactly once, whatever happened."""
+    try:
+        yield
     except PodiumError as err:
         outcome.status, outcome.error_code = err.status, err.code
         if isinstance(err, AllAttemptsFailed):
@@ -56,7 +66,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         raise
     finally:
         await rt.chain.on_complete(ctx, outcome)
-        observe(gw, ctx, outcome, "chat", request)
+        observe(gw, ctx, outcome, endpoint, request)
 
 
 def observe(gw: Gateway, ctx: RequestContext, outcome: Outcome, endpoint: str,

@@ -6,9 +6,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.app import GATEWAY, REQUEST_ID
-from gateway.chat import observe, trace_ids
+from gateway.chat import accounted, trace_ids
 from gateway.egress import json_response, to_base64
-from gateway.errors import AllAttemptsFailed, PodiumError
 from gateway.ingress import EmbeddingRequest, read_json, validate
 from gateway.pipeline import call_headers, deadline_for, identify, route
 from plugins.base import Outcome, RequestContext
@@ -26,7 +25,7 @@ async def embeddings(request: web.Request) -> web.Response:
     ctx = RequestContext(request_id=request[REQUEST_ID], principal=principal, model=emb.model,
                          body=parsed.body, stream=False, facts=None, **trace_ids())
     outcome = Outcome(status=500)
-    try:
+    async with accounted(request, gw, rt, ctx, outcome, "embeddings"):
         inputs = emb.input if isinstance(emb.input, list) else [emb.input]
         tokens = sum(count_text(i) if isinstance(i, str) else len(i) if isinstance(i, list)
                      else 1 for i in inputs)
@@ -46,11 +45,3 @@ async def embeddings(request: web.Request) -> web.Response:
                                      for d in body["data"]]}
         outcome.status = 200
         return json_response(body, call_headers(request, plan, result))
-    except PodiumError as err:
-        outcome.status, outcome.error_code = err.status, err.code
-        if isinstance(err, AllAttemptsFailed):
-            outcome.attempted = [a.deployment_id for a in err.attempts]
-        raise
-    finally:
-        await rt.chain.on_complete(ctx, outcome)
-        observe(gw, ctx, outcome, "embeddings", request)
