@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from plugins.base import BasePlugin, Outcome, RequestContext
-from plugins.batch import BatchWriter, sqlite_connect
+from plugins.batch import BatchedSQLiteStore
 
 if TYPE_CHECKING:
     from gateway.stores import AuditStore
@@ -44,36 +44,10 @@ def chain_hash(prev_hash: str, record_json: str) -> str:
     return hashlib.sha256((prev_hash + record_json).encode()).hexdigest()
 
 
-def connect(path: str) -> sqlite3.Connection:
-    return sqlite_connect(path, _SCHEMA)
+class AuditLog(BatchedSQLiteStore[dict[str, Any]]):
+    _schema, _what = _SCHEMA, "audit log"
 
-
-class AuditLog:
-    def __init__(self, path: str) -> None:
-        self._path = path
-        self._db: sqlite3.Connection | None = None      # the writer thread's
-        self._reader: sqlite3.Connection | None = None  # the event loop's, for queries
-        self._writer = BatchWriter(self._append, name="audit")
-
-    async def start(self) -> None:
-        self._db = connect(self._path)
-        self._reader = connect(self._path)
-        self._writer.start()
-
-    async def close(self) -> None:
-        await self._writer.close()
-        for db in (self._db, self._reader):
-            if db is not None:
-                db.close()
-        self._db = self._reader = None
-
-    def submit(self, record: dict[str, Any]) -> None:
-        self._writer.submit(record)
-
-    async def flush(self) -> None:
-        await self._writer.flush()
-
-    def _append(self, records: list[dict[str, Any]]) -> None:
+    def _write_batch(self, records: list[dict[str, Any]]) -> None:
         db = self._conn()
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -99,19 +73,12 @@ class AuditLog:
         if where:
             sql += " WHERE " + " AND ".join(w for w, _ in where)
         sql += " ORDER BY seq DESC LIMIT ?"
-        if self._reader is None:
-            raise RuntimeError("the audit log is not open")
-        rows = self._reader.execute(sql, [*(v for _, v in where), limit]).fetchall()
+        rows = self._read().execute(sql, [*(v for _, v in where), limit]).fetchall()
         return [{"seq": seq, **orjson.loads(text), "hash": digest} for seq, text, digest in rows]
 
     async def verify(self) -> VerifyResult:
         await self.flush()
         return verify(self._path)
-
-    def _conn(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise RuntimeError("the audit log is not open")
-        return self._db
 
 
 @dataclass(frozen=True)

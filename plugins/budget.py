@@ -11,7 +11,6 @@ ledger (SQLite or PostgreSQL) and re-read per period.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.errors import BudgetExceeded
 from gateway.state import BudgetClaim, SharedState
 from plugins.base import BasePlugin, Outcome, RequestContext
-from plugins.batch import BatchWriter, sqlite_connect
+from plugins.batch import BatchedSQLiteStore
 from plugins.settings import BudgetPeriod, Limits
 
 if TYPE_CHECKING:
@@ -46,28 +45,10 @@ def period_start(period: BudgetPeriod, now: float) -> float:
     return (day if period == "day" else day.replace(day=1)).timestamp()
 
 
-class SpendLedger:
-    def __init__(self, path: str) -> None:
-        self._path = path
-        self._db: sqlite3.Connection | None = None      # the writer thread's
-        self._reader: sqlite3.Connection | None = None  # the event loop's, for queries
-        self._writer = BatchWriter(self._insert, name="spend")
+class SpendLedger(BatchedSQLiteStore[tuple[Any, ...]]):
+    _schema, _what = _SCHEMA, "spend ledger"
 
-    async def start(self) -> None:
-        self._db, self._reader = _connect(self._path), _connect(self._path)
-        self._writer.start()
-
-    async def close(self) -> None:
-        await self._writer.close()
-        for db in (self._db, self._reader):
-            if db is not None:
-                db.close()
-        self._db = self._reader = None
-
-    def submit(self, row: tuple[Any, ...]) -> None:
-        self._writer.submit(row)
-
-    def _insert(self, rows: list[tuple[Any, ...]]) -> None:
+    def _write_batch(self, rows: list[tuple[Any, ...]]) -> None:
         db = self._conn()
         with db:
             db.execute("BEGIN")
@@ -90,22 +71,7 @@ class SpendLedger:
         return [{group_by: r[0], "requests": r[1], "succeeded": r[2], "prompt_tokens": r[3],
                  "completion_tokens": r[4], "cost_usd": round(r[5], 10)} for r in rows]
 
-    async def flush(self) -> None:
-        await self._writer.flush()
 
-    def _conn(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise RuntimeError("the spend ledger is not open")
-        return self._db
-
-    def _read(self) -> sqlite3.Connection:
-        if self._reader is None:
-            raise RuntimeError("the spend ledger is not open")
-        return self._reader
-
-
-def _connect(path: str) -> sqlite3.Connection:
-    return sqlite_connect(path, _SCHEMA)
 
 
 class BudgetPlugin(BasePlugin):
