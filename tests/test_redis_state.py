@@ -3,11 +3,9 @@ together by several gateways; and a private redis-server stopped mid-run."""
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import socket
 import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,11 +14,10 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
-import yaml
 
 from tests.conftest import APP_KEY, GatewayFactory, Upstream, base_config, deployment
 from tests.test_call import closed_port
-from tests.test_workers import _two, get_json, stop_group, until
+from tests.test_workers import _two, get_json, running_pool, until
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN = "sk-admin-0123456789abcdef"
@@ -57,20 +54,9 @@ async def pool_of_two(tmp_path: Path, upstream: Upstream,
     cfg = shared(upstream.url, tmp_path)
     cfg["keys"][0].update(request.param)
     cfg["cache"] = {"enabled": False}
-    path = tmp_path / "gateway.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    port = closed_port()
-    proc = subprocess.Popen(  # noqa: ASYNC220 - Popen returns at once; the wait is async
-        [sys.executable, "-m", "gateway", "serve", "--config", str(path), "--port", str(port),
-         "--workers", "2"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)  # its own process group: teardown stops the workers too
-    base = f"http://127.0.0.1:{port}"
-    try:
-        await until(lambda: get_json(base + "/readyz"), "the pool to be ready")
+    async with running_pool(cfg, tmp_path) as (_, base):
         await until(lambda: _two(base), "both workers to be listening")
         yield base
-    finally:
-        await asyncio.to_thread(stop_group, proc)
 
 
 async def fire(base: str, n: int, **kw: Any) -> tuple[int, int, set[int]]:

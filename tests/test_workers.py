@@ -52,6 +52,17 @@ async def pool(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     config["model_list"].append(deployment("slow", "sim-slow", url))
     config["storage"] = {"path": str(tmp_path / "podium.sqlite3")}
     config["key_store"] = {"path": str(tmp_path / "keys.sqlite3")}
+    try:
+        async with running_pool(config, tmp_path) as (proc, base):
+            yield {"base": base, "proc": proc, "upstream": runner}
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def running_pool(config: dict[str, Any], tmp_path: Path,
+                       ) -> AsyncIterator[tuple[subprocess.Popen[bytes], str]]:
+    """`podium serve --workers 2` on `config`, ready; the whole process group stopped after."""
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))
     port = closed_port()
@@ -62,10 +73,9 @@ async def pool(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     base = f"http://127.0.0.1:{port}"
     try:
         await until(lambda: get_json(base + "/readyz"), "the pool to be ready")
-        yield {"base": base, "proc": proc, "upstream": runner}
+        yield proc, base
     finally:
         await asyncio.to_thread(stop_group, proc)
-        await runner.cleanup()
 
 
 def stop_group(proc: subprocess.Popen[bytes]) -> None:
