@@ -48,7 +48,6 @@ from gateway.stores import KeyStoreBackend, open_stores
 from gateway.telemetry import Telemetry
 from plugins.base import PluginChain, SpanFactory
 from plugins.registry import Governance, build_chain
-from routing import tokens
 from routing.catalog import Catalog, Deployment
 from routing.health import Health
 from routing.router import Router
@@ -340,8 +339,6 @@ async def _simulator_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _providers_ctx(app: web.Application) -> AsyncIterator[None]:
     gw = app[GATEWAY]
     gw.start_litellm_if_needed()
-    # The tokenizer's tables take ~0.2 s to load: not on the event loop, not on a request.
-    await asyncio.to_thread(tokens.warm)
     yield
     if gw.preload is not None:
         gw.preload.cancel()

@@ -111,7 +111,8 @@ async def _serve(request: web.Request, gw: Gateway, rt: Runtime,
     chat = parsed.typed
     scope = permit(gw, rt, ctx.principal, parsed, request)
     ctx.data_class, ctx.pii_counts = scope.data_class, scope.findings
-    route_req = chat_route_request(chat, parsed.body, ctx.principal, request.headers, scope)
+    route_req = chat_route_request(chat, parsed.body, ctx.principal, request.headers,
+                                   rt.router.tokens, scope)
     ctx.facts = route_req.facts
     plan = await route(gw, rt, route_req, ctx.principal)
     _reserve(ctx, rt, plan, route_req, chat)

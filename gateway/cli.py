@@ -80,7 +80,8 @@ def cmd_route(args: argparse.Namespace) -> int:
         parsed = validate(ChatCompletionRequest, body)
         headers = dict(args.header or [])
         scope = resolve_scope(principal, parsed.typed, parsed.body, headers, cfg.pii)
-        req = chat_route_request(parsed.typed, parsed.body, principal, headers, scope)
+        req = chat_route_request(parsed.typed, parsed.body, principal, headers,
+                                 rt.router.tokens, scope)
         health = Health()
         decision = explain(rt.router.plan(req, principal, health), req, health)
     except (PodiumError, orjson.JSONDecodeError) as err:

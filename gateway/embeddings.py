@@ -12,7 +12,6 @@ from gateway.ingress import EmbeddingRequest, read_json, validate
 from gateway.pipeline import call_headers, deadline_for, identify, route
 from plugins.base import Outcome, RequestContext
 from routing.router import RouteRequest
-from routing.tokens import count_text
 
 
 async def embeddings(request: web.Request) -> web.Response:
@@ -27,8 +26,9 @@ async def embeddings(request: web.Request) -> web.Response:
     outcome = Outcome(status=500)
     async with accounted(request, gw, rt, ctx, outcome, "embeddings"):
         inputs = emb.input if isinstance(emb.input, list) else [emb.input]
-        tokens = sum(count_text(i) if isinstance(i, str) else len(i) if isinstance(i, list)
-                     else 1 for i in inputs)
+        texts = [i for i in inputs if isinstance(i, str)]
+        tokens = rt.router.tokens.texts(texts).tokens + sum(
+            len(i) if isinstance(i, list) else 1 for i in inputs if not isinstance(i, str))
         plan = await route(gw, rt, RouteRequest(
             model=emb.model, mode="embedding", needs=frozenset(), prompt_tokens=tokens,
             max_output_tokens=None), principal)

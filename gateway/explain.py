@@ -16,15 +16,16 @@ from gateway.ingress import ChatCompletionRequest, Message
 from routing.health import Health
 from routing.router import RoutePlan, RouteRequest, Scope
 from routing.rules import RequestFacts
-from routing.tokens import count_messages
+from routing.tokens import TokenGauge
 
 MIN_QUALITY_HEADER = "x-podium-min-quality"
 
 
 def chat_route_request(chat: ChatCompletionRequest, body: Mapping[str, Any],
                        principal: Principal, headers: Mapping[str, str],
-                       scope: Scope | None = None) -> RouteRequest:
-    prompt_tokens = count_messages(body["messages"])
+                       tokens: TokenGauge, scope: Scope | None = None) -> RouteRequest:
+    max_out = chat.max_completion_tokens or chat.max_tokens
+    prompt_tokens = tokens.messages(body["messages"], headroom=max_out or 0).tokens
     lowered = {k.lower(): v for k, v in headers.items()}
     facts = RequestFacts(
         team=principal.team, key=principal.name, model=chat.model,
@@ -33,7 +34,7 @@ def chat_route_request(chat: ChatCompletionRequest, body: Mapping[str, Any],
     return RouteRequest(
         model=chat.model, mode="chat", needs=chat.capabilities_needed(),
         prompt_tokens=prompt_tokens,
-        max_output_tokens=chat.max_completion_tokens or chat.max_tokens,
+        max_output_tokens=max_out,
         facts=facts, header_min_quality=_header_quality(lowered.get(MIN_QUALITY_HEADER)),
         scope=scope)
 

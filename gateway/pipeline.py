@@ -106,7 +106,8 @@ async def route_explain(request: web.Request) -> web.Response:
     principal = await identify(gw, rt, request)
     parsed = validate(ChatCompletionRequest, await read_json(request, _limit(rt)))
     scope = permit(gw, rt, principal, parsed, request)
-    req = chat_route_request(parsed.typed, parsed.body, principal, request.headers, scope)
+    req = chat_route_request(parsed.typed, parsed.body, principal, request.headers,
+                             rt.router.tokens, scope)
     plan = await route(gw, rt, req, principal)
     return json_response(explain(plan, req, gw.health), {"x-request-id": request[REQUEST_ID]})
 

@@ -41,7 +41,6 @@ from gateway.identity import Principal
 from gateway.permissions import PermissionScope
 from gateway.pipeline import deadline_for
 from routing.router import RouteRequest
-from routing.tokens import count_text
 
 if TYPE_CHECKING:
     from gateway.app import Gateway, Runtime
@@ -217,8 +216,9 @@ async def _embed(gw: Gateway, rt: Runtime, principal: Principal, scope: Permissi
     """The text's unit vector and what it cost, through the gateway's router and attempt
     loop; no vector when the caller may not use the model or the call failed."""
     try:
+        tokens = rt.router.tokens.texts([text]).tokens
         plan = rt.router.plan(RouteRequest(
-            model=model, mode="embedding", needs=frozenset(), prompt_tokens=count_text(text),
+            model=model, mode="embedding", needs=frozenset(), prompt_tokens=tokens,
             max_output_tokens=None, scope=scope), principal, gw.health)
     except PermissionDenied:
         return (), 0.0  # not this caller's to use: no semantic lookup, silently

@@ -27,6 +27,7 @@ from gateway.identity import Principal
 from routing.catalog import Catalog, Deployment
 from routing.health import Health
 from routing.rules import CascadeChecks, CompiledRule, RequestFacts, RoutingConfig, Strategy
+from routing.tokens import TokenGauge
 
 AUTO = "auto"
 
@@ -77,6 +78,13 @@ class Router:
         self._config = config or RoutingConfig()
         self._rules = tuple(CompiledRule.compile(r) for r in self._config.rules)
         self._random = random.Random()
+        # Every number a prompt's size is compared with; below the smallest, an estimate will do.
+        thresholds = [d.max_input_tokens for d in catalog.deployments
+                      if d.max_input_tokens is not None]
+        for r in self._config.rules:
+            thresholds += [b for b in (r.match.min_prompt_tokens, r.match.max_prompt_tokens)
+                           if b is not None]
+        self.tokens = TokenGauge(min(thresholds) if thresholds else None)
 
     def plan(self, req: RouteRequest, principal: Principal, health: Health) -> RoutePlan:
         rule = self._match(req)
