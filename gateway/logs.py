@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
+from collections import deque
 from typing import Any
 
 import orjson
@@ -35,9 +37,71 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Formats on the caller's thread, writes in batches from a flusher thread.
+
+    One write per batch instead of a write and flush per line keeps the access log off the
+    request path's syscalls. A line reaches the stream within `interval_s`; a WARNING or worse
+    line, a full batch, `flush()` and `close()` (which `logging.shutdown` calls at exit) write at
+    once. Only a process killed outright loses the last interval's lines.
+    """
+
+    def __init__(self, stream: Any, interval_s: float = 0.1, capacity: int = 512) -> None:
+        super().__init__(stream)
+        self._lines: deque[str] = deque()  # append and popleft are atomic: no lock shared
+        self._interval_s = interval_s
+        self._capacity = capacity
+        self._write_lock = threading.Lock()  # keeps batches in order
+        self._pending = threading.Event()
+        self._closed = False
+        self._flusher = threading.Thread(target=self._run, name="podium-log-flush", daemon=True)
+        self._flusher.start()
+
+    def emit(self, record: logging.LogRecord) -> None:  # called with self.lock held
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        if not self._lines:
+            self._pending.set()
+        self._lines.append(line)
+        if record.levelno >= logging.WARNING or len(self._lines) >= self._capacity:
+            self.flush()
+
+    def flush(self) -> None:
+        with self._write_lock:  # never waits for self.lock, which emit and shutdown hold
+            lines = []
+            while self._lines:
+                lines.append(self._lines.popleft())
+            if lines and self.stream is not None:
+                try:
+                    self.stream.write("\n".join(lines) + "\n")
+                    self.stream.flush()
+                except (OSError, ValueError):  # the stream is gone (closed pipe, exit)
+                    pass
+
+    def close(self) -> None:
+        self._closed = True
+        self._pending.set()
+        if self._flusher.is_alive() and self._flusher is not threading.current_thread():
+            self._flusher.join(timeout=2)
+        self.flush()
+        super().close()
+
+    def _run(self) -> None:
+        while True:
+            self._pending.wait()
+            if self._closed:
+                return
+            time.sleep(self._interval_s)  # let a batch gather
+            self._pending.clear()
+            self.flush()
+
+
 def setup(fmt: str, level: str) -> None:
     """Configure the root logger once, at process start (the CLI calls this)."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = BatchingHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

@@ -3,7 +3,9 @@ fields an operator needs, and no secrets or content anywhere."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 import openai
 import yaml
 
+from gateway import logs
 from tests.conftest import APP_KEY, UPSTREAM_KEY, Upstream, base_config
 from tests.test_call import closed_port
 from tests.test_workers import get_json, until
@@ -55,3 +58,34 @@ async def test_access_and_event_logs_are_json_without_secrets(upstream: Upstream
     assert any(e.get("status") == 401 and e["path"] == "/v1/models" for e in lines)
     for secret in (APP_KEY, UPSTREAM_KEY, "sk-wrong-123456", "4111 1111", "tell nobody"):
         assert secret not in output
+
+
+def _lines(stream: io.StringIO) -> list[str]:
+    return stream.getvalue().splitlines()
+
+
+async def test_batching_handler_writes_in_order_without_a_write_per_line() -> None:
+    stream = io.StringIO()
+    handler = logs.BatchingHandler(stream, interval_s=0.05, capacity=50)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger("podium.test.batching")
+    log.propagate, log.handlers[:] = False, [handler]
+    log.setLevel(logging.INFO)
+    try:
+        log.info("one")
+        log.info("two")
+        assert _lines(stream) == []  # held for the batch, not written per line
+
+        async def flushed() -> bool:
+            return _lines(stream) == ["one", "two"]
+        await until(flushed, "the flusher thread to write the batch")
+        log.info("three")
+        log.warning("four")  # a warning is written at once, after what came before it
+        assert _lines(stream) == ["one", "two", "three", "four"]
+        for n in range(50):  # a full batch is written at once too
+            log.info("n%d", n)
+        assert _lines(stream)[-1] == "n49"
+        log.info("last")
+    finally:
+        handler.close()  # logging.shutdown() does this at exit
+    assert _lines(stream)[-1] == "last" and len(_lines(stream)) == 55
