@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from functools import partial
+from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import BudgetExceeded
@@ -39,10 +39,16 @@ _GROUPS = {"key": "key_id", "team": "team", "model": "model", "deployment": "dep
 
 
 def period_start(period: BudgetPeriod, now: float) -> float:
+    """The start of the UTC day or month `now` falls in (unix seconds); 0 for "total"."""
     if period == "total":
         return 0.0
-    day = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    return (day if period == "day" else day.replace(day=1)).timestamp()
+    day = now - now % 86400.0  # unix time has no leap seconds: every UTC day is 86,400 s
+    return day if period == "day" else _month_start(int(day))
+
+
+@lru_cache(maxsize=64)
+def _month_start(day: int) -> float:
+    return datetime.fromtimestamp(day, UTC).replace(day=1).timestamp()
 
 
 class SpendLedger(BatchedSQLiteStore[tuple[Any, ...]]):

@@ -7,6 +7,7 @@ import asyncio
 import sqlite3
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,10 @@ import aiohttp
 import openai
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from plugins.budget import period_start
 from tests.conftest import APP_KEY, GatewayFactory, RunningGateway, Upstream, base_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -229,3 +233,14 @@ async def test_output_guardrail_cuts_a_stream(upstream: Upstream, tmp_path: Path
             text += "".join(c.delta.content or "" for c in chunk.choices)
     assert "no-leak" in str(info.value)
     assert "TOP-SECRET" not in text
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(0, 4_102_444_800 * 10**6))  # 1970 to 2100, in whole microseconds
+def test_budget_periods_start_at_utc_midnight_and_the_first_of_the_month(micros: int) -> None:
+    now = micros / 1e6  # datetime itself rounds to microseconds
+    moment = datetime.fromtimestamp(now, UTC)
+    midnight = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    assert period_start("day", now) == midnight.timestamp()
+    assert period_start("month", now) == midnight.replace(day=1).timestamp()
+    assert period_start("total", now) == 0.0
