@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -42,6 +43,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         reg = None if self._multiproc else self.registry
         self.teams = frozenset(teams)
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self.requests = Counter(
             "podium_requests_total", "Requests answered, by route rule, deployment, team, "
             "HTTP status and cache result", ["endpoint", "route", "deployment", "team", "status",
@@ -81,13 +83,21 @@ class Metrics:
                                   ["deployment", "route"], buckets=(0.25, 0.5, 0.75, 1.0),
                                   registry=reg)
 
+    def _at(self, metric: Counter | Histogram, *values: str) -> Any:
+        """`metric.labels(*values)`, remembered: labels() validates and locks on every call,
+        and the label sets are bounded (see the module docstring), so this dict is too."""
+        child = self._children.get((metric, values))
+        if child is None:
+            child = self._children[(metric, values)] = metric.labels(*values)
+        return child
+
     def team(self, team: str | None) -> str:
         return team if team in self.teams else ("none" if team is None else "other")
 
     def attempt(self, deployment: str, seconds: float, outcome: str) -> None:
-        self.upstream.labels(deployment, outcome).observe(seconds)
+        self._at(self.upstream, deployment, outcome).observe(seconds)
         if outcome != "ok":
-            self.fallbacks.labels(deployment, outcome).inc()
+            self._at(self.fallbacks, deployment, outcome).inc()
 
     def breaker_state(self, deployment: str, state: str) -> None:
         self.breaker.labels(deployment).set(_BREAKER.get(state, 0))
@@ -96,18 +106,18 @@ class Metrics:
                  status: int, cache: str | None, error_code: str | None, usage: Usage,
                  cost_usd: float, total_s: float, upstream_s: float) -> None:
         dep, team_label = deployment or "none", self.team(team)
-        self.requests.labels(endpoint, route, dep, team_label, str(status),
-                             cache or "none").inc()
-        self.duration.labels(endpoint).observe(total_s)
-        self.overhead.labels(endpoint).observe(max(0.0, total_s - upstream_s))
+        self._at(self.requests, endpoint, route, dep, team_label, str(status),
+                 cache or "none").inc()
+        self._at(self.duration, endpoint).observe(total_s)
+        self._at(self.overhead, endpoint).observe(max(0.0, total_s - upstream_s))
         if cache:
-            self.cache.labels(cache).inc()
+            self._at(self.cache, cache).inc()
         if error_code and status < 500:
-            self.rejections.labels(error_code).inc()
+            self._at(self.rejections, error_code).inc()
         if deployment:
-            self.tokens.labels(dep, "input").inc(usage.prompt_tokens)
-            self.tokens.labels(dep, "output").inc(usage.completion_tokens)
-            self.cost.labels(dep, team_label).inc(cost_usd)
+            self._at(self.tokens, dep, "input").inc(usage.prompt_tokens)
+            self._at(self.tokens, dep, "output").inc(usage.completion_tokens)
+            self._at(self.cost, dep, team_label).inc(cost_usd)
 
     def exposition(self) -> bytes:
         if self._multiproc:
