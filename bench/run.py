@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from bench import measure, profiling, report
+from bench import measure, otel_floor, profiling, report
 from bench.loadgen import LoadGen
 from bench.procs import Procs, can_pin
 from bench.scenarios import BENCH_DIR, LOADGEN_CPU, Lab, Scenario, probe
@@ -159,10 +159,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["profile"] = _profile(args, lab, scenarios, gen, work)
         result["soak"] = measure.soak(lab, gen, args.soak_requests, log) if args.soak else None
         result["startup"] = measure.startup(lab, args.startup_runs, log)
+    log("measuring the OpenTelemetry SDK's cost per span")
+    result["otel_floor"] = otel_floor.measure()
     result["machine"]["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
     result["scenarios"] = report.summarize(scenarios, samples)
     result["samples"] = [x.as_dict() for x in samples]
-    result["targets"] = report.targets(result["scenarios"], result["soak"], result["startup"])
+    result["targets"] = report.targets(result["scenarios"], result["soak"], result["startup"],
+                                       result["otel_floor"])
     result["work_dir"] = str(work)
     return result
 
