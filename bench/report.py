@@ -89,7 +89,7 @@ def _check(name: str, goal: str, value: float | None, ok: bool | None,
 
 def targets(rows: list[dict[str, Any]], soak: dict[str, Any] | None,
             start: dict[str, Any] | None,
-            floor: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+            otel: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     by = {r["scenario"]: r for r in rows if not r["skipped"]}
     skipped = {r["scenario"]: r["skipped"] for r in rows if r["skipped"]}
     out = []
@@ -106,14 +106,14 @@ def targets(rows: list[dict[str, Any]], soak: dict[str, Any] | None,
                           f"{_fmt(by.get(key, {}).get('rps_c32'))} vs "
                           f"{_fmt(by.get('bare', {}).get('rps_c32'))} req/s"))
     bare_cpu = by.get("bare", {}).get("cpu_us_per_request")
-    if floor and bare_cpu:
+    if otel and bare_cpu:
         # At 0.5x the bare proxy's req/s on one core, a whole request may cost 2x its CPU.
         budget = round(bare_cpu / 0.5, 1)
         out.append(_check("OpenTelemetry SDK floor per traced request (info)",
-                          f"vs {budget:g} µs budget", floor["floor_us_per_request"], None,
-                          f"{floor['spans_per_request']:g} spans x ("
-                          f"{floor['create_us_per_span']} µs create + "
-                          f"{floor['encode_us_per_span']} µs encode), in-process "
+                          f"vs {budget:g} µs budget", otel["floor_us_per_request"], None,
+                          f"{otel['spans_per_request']:g} spans x ("
+                          f"{otel['create_us_per_span']} µs create + "
+                          f"{otel['encode_us_per_span']} µs encode), in-process "
                           "(bench/otel_floor.py); the budget is the whole request's CPU at "
                           "0.5x the bare proxy's req/s"))
     r = ratio("podium", "litellm")
