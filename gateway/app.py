@@ -157,6 +157,8 @@ BREAKER_SYNC_S = 0.25
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("podium.request_id", str)
 # What the handler learnt about the request (principal, deployment, cost) for the access log.
 ACCESS: web.RequestKey[dict] = web.RequestKey("podium.access", dict)
+# Set once the request's outcome was counted in the metrics (see gateway/chat.py `observe`).
+ACCOUNTED: web.RequestKey[bool] = web.RequestKey("podium.accounted", bool)
 access_log = logging.getLogger("podium.access")
 
 
@@ -218,9 +220,9 @@ async def _respond(request: web.Request, handler: web.Handler,
     try:
         response = await handler(request)
     except PodiumError as err:
-        return render(err, request_id)
+        return _refused(request, err, request_id)
     except web.HTTPException as exc:
-        return render(_from_http(exc, request), request_id)
+        return _refused(request, _from_http(exc, request), request_id)
     except Exception:
         log.exception("unhandled error in %s %s (request %s)",
                       request.method, request.path, request_id)
@@ -229,6 +231,13 @@ async def _respond(request: web.Request, handler: web.Handler,
     if not response.prepared:
         response.headers["x-request-id"] = request_id
     return response
+
+
+def _refused(request: web.Request, err: PodiumError, request_id: str) -> web.Response:
+    if err.status < 500 and ACCOUNTED not in request:
+        # Refused before the governed part (bad key, body, endpoint): counted here, once.
+        request.app[GATEWAY].metrics.rejected(err.code or err.type)
+    return render(err, request_id)
 
 
 def _from_http(exc: web.HTTPException, request: web.Request) -> PodiumError:

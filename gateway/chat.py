@@ -19,7 +19,7 @@ import orjson
 from aiohttp import web
 from opentelemetry import trace
 
-from gateway.app import ACCESS, GATEWAY, REQUEST_ID, Gateway, Runtime
+from gateway.app import ACCESS, ACCOUNTED, GATEWAY, REQUEST_ID, Gateway, Runtime
 from gateway.cache import CachePolicy, CacheStore, assemble, cache_key
 from gateway.cache import policy as cache_policy
 from gateway.call import CallResult, OpenStream
@@ -72,6 +72,7 @@ async def accounted(request: web.Request, gw: Gateway, rt: Runtime, ctx: Request
 def observe(gw: Gateway, ctx: RequestContext, outcome: Outcome, endpoint: str,
             request: web.Request) -> None:
     """Metrics and the access log's fields for a finished request (after the plugins)."""
+    request[ACCOUNTED] = True
     request[ACCESS].update(
         key_id=ctx.principal.key_id, team=ctx.principal.team, model=ctx.model,
         route=ctx.plan.rule if ctx.plan else None, deployment=outcome.deployment,

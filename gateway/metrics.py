@@ -91,6 +91,9 @@ class Metrics:
             child = self._children[(metric, values)] = metric.labels(*values)
         return child
 
+    def rejected(self, code: str) -> None:
+        self._at(self.rejections, code).inc()
+
     def team(self, team: str | None) -> str:
         return team if team in self.teams else ("none" if team is None else "other")
 
@@ -113,7 +116,7 @@ class Metrics:
         if cache:
             self._at(self.cache, cache).inc()
         if error_code and status < 500:
-            self._at(self.rejections, error_code).inc()
+            self.rejected(error_code)
         if deployment:
             self._at(self.tokens, dep, "input").inc(usage.prompt_tokens)
             self._at(self.tokens, dep, "output").inc(usage.completion_tokens)

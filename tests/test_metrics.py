@@ -65,6 +65,13 @@ async def test_metrics_move_with_traffic(upstream: Upstream,
     await client.embeddings.create(model="embed", input="x")
     with pytest.raises(openai.RateLimitError):
         await client.chat.completions.create(model="chat", messages=HI)
+    # Refused before the governed part: a wrong key, a model outside the config.
+    with pytest.raises(openai.AuthenticationError):
+        await gw.client(key="sk-not-a-key-0000").models.list()
+    with pytest.raises(openai.NotFoundError):
+        await client.chat.completions.create(model="no-such-model", messages=HI)
+    async with aiohttp.ClientSession() as session, session.get(gw.url + "/nope") as resp:
+        assert resp.status == 404
     after = await scrape(gw)
 
     def grew(name: str, **labels: str) -> float:
@@ -75,12 +82,16 @@ async def test_metrics_move_with_traffic(upstream: Upstream,
     assert grew("podium_requests_total", status="429", team="support") == 1
     assert grew("podium_cache_requests_total", result="hit") == 1
     assert grew("podium_rejections_total", code="rate_limit_exceeded") == 1
+    assert grew("podium_rejections_total", code="invalid_api_key") == 1
+    assert grew("podium_rejections_total", code="model_not_found") == 1
+    assert grew("podium_rejections_total", code="not_found") == 1
     assert grew("podium_fallbacks_total", deployment="sim-dead", kind="connection") == 1
     assert total(after, "podium_breaker_state", deployment="sim-dead") == 2
     assert grew("podium_tokens_total", deployment="sim-cheap", direction="output") > 0
     assert grew("podium_cost_usd_total", deployment="sim-cheap", team="support") > 0
-    assert grew("podium_request_duration_seconds_count", endpoint="chat") == 4
-    assert grew("podium_gateway_overhead_seconds_count", endpoint="chat") == 4
+    # 3 answered, 1 rate-limited, 1 for an unknown model (refused once the caller was known).
+    assert grew("podium_request_duration_seconds_count", endpoint="chat") == 5
+    assert grew("podium_gateway_overhead_seconds_count", endpoint="chat") == 5
     assert grew("podium_time_to_first_token_seconds_count", deployment="sim-cheap") == 1
     # The cache hit never reached an upstream.
     assert grew("podium_upstream_duration_seconds_count", deployment="sim-cheap",
