@@ -85,7 +85,7 @@ class SharedState(Protocol):
         ...
 
 
-@dataclass
+@dataclass(slots=True)
 class _Entry:
     at: float
     amount: float
