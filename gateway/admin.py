@@ -1,7 +1,8 @@
 """`/admin/...`: operators' endpoints, behind an admin key (`admin_keys:` in the config).
 
-Keys: `POST /admin/keys` returns the raw key once (only its digest is stored), `GET /admin/keys`
-lists them, `DELETE /admin/keys/{id}` revokes one, effective on the next request.
+Keys: `POST /admin/keys` returns the raw key once (only its digest is stored) and may give the
+key its own rpm, tpm and budget, `GET /admin/keys` lists them, `DELETE /admin/keys/{id}` revokes
+one, effective on the next request.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from gateway.app import GATEWAY, REQUEST_ID
 from gateway.egress import json_response
 from gateway.errors import BadRequest, RouteNotFound
 from gateway.ingress import read_json, validate
+from plugins.settings import BudgetPeriod, Limits
 
 SPEND_GROUPS = ("key", "team", "model", "deployment", "day")
 
@@ -23,6 +25,17 @@ class NewKey(BaseModel):
     team: str | None = None
     user: str | None = None
     models: list[str] | None = None
+    # The key's own limits, as on `keys:` in the config (its team's apply as well).
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    budget_usd: float | None = Field(default=None, ge=0)
+    budget_period: BudgetPeriod = "month"
+
+    def limits(self) -> Limits | None:
+        if self.rpm is None and self.tpm is None and self.budget_usd is None:
+            return None
+        return Limits(rpm=self.rpm, tpm=self.tpm, budget_usd=self.budget_usd,
+                      budget_period=self.budget_period)
 
 
 def add_routes(app: web.Application) -> None:
@@ -84,7 +97,8 @@ async def create_key(request: web.Request) -> web.Response:
     unknown = [m for m in new.models or () if m not in rt.catalog.groups]
     if unknown:
         raise BadRequest(f"Unknown model(s): {', '.join(unknown)}.", param="models")
-    key, raw = await gw.keystore.create(new.name, new.team, new.user, new.models)
+    key, raw = await gw.keystore.create(new.name, new.team, new.user, new.models,
+                                        new.limits())
     return json_response({**key.public(), "key": raw},
                          {"x-request-id": request[REQUEST_ID]}, status=201)
 

@@ -46,7 +46,8 @@ class Authenticator:
         if stored is not None:
             return make_principal(key_id=stored.id, name=stored.name,
                                   team=self._teams.get(stored.team or ""), team_name=stored.team,
-                                  user=stored.user, models=stored.models, source="store")
+                                  user=stored.user, models=stored.models, source="store",
+                                  limits=stored.limits)
         raise AuthenticationFailed("Incorrect API key provided.")
 
     async def admin(self, authorization: str | None) -> str:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from gateway.config import AdminKeyEntry, GatewayConfig, KeyEntry, TeamConfig
 from gateway.errors import AuthenticationFailed
+from plugins.settings import Limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,7 @@ class Principal:
     regions: frozenset[str] | None = None
     roles: tuple[str, ...] = ()
     source: str = "config"               # config | store | jwt
+    limits: Limits | None = None         # a store key's own limits (config keys': in `keys:`)
 
     def may_use(self, group: str) -> bool:
         return self.allowed_models is None or group in self.allowed_models
@@ -55,14 +57,14 @@ def _narrow(team: Iterable[str] | None, key: Iterable[str] | None) -> frozenset[
 
 def make_principal(*, key_id: str, name: str, team: TeamConfig | None, team_name: str | None,
                    user: str | None, models: Iterable[str] | None, roles: tuple[str, ...] = (),
-                   source: str = "config") -> Principal:
+                   source: str = "config", limits: Limits | None = None) -> Principal:
     return Principal(
         key_id=key_id, name=name, team=team_name, user=user,
         allowed_models=_narrow(team.models if team else None, models),
         allowed_tools=frozenset(team.tools) if team and team.tools is not None else None,
         data_class=team.data_class if team else "public",
         regions=frozenset(team.regions) if team and team.regions is not None else None,
-        roles=roles, source=source)
+        roles=roles, source=source, limits=limits)
 
 
 def principal_for(entry: KeyEntry, teams: Mapping[str, TeamConfig] | None = None) -> Principal:

@@ -18,6 +18,7 @@ import orjson
 
 from gateway.identity import DigestIndex, digest_of, key_id_for
 from plugins.batch import sqlite_connect
+from plugins.settings import Limits
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (
@@ -28,8 +29,12 @@ CREATE TABLE IF NOT EXISTS keys (
     user TEXT,
     models TEXT,
     created_at REAL NOT NULL,
-    revoked_at REAL
+    revoked_at REAL,
+    limits TEXT
 )"""
+# Added after the first release: a store created before it gets the column at start-up.
+_MIGRATIONS = (("limits", "ALTER TABLE keys ADD COLUMN limits TEXT"),)
+_COLUMNS = "id, digest, name, team, user, models, created_at, revoked_at, limits"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,10 +46,15 @@ class StoredKey:
     models: tuple[str, ...] | None
     created_at: float
     revoked_at: float | None
+    limits: Limits | None = None     # the key's own rpm, tpm and budget, as in `keys:`
 
     def public(self) -> dict[str, Any]:
+        limits = self.limits or Limits()
         return {"id": self.id, "object": "key", "name": self.name, "team": self.team,
                 "user": self.user, "models": list(self.models) if self.models else None,
+                "rpm": limits.rpm, "tpm": limits.tpm, "budget_usd": limits.budget_usd,
+                "budget_period": limits.budget_period if limits.budget_usd is not None
+                else None,
                 "created_at": int(self.created_at),
                 "revoked_at": int(self.revoked_at) if self.revoked_at else None}
 
@@ -58,6 +68,14 @@ class KeyStore:
 
     async def start(self) -> None:
         self._db = sqlite_connect(self._path, _SCHEMA)
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(keys)")}
+        for column, ddl in _MIGRATIONS:
+            if column not in have:
+                try:
+                    self._db.execute(ddl)
+                except sqlite3.OperationalError as exc:  # another worker added it first
+                    if "duplicate column" not in str(exc):
+                        raise
         self._reload()
 
     async def close(self) -> None:
@@ -75,17 +93,20 @@ class KeyStore:
         return found if isinstance(found, StoredKey) else None
 
     async def create(self, name: str, team: str | None, user: str | None,
-                     models: list[str] | None) -> tuple[StoredKey, str]:
-        key, raw, digest = new_key(name, team, user, models)
+                     models: list[str] | None,
+                     limits: Limits | None = None) -> tuple[StoredKey, str]:
+        key, raw, digest = new_key(name, team, user, models, limits)
         self._conn().execute(
-            "INSERT INTO keys VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+            f"INSERT INTO keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?)",
             (key.id, digest, name, team, user,
-             orjson.dumps(models).decode() if models is not None else None, key.created_at))
+             orjson.dumps(models).decode() if models is not None else None, key.created_at,
+             limits_json(limits)))
         self._reload()
         return key, raw
 
     async def list(self) -> list[StoredKey]:
-        rows = self._conn().execute("SELECT * FROM keys ORDER BY created_at").fetchall()
+        rows = self._conn().execute(
+            f"SELECT {_COLUMNS} FROM keys ORDER BY created_at").fetchall()
         return [_row_key(r) for r in rows]
 
     async def revoke(self, key_id: str) -> bool:
@@ -102,24 +123,30 @@ class KeyStore:
 
     def _reload(self) -> None:
         db = self._conn()
-        rows = db.execute("SELECT * FROM keys WHERE revoked_at IS NULL").fetchall()
+        rows = db.execute(f"SELECT {_COLUMNS} FROM keys WHERE revoked_at IS NULL").fetchall()
         self._index = DigestIndex((r[1], _row_key(r)) for r in rows)
         self._version = db.execute("PRAGMA data_version").fetchone()[0]
 
 
-def new_key(name: str, team: str | None, user: str | None,
-            models: list[str] | None) -> tuple[StoredKey, str, str]:
+def new_key(name: str, team: str | None, user: str | None, models: list[str] | None,
+            limits: Limits | None = None) -> tuple[StoredKey, str, str]:
     """A fresh key: its record, the raw key (shown once) and the digest (stored)."""
     raw = f"sk-podium-{secrets.token_urlsafe(32)}"
     digest = digest_of(raw)
     key = StoredKey(id=key_id_for(digest), name=name, team=team, user=user,
                     models=tuple(models) if models is not None else None,
-                    created_at=time.time(), revoked_at=None)
+                    created_at=time.time(), revoked_at=None, limits=limits)
     return key, raw, digest
 
 
+def limits_json(limits: Limits | None) -> str | None:
+    return limits.model_dump_json(exclude_defaults=True) if limits is not None else None
+
+
 def _row_key(row: tuple[Any, ...]) -> StoredKey:
+    """A row in `_COLUMNS` order."""
     models = orjson.loads(row[5]) if row[5] else None
     return StoredKey(id=row[0], name=row[2], team=row[3], user=row[4],
                      models=tuple(models) if models is not None else None,
-                     created_at=row[6], revoked_at=row[7])
+                     created_at=row[6], revoked_at=row[7],
+                     limits=Limits.model_validate_json(row[8]) if row[8] else None)

@@ -37,12 +37,13 @@ import orjson
 
 from gateway.errors import BadRequest
 from gateway.identity import DigestIndex
-from gateway.keystore import StoredKey, _row_key, new_key
+from gateway.keystore import StoredKey, _row_key, limits_json, new_key
 from plugins.approval import _COLUMNS as _REVIEW_COLUMNS
 from plugins.approval import Review, _review, new_review_row
 from plugins.audit import GENESIS, ChainCheck, VerifyResult, chain_hash
 from plugins.base import RequestContext
 from plugins.batch import BatchWriter
+from plugins.settings import Limits
 
 T = TypeVar("T")
 
@@ -55,6 +56,7 @@ CREATE TABLE IF NOT EXISTS podium_keys (
     id TEXT PRIMARY KEY, digest TEXT NOT NULL UNIQUE, name TEXT NOT NULL, team TEXT,
     user_name TEXT, models TEXT, created_at DOUBLE PRECISION NOT NULL,
     revoked_at DOUBLE PRECISION);
+ALTER TABLE podium_keys ADD COLUMN IF NOT EXISTS limits TEXT;
 CREATE TABLE IF NOT EXISTS podium_keys_version (
     one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one), version BIGINT NOT NULL);
 INSERT INTO podium_keys_version VALUES (TRUE, 0) ON CONFLICT DO NOTHING;
@@ -65,7 +67,7 @@ CREATE OR REPLACE TRIGGER podium_keys_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON podium_keys
     FOR EACH STATEMENT EXECUTE FUNCTION podium_keys_bump();
 """
-_KEY_COLUMNS = "id, digest, name, team, user_name, models, created_at, revoked_at"
+_KEY_COLUMNS = "id, digest, name, team, user_name, models, created_at, revoked_at, limits"
 
 _SPEND_DDL = """
 CREATE TABLE IF NOT EXISTS podium_spend (
@@ -161,12 +163,15 @@ class PgKeyStore(_PgStore):
         return found if isinstance(found, StoredKey) else None
 
     async def create(self, name: str, team: str | None, user: str | None,
-                     models: list[str] | None) -> tuple[StoredKey, str]:
-        key, raw, digest = new_key(name, team, user, models)
+                     models: list[str] | None,
+                     limits: Limits | None = None) -> tuple[StoredKey, str]:
+        key, raw, digest = new_key(name, team, user, models, limits)
         await self._db().execute(
-            f"INSERT INTO podium_keys ({_KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL)",
+            f"INSERT INTO podium_keys ({_KEY_COLUMNS}) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8)",
             key.id, digest, name, team, user,
-            orjson.dumps(models).decode() if models is not None else None, key.created_at)
+            orjson.dumps(models).decode() if models is not None else None, key.created_at,
+            limits_json(limits))
         return key, raw
 
     async def list(self) -> list[StoredKey]:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from plugins.approval import Review
     from plugins.audit import VerifyResult
     from plugins.base import RequestContext
+    from plugins.settings import Limits
 
 
 class Store(Protocol):
@@ -36,8 +37,10 @@ class KeyStoreBackend(Store, Protocol):
         ...
 
     async def create(self, name: str, team: str | None, user: str | None,
-                     models: list[str] | None) -> tuple[StoredKey, str]:
-        """A new key and its raw value (returned once; only the digest is stored)."""
+                     models: list[str] | None,
+                     limits: Limits | None = None) -> tuple[StoredKey, str]:
+        """A new key and its raw value (returned once; only the digest is stored), with its
+        own rate limits and budget, if any."""
         ...
 
     async def list(self) -> list[StoredKey]:

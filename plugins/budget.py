@@ -21,7 +21,7 @@ from gateway.errors import BudgetExceeded
 from gateway.state import BudgetClaim, SharedState
 from plugins.base import BasePlugin, Outcome, RequestContext
 from plugins.batch import BatchedSQLiteStore
-from plugins.settings import BudgetPeriod, Limits
+from plugins.settings import BudgetPeriod, Limits, key_limits
 
 if TYPE_CHECKING:
     from gateway.stores import SpendStore
@@ -92,7 +92,7 @@ class BudgetPlugin(BasePlugin):
 
     def _claims(self, ctx: RequestContext) -> list[BudgetClaim]:
         p, now, claims = ctx.principal, time.time(), []
-        scopes = (("key", "key_id", p.key_id, self._keys.get(p.key_id)),
+        scopes = (("key", "key_id", p.key_id, key_limits(p, self._keys)),
                   ("team", "team", p.team, self._teams.get(p.team or "")))
         for scope, column, value, limits in scopes:
             if limits is None or limits.budget_usd is None or value is None:

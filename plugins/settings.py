@@ -3,11 +3,15 @@ rejected). Limits and budgets live on `keys[]` and `teams[]` (see `Limits`)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from routing.rules import RuleMatch, valid_regex
+
+if TYPE_CHECKING:
+    from gateway.identity import Principal
 
 BudgetPeriod = Literal["day", "month", "total"]
 
@@ -22,6 +26,12 @@ class Limits(_Frozen):
     tpm: int | None = Field(default=None, ge=1)          # tokens per minute
     budget_usd: float | None = Field(default=None, ge=0)
     budget_period: BudgetPeriod = "month"
+
+
+def key_limits(principal: Principal, config_keys: Mapping[str, Limits]) -> Limits | None:
+    """A key's own limits: from `keys:` for a config key, from the store for a stored one."""
+    limits: Limits | None = principal.limits
+    return limits if limits is not None else config_keys.get(principal.key_id)
 
 
 class StorageConfig(_Frozen):

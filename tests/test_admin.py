@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,9 @@ import aiohttp
 import openai
 import pytest
 
+from gateway.identity import digest_of
+from gateway.keystore import KeyStore
+from plugins.settings import Limits
 from tests.conftest import APP_KEY, GatewayFactory, RunningGateway, Upstream, base_config
 
 ADMIN = "sk-admin-0123456789abcdef"
@@ -98,3 +102,66 @@ async def test_bad_key_requests_are_400(admin_gw: RunningGateway) -> None:
                         ({"name": "x", "colour": "red"}, "colour")):
         status, err = await admin_call(admin_gw, "POST", "/admin/keys", json=body)
         assert status == 400 and err["error"]["param"] == param
+
+
+async def test_a_created_key_carries_its_own_limits(admin_gw: RunningGateway,
+                                                    upstream: Upstream) -> None:
+    status, created = await admin_call(admin_gw, "POST", "/admin/keys",
+                                       json={"name": "limited", "rpm": 2})
+    assert status == 201 and created["rpm"] == 2 and created["budget_usd"] is None
+    client = admin_gw.client(created["key"])
+    hi = [{"role": "user", "content": "hi"}]
+    for n in range(2):  # different prompts: each one reaches the upstream, none the cache
+        await client.chat.completions.create(
+            model="chat", messages=[{"role": "user", "content": f"hi {n}"}])
+    with pytest.raises(openai.RateLimitError) as info:
+        await client.chat.completions.create(model="chat", messages=hi)
+    assert info.value.body["code"] == "rate_limit_exceeded"
+    assert f"key:{created['id']}" in info.value.body["message"]
+    assert len(upstream.models_called()) == 2
+    # Another key is not held back by this one's limit.
+    await admin_gw.client().chat.completions.create(model="chat", messages=hi)
+
+    status, broke = await admin_call(admin_gw, "POST", "/admin/keys",
+                                     json={"name": "broke", "budget_usd": 0,
+                                           "budget_period": "day"})
+    assert status == 201 and (broke["budget_usd"], broke["budget_period"]) == (0, "day")
+    with pytest.raises(openai.RateLimitError) as info:
+        await admin_gw.client(broke["key"]).chat.completions.create(model="chat", messages=hi)
+    assert info.value.body["code"] == "budget_exceeded"
+    assert len(upstream.models_called()) == 3
+    _, listed = await admin_call(admin_gw, "GET", "/admin/keys")
+    assert [(k["name"], k["rpm"], k["budget_usd"]) for k in listed["data"]] == [
+        ("limited", 2, None), ("broke", None, 0)]
+
+
+@pytest.mark.parametrize("body", [{"name": "x", "rpm": 0}, {"name": "x", "tpm": -5},
+                                  {"name": "x", "budget_usd": -1},
+                                  {"name": "x", "budget_usd": 1, "budget_period": "week"},
+                                  {"name": "x", "rpm": "10"}])
+async def test_bad_limits_are_400(admin_gw: RunningGateway, body: dict[str, Any]) -> None:
+    status, err = await admin_call(admin_gw, "POST", "/admin/keys", json=body)
+    assert status == 400 and err["error"]["param"] in body
+
+
+async def test_a_key_store_from_before_limits_is_upgraded(tmp_path: Path) -> None:
+    """A store written before keys had limits opens, keeps its keys, and takes new ones."""
+    path = tmp_path / "keys.sqlite3"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE keys (id TEXT PRIMARY KEY, digest TEXT NOT NULL UNIQUE, "
+               "name TEXT NOT NULL, team TEXT, user TEXT, models TEXT, "
+               "created_at REAL NOT NULL, revoked_at REAL)")
+    db.execute("INSERT INTO keys VALUES ('key_old', ?, 'old', NULL, NULL, NULL, 1.0, NULL)",
+               (digest_of("sk-podium-old"),))
+    db.commit()
+    db.close()
+    store = KeyStore(str(path))
+    await store.start()
+    try:
+        old = await store.find(digest_of("sk-podium-old"))
+        assert old is not None and old.name == "old" and old.limits is None
+        new, raw = await store.create("new", None, None, None,
+                                      Limits(tpm=1000))
+        assert (await store.find(digest_of(raw))) == new and new.limits == Limits(tpm=1000)
+    finally:
+        await store.close()

@@ -32,6 +32,7 @@ from plugins.approval import ReviewQueue
 from plugins.audit import AuditLog, VerifyResult
 from plugins.base import RequestContext
 from plugins.budget import SpendLedger
+from plugins.settings import Limits
 
 _DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 PG_DSN = os.environ.get("PODIUM_TEST_PG_DSN", _DEFAULT_DSN)
@@ -135,13 +136,15 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
 
 async def test_keys_create_find_list_revoke(backend: Backend) -> None:
     keys = await backend.keys()
-    key, raw = await keys.create("app", "search", "ana", ["chat", "embed"])
+    limits = Limits(rpm=5, budget_usd=2.5, budget_period="day")
+    key, raw = await keys.create("app", "search", "ana", ["chat", "embed"], limits)
     other, other_raw = await keys.create("batch", None, None, None)
     assert raw.startswith("sk-podium-") and raw != other_raw
     assert key.id == key_id_for(digest_of(raw))
     assert (key.name, key.team, key.user, key.models) == ("app", "search", "ana",
                                                           ("chat", "embed"))
     assert key.revoked_at is None and other.models is None
+    assert key.limits == limits and other.limits is None
 
     assert await keys.find(digest_of(raw)) == key
     assert await keys.find(digest_of(other_raw)) == other
