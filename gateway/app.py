@@ -30,6 +30,7 @@ from gateway import telemetry as telemetry_mod
 from gateway.auth import Authenticator
 from gateway.call import Caller
 from gateway.config import GatewayConfig
+from gateway.egress import SENT
 from gateway.errors import (
     InternalError,
     MethodNotAllowed,
@@ -219,11 +220,16 @@ async def _respond(request: web.Request, handler: web.Handler,
                    request_id: str) -> web.StreamResponse:
     try:
         response = await handler(request)
-    except PodiumError as err:
-        return _refused(request, err, request_id)
-    except web.HTTPException as exc:
-        return _refused(request, _from_http(exc, request), request_id)
-    except Exception:
+    except Exception as exc:
+        sent = request.get(SENT)
+        if sent is not None:  # the client has its answer: a later failure can only be logged
+            log.exception("error after answering %s %s (request %s)",
+                          request.method, request.path, request_id)
+            return sent
+        if isinstance(exc, PodiumError):
+            return _refused(request, exc, request_id)
+        if isinstance(exc, web.HTTPException):
+            return _refused(request, _from_http(exc, request), request_id)
         log.exception("unhandled error in %s %s (request %s)",
                       request.method, request.path, request_id)
         return render(InternalError(f"Internal error; quote request id {request_id}."),

@@ -23,7 +23,7 @@ from gateway.app import ACCESS, ACCOUNTED, GATEWAY, REQUEST_ID, Gateway, Runtime
 from gateway.cache import CachePolicy, CacheStore, assemble, cache_key
 from gateway.cache import policy as cache_policy
 from gateway.call import CallResult, OpenStream
-from gateway.egress import completion_chunks, json_response, sse_response
+from gateway.egress import completion_chunks, send_json, sse_response
 from gateway.errors import AllAttemptsFailed, PodiumError
 from gateway.explain import chat_route_request
 from gateway.identity import Principal
@@ -147,7 +147,7 @@ async def _respond(request: web.Request, rt: Runtime, ctx: RequestContext, outco
                                                              outcome),
                                   include_usage=bool((ctx.body.get("stream_options") or {})
                                                      .get("include_usage")))
-    return json_response(answer, headers)
+    return await send_json(request, answer, headers)
 
 
 async def _cache_lookup(request: web.Request, gw: Gateway, rt: Runtime, plan: RoutePlan,

@@ -17,9 +17,25 @@ _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"
                 "X-Accel-Buffering": "no"}
 
 
+# The answer already written to the client, on a request that `send_json` answered early.
+SENT: web.RequestKey[web.StreamResponse] = web.RequestKey("podium.sent", web.StreamResponse)
+
+
 def json_response(body: Any, headers: Mapping[str, str], status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, headers=headers,
                         content_type="application/json")
+
+
+async def send_json(request: web.Request, body: Any, headers: Mapping[str, str],
+                    status: int = 200) -> web.Response:
+    """Write the answer now, so that the client has it before the request's accounting
+    (spend settlement, audit record, metrics, access log) runs; the handler then returns it
+    as it is. From here on nothing may answer this request again (see gateway/app.py)."""
+    response = json_response(body, headers, status)
+    await response.prepare(request)
+    await response.write_eof()
+    request[SENT] = response
+    return response
 
 
 async def sse_response(request: web.Request, headers: Mapping[str, str],

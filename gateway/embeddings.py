@@ -7,7 +7,7 @@ from aiohttp import web
 
 from gateway.app import GATEWAY, REQUEST_ID
 from gateway.chat import accounted, trace_ids
-from gateway.egress import json_response, to_base64
+from gateway.egress import send_json, to_base64
 from gateway.ingress import EmbeddingRequest, read_json, validate
 from gateway.pipeline import call_headers, deadline_for, identify, route
 from plugins.base import Outcome, RequestContext
@@ -44,4 +44,4 @@ async def embeddings(request: web.Request) -> web.Response:
             body = {**body, "data": [{**d, "embedding": to_base64(d["embedding"])}
                                      for d in body["data"]]}
         outcome.status = 200
-        return json_response(body, call_headers(request, plan, result))
+        return await send_json(request, body, call_headers(request, plan, result))

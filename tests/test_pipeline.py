@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import struct
 
+import aiohttp
 import openai
 import pytest
 
+from plugins.base import BasePlugin, Outcome, RequestContext
 from tests.conftest import APP_KEY, LIMITED_KEY, UPSTREAM_KEY, RunningGateway, Upstream
+from tests.test_workers import until
 
 TOOLS = [
     {"type": "function", "function": {"name": "get_weather", "parameters": {
@@ -176,3 +180,70 @@ async def test_sdk_raises_on_a_model_the_key_may_not_use(gateway: RunningGateway
     with pytest.raises(openai.PermissionDeniedError):
         await gateway.client(LIMITED_KEY).chat.completions.create(
             model="premium", messages=[{"role": "user", "content": "hi"}])
+
+
+
+class _HeldAccounting(BasePlugin):
+    """Accounting that waits for the test: on_complete blocks until released, or fails."""
+    name = "held"
+
+    def __init__(self, fail: bool = False) -> None:
+        self.release = asyncio.Event()
+        self.completed: list[str] = []
+        self.fail = fail
+
+    async def on_complete(self, ctx: RequestContext, outcome: Outcome) -> None:
+        await self.release.wait()
+        self.completed.append(ctx.request_id)
+        if self.fail:
+            raise RuntimeError("accounting broke")
+
+
+async def test_the_answer_is_sent_before_the_accounting_runs(gateway: RunningGateway) -> None:
+    """Spend, audit, metrics and the access log run after the client has its answer, so they
+    add nothing to its latency; and the request is still accounted for."""
+    held = _HeldAccounting()
+    gateway.gateway.runtime.chain.plugins.append(held)
+    async with asyncio.timeout(20):  # a gateway that answers after accounting never answers
+        raw = await gateway.client().chat.completions.with_raw_response.create(
+            model="chat", messages=[{"role": "user", "content": "early"}])
+    assert raw.parse().choices[0].message.content  # answered while on_complete still waits
+    assert held.completed == []
+    held.release.set()
+
+    async def accounted() -> bool:
+        return held.completed == [raw.headers["x-request-id"]]
+    await until(accounted, "the held accounting to finish")
+    embedded = await gateway.client().embeddings.create(model="embed", input="early too")
+    assert embedded.data and len(held.completed) == 2
+
+
+async def test_a_failure_after_answering_never_sends_a_second_response(
+        gateway: RunningGateway, caplog: pytest.LogCaptureFixture) -> None:
+    """An error raised after the answer went out is logged as such, not answered with a 500
+    on top of the 200; the connection stays usable and the next request on it gets its own
+    answer."""
+    held = _HeldAccounting(fail=True)
+    held.release.set()
+    chain = gateway.gateway.runtime.chain
+    chain.plugins.append(held)
+    # on_complete failures are already contained by the chain; make one escape it.
+    original = chain.on_complete
+
+    async def escaping(ctx: RequestContext, outcome: Outcome) -> None:
+        await original(ctx, outcome)
+        raise RuntimeError("after the answer")
+    chain.on_complete = escaping  # type: ignore[method-assign]
+    headers = {"Authorization": f"Bearer {APP_KEY}"}
+    async with aiohttp.ClientSession() as session:  # one keep-alive connection for both
+        for n in range(2):
+            body = {"model": "chat", "messages": [{"role": "user", "content": f"twice {n}"}]}
+            async with session.post(gateway.url + "/chat/completions", json=body,
+                                    headers=headers) as resp:
+                assert resp.status == 200
+                answer = await resp.json()
+                assert answer["object"] == "chat.completion"
+    assert len(held.completed) == 2
+    after = [r for r in caplog.records if r.getMessage().startswith("error after answering")]
+    assert len(after) == 2 and all(r.exc_info for r in after)
+    assert not [r for r in caplog.records if r.getMessage().startswith("unhandled error")]
