@@ -21,7 +21,16 @@ import orjson
 from bench import measure, otel_floor, profiling, report
 from bench.loadgen import LoadGen
 from bench.procs import Procs, can_pin
-from bench.scenarios import BENCH_DIR, LOADGEN_CPU, Lab, Scenario, probe
+from bench.scenarios import (
+    BENCH_DIR,
+    LOADGEN_CPU,
+    Lab,
+    Scenario,
+    install_litellm_proxy,
+    litellm_proxy_problem,
+    litellm_python,
+    probe,
+)
 
 _STARTED = time.perf_counter()
 
@@ -56,6 +65,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--py-spy", help="path to py-spy (else $BENCH_PY_SPY, PATH, bench/out/tools)")
     p.add_argument("--install-py-spy", action="store_true",
                    help="pip-install py-spy into bench/out/tools (a separate venv) if missing")
+    p.add_argument("--install-litellm-proxy", action="store_true",
+                   help="pip-install litellm[proxy] (the pinned version) into "
+                        "bench/out/litellm-proxy (a separate venv) if it does not import")
     p.add_argument("--workers", action=argparse.BooleanOptionalAction, default=True,
                    help="the 2-worker scenario, when `podium serve` has --workers")
     p.add_argument("--litellm", action=argparse.BooleanOptionalAction, default=True,
@@ -137,6 +149,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"command": " ".join(["python -m bench.run", *sys.argv[1:]]),
                               "machine": report.machine(gen.tool, pinned),
                               "plan": vars(plan) | {"concurrency": list(plan.concurrency)}}
+    if args.litellm and args.install_litellm_proxy \
+            and litellm_proxy_problem(litellm_python()) is not None:
+        install_litellm_proxy(log)
     with Procs(work / "logs", pinned) as procs:
         lab = Lab(procs, work, args.litellm)
         lab.start_backends()

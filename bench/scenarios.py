@@ -7,6 +7,7 @@ kept, with the reason, so the report shows them as skipped."""
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -51,12 +52,13 @@ class Scenario:
     podium: bool = False
     workers: int = 1
     probe: dict[str, str] = field(default_factory=dict)
+    api_key: str = KEY
 
     def load(self, stream: bool = False) -> Load:
         body = self.stream_body if stream else self.body
         assert body is not None
         return Load(f"http://{LOOPBACK}:{self.port}{CHAT_PATH}", body,
-                    [("Authorization", f"Bearer {KEY}")])
+                    [("Authorization", f"Bearer {self.api_key}")])
 
 
 def podium_command() -> list[str]:
@@ -84,14 +86,45 @@ def config_accepted(path: Path, env: dict[str, str]) -> tuple[bool, str]:
     return out.returncode == 0, (out.stderr or out.stdout).strip()
 
 
-def litellm_proxy_problem() -> str | None:
-    """None when `litellm.proxy` imports with its dependencies, else why not."""
-    out = subprocess.run([sys.executable, "-c", "import litellm.proxy.proxy_server"],
-                         capture_output=True, text=True, timeout=180, check=False)
+# LiteLLM proxy's own venv (`--install-litellm-proxy`): its `proxy` extra never enters Podium's.
+LITELLM_VENV = BENCH_DIR / "out" / "litellm-proxy"
+
+
+def litellm_python() -> str:
+    """The interpreter LiteLLM proxy runs under: $BENCH_LITELLM_PYTHON, the bench's own
+    LiteLLM venv when it exists, else this one."""
+    import os
+
+    venv = LITELLM_VENV / "bin" / "python"
+    return os.environ.get("BENCH_LITELLM_PYTHON") or (str(venv) if venv.exists()
+                                                      else sys.executable)
+
+
+def litellm_proxy_problem(python: str) -> str | None:
+    """None when `litellm.proxy` imports with its dependencies under `python`, else why not."""
+    out = subprocess.run([python, "-c", "import litellm.proxy.proxy_server"],
+                         capture_output=True, text=True, timeout=180, check=False,
+                         env={**_base_env(), "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
     if out.returncode == 0:
         return None
     last = (out.stderr.strip().splitlines() or ["import failed"])[-1]
     return f"not installed (litellm.proxy does not import: {last})"
+
+
+def install_litellm_proxy(log: Callable[[str], None]) -> bool:
+    """`litellm[proxy]`, at the version Podium pins, into a venv under bench/out."""
+    from importlib.metadata import version
+
+    pinned = version("litellm")
+    log(f"installing litellm[proxy]=={pinned} into {LITELLM_VENV}")
+    steps = [[sys.executable, "-m", "venv", str(LITELLM_VENV)],
+             [str(LITELLM_VENV / "bin" / "pip"), "install", "-q", f"litellm[proxy]=={pinned}"]]
+    for step in steps:
+        out = subprocess.run(step, capture_output=True, text=True, timeout=1200, check=False)
+        if out.returncode:
+            log(f"  could not install LiteLLM proxy: {out.stderr.strip()[-300:]}")
+            return False
+    return True
 
 
 def _base_env() -> dict[str, str]:
@@ -233,21 +266,27 @@ class Lab:
     def _litellm_scenario(self) -> Scenario:
         scenario = Scenario("litellm", "LiteLLM proxy", body=self.bodies["chat"],
                             stream_body=self.bodies["stream"])
-        problem = litellm_proxy_problem() if self.want_litellm else "not run (--no-litellm)"
+        python = litellm_python()
+        problem = (litellm_proxy_problem(python) if self.want_litellm
+                   else "not run (--no-litellm)")
         if problem is not None:
             scenario.skipped = problem
             return scenario
         config = self.work / "litellm.yaml"
-        config.write_text(yaml.safe_dump({"model_list": [{
-            "model_name": "bench", "litellm_params": {
+        # LiteLLM proxy refuses to start without a strong master key; clients present it.
+        scenario.api_key = f"sk-{secrets.token_hex(32)}"
+        config.write_text(yaml.safe_dump({
+            "model_list": [{"model_name": "bench", "litellm_params": {
                 "model": "openai/mock-small", "api_key": "mock",
-                "api_base": f"http://{LOOPBACK}:{self.upstream_port}/v1"}}]}))
+                "api_base": f"http://{LOOPBACK}:{self.upstream_port}/v1"}}],
+            "general_settings": {"master_key": scenario.api_key}}))
         port = free_port()
-        script = Path(sys.executable).parent / "litellm"
-        argv = [str(script)] if script.exists() else self._py("litellm")
+        script = Path(python).parent / "litellm"
+        argv = [str(script)] if script.exists() else [python, "-m", "litellm"]
         scenario.proc = self.procs.start("litellm", [
             *argv, "--config", str(config), "--host", LOOPBACK, "--port", str(port),
-            "--num_workers", "1"], GATEWAY_CPU, env=_base_env(), cwd=self.work)
+            "--num_workers", "1"], GATEWAY_CPU,
+            env={**_base_env(), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}, cwd=self.work)
         scenario.proc.wait_ready(port, "/health/liveliness", timeout_s=120)
         scenario.port = port
         return scenario
@@ -261,7 +300,8 @@ def probe(scenario: Scenario) -> dict[str, str]:
     try:
         assert scenario.body is not None
         conn.request("POST", CHAT_PATH, scenario.body.read_bytes(),
-                     {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
+                     {"Content-Type": "application/json",
+                      "Authorization": f"Bearer {scenario.api_key}"})
         resp = conn.getresponse()
         body = resp.read()
         out = {"status": str(resp.status)}
