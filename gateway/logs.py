@@ -9,6 +9,8 @@ changes, a Redis outage) carry their message and whatever fields the caller atta
 from __future__ import annotations
 
 import logging
+import os
+import select
 import sys
 import threading
 import time
@@ -77,10 +79,33 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 lines.append(self._lines.popleft())
             if lines and self.stream is not None:
                 try:
-                    self.stream.write("\n".join(lines) + "\n")
-                    self.stream.flush()
+                    self._write(lines)
                 except (OSError, ValueError):  # the stream is gone (closed pipe, exit)
                     pass
+
+    def _write(self, lines: list[str]) -> None:
+        """Whole lines, at most PIPE_BUF bytes per write(2) where the stream has a file
+        descriptor: the kernel never splits such a write on a pipe, so the lines of several
+        worker processes sharing one stderr never cut into each other. (A line longer than
+        PIPE_BUF gets a write of its own.)"""
+        try:
+            fd = self.stream.fileno()
+        except (AttributeError, OSError, ValueError):  # an in-memory stream
+            self.stream.write("\n".join(lines) + "\n")
+            self.stream.flush()
+            return
+        self.stream.flush()  # whatever was written to the stream directly goes first
+        chunk: list[bytes] = []
+        size = 0
+        for line in lines:
+            data = line.encode("utf-8", "backslashreplace") + b"\n"
+            if chunk and size + len(data) > select.PIPE_BUF:
+                _write_all(fd, b"".join(chunk))
+                chunk, size = [], 0
+            chunk.append(data)
+            size += len(data)
+        if chunk:
+            _write_all(fd, b"".join(chunk))
 
     def close(self) -> None:
         self._closed = True
@@ -98,6 +123,12 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
             time.sleep(self._interval_s)  # let a batch gather
             self._pending.clear()
             self.flush()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def setup(fmt: str, level: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -89,3 +90,32 @@ async def test_batching_handler_writes_in_order_without_a_write_per_line() -> No
     finally:
         handler.close()  # logging.shutdown() does this at exit
     assert _lines(stream)[-1] == "last" and len(_lines(stream)) == 55
+
+
+_WORKER = """
+import logging, sys
+from gateway import logs
+logs.setup("json", "INFO")
+log = logging.getLogger("podium.access")
+for n in range(4000):
+    log.info("request", extra={"worker": sys.argv[1], "n": n, "pad": "x" * 300})
+logging.shutdown()
+"""
+
+
+def test_workers_sharing_one_pipe_never_cut_into_each_others_lines() -> None:
+    """`--workers N` processes share one stderr; a collector reading it slowly (so the pipe
+    is full and writers block part-way) still gets every line whole, and every line."""
+    read_fd, write_fd = os.pipe()
+    workers = [subprocess.Popen([sys.executable, "-c", _WORKER, str(w)], cwd=ROOT,
+                                stderr=write_fd) for w in range(3)]
+    os.close(write_fd)
+    data = bytearray()
+    with os.fdopen(read_fd, "rb", buffering=0) as reader:
+        while chunk := reader.read(256):  # small reads: the pipe stays nearly full
+            data += chunk
+    for worker in workers:
+        assert worker.wait(timeout=60) == 0
+    entries = [json.loads(line) for line in data.decode().splitlines()]
+    for w in range(3):
+        assert [e["n"] for e in entries if e["worker"] == str(w)] == list(range(4000))
