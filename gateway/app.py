@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -157,7 +158,7 @@ GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
 BREAKER_SYNC_S = 0.25
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("podium.request_id", str)
 # What the handler learnt about the request (principal, deployment, cost) for the access log.
-ACCESS: web.RequestKey[dict] = web.RequestKey("podium.access", dict)
+ACCESS: web.RequestKey[dict[str, Any]] = web.RequestKey("podium.access", dict)
 # Set once the request's outcome was counted in the metrics (see gateway/chat.py `observe`).
 ACCOUNTED: web.RequestKey[bool] = web.RequestKey("podium.accounted", bool)
 access_log = logging.getLogger("podium.access")
@@ -178,7 +179,7 @@ _UNTRACED = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 @web.middleware
-async def edge_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     request_id = new_request_id()
     request[REQUEST_ID] = request_id
@@ -209,14 +210,15 @@ async def edge_middleware(request: web.Request, handler: web.Handler) -> web.Str
 
 def _log_access(request: web.Request, status: int, started: float, span: trace.Span) -> None:
     context = span.get_span_context()
+    fields: dict[str, Any] = request[ACCESS]
     access_log.info("%s %s %d", request.method, request.path, status, extra={
         "request_id": request[REQUEST_ID], "method": request.method, "path": request.path,
         "status": status, "latency_ms": round((time.monotonic() - started) * 1000, 3),
         "trace_id": format(context.trace_id, "032x") if context.is_valid else None,
-        **request[ACCESS]})
+        **fields})
 
 
-async def _respond(request: web.Request, handler: web.Handler,
+async def _respond(request: web.Request, handler: Handler,
                    request_id: str) -> web.StreamResponse:
     try:
         response = await handler(request)

@@ -151,7 +151,8 @@ def assemble(chunks: list[dict[str, Any]]) -> dict[str, Any] | None:
     if not choices or any(c["finish_reason"] is None for c in choices.values()):
         return None
     first, usage = chunks[0], next((c["usage"] for c in chunks if c.get("usage")), None)
-    out = {k: first[k] for k in ("id", "created", "model", "system_fingerprint") if k in first}
+    out: dict[str, Any] = {k: first[k] for k in ("id", "created", "model", "system_fingerprint")
+                           if k in first}
     out.update(object="chat.completion", choices=[_finish(choices[i]) for i in sorted(choices)])
     if usage:
         out["usage"] = usage

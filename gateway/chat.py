@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import orjson
 from aiohttp import web
@@ -97,7 +97,12 @@ def _context(request: web.Request, principal: Principal,
         facts=None, **trace_ids())
 
 
-def trace_ids() -> dict[str, str]:
+class TraceIds(TypedDict):
+    trace_id: str
+    span_id: str
+
+
+def trace_ids() -> TraceIds:
     """The current (SERVER) span's ids, for the audit record; empty when not tracing."""
     span_context = trace.get_current_span().get_span_context()
     if not span_context.is_valid:

@@ -250,12 +250,12 @@ def expand_env(raw: Any, env: Mapping[str, str], path: str = "") -> tuple[Any, l
     if isinstance(raw, dict):
         out: Any = {}
         for k, v in raw.items():
-            out[k], sub = expand_env(v, env, _join(path, str(k)))
-            problems += sub
+            out[k], found = expand_env(v, env, _join(path, str(k)))
+            problems += found
         return out, problems
     if isinstance(raw, list):
         items = [expand_env(v, env, f"{path}[{i}]") for i, v in enumerate(raw)]
-        return [v for v, _ in items], [p for _, sub in items for p in sub]
+        return [v for v, _ in items], [p for _, found in items for p in found]
     if not isinstance(raw, str):
         return raw, problems
     if raw.startswith(_LITELLM_ENV):

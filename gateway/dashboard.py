@@ -297,8 +297,9 @@ async def snapshot(gw: Gateway) -> dict[str, Any]:
     spend_dep = sum_by(samples, "podium_cost_usd_total", "deployment")
     by_model: dict[str, float] = {}
     groups = {d.id: d.group for d in catalog}
-    for dep, usd in spend_dep.items():
-        by_model[groups.get(dep, dep)] = by_model.get(groups.get(dep, dep), 0.0) + usd
+    for dep_id, usd in spend_dep.items():
+        group = groups.get(dep_id, dep_id)
+        by_model[group] = by_model.get(group, 0.0) + usd
     latency = buckets(samples, "podium_request_duration_seconds")
     overhead = buckets(samples, "podium_gateway_overhead_seconds")
     breaker_metric = {labels["deployment"]: value

@@ -68,7 +68,8 @@ async def sse_response(request: web.Request, headers: Mapping[str, str],
 
 async def completion_chunks(body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     """A complete `chat.completion` as the chunks a stream of it would have carried."""
-    base = {k: body[k] for k in ("id", "created", "model", "system_fingerprint") if k in body}
+    base: dict[str, Any] = {k: body[k] for k in ("id", "created", "model", "system_fingerprint")
+                            if k in body}
     base["object"] = "chat.completion.chunk"
     for choice in body.get("choices") or ():
         index, message = choice.get("index", 0), choice.get("message") or {}

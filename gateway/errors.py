@@ -61,7 +61,8 @@ class PodiumError(Exception):
 
 
 class BadRequest(PodiumError):
-    status, type, code = 400, "invalid_request_error", None
+    status, type = 400, "invalid_request_error"
+    code: str | None = None
 
 
 class InvalidJSON(BadRequest):

@@ -211,7 +211,7 @@ class RedisState:
         for claim in claims:
             await self._load_spent(claim)
         keys = [k for c in claims for k in self._budget_keys(c)]
-        args = [request_id, amount, ttl_s, *(c.budget_usd for c in claims)]
+        args: list[str | float] = [request_id, amount, ttl_s, *(c.budget_usd for c in claims)]
         result = await self.call(lambda r: self._scripts["reserve"](keys=keys, args=args))
         if not result or int(result[0]) == 0:
             return None
@@ -234,8 +234,8 @@ class RedisState:
         raw = await self.call(lambda r: r.hgetall(self._prefix + "breakers"), fail_open=True)
         out = {}
         for dep, value in (raw or {}).items():
-            state, _, until = value.decode().partition("|")
-            out[dep.decode()] = (state, float(until or 0))
+            state, _, until = _text(value).partition("|")
+            out[_text(dep)] = (state, float(until or 0))
         return out
 
     async def publish_breaker(self, dep_id: str, state: str, open_until: float) -> None:
@@ -244,3 +244,8 @@ class RedisState:
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+def _text(value: bytes | str) -> str:
+    """The client returns bytes (no decode_responses); str only if configured otherwise."""
+    return value.decode() if isinstance(value, bytes) else value

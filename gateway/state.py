@@ -44,7 +44,10 @@ class BudgetClaim:
 
 
 class SharedState(Protocol):
-    cache: CacheStore
+    @property
+    def cache(self) -> CacheStore:
+        """The response cache that lives where this state does."""
+        ...
 
     async def admit(self, checks: list[WindowCheck],
                     request_id: str) -> tuple[float, str | None]:

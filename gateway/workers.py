@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from aiohttp import web
 from prometheus_client import multiprocess
 
 from gateway.config import GatewayConfig
@@ -114,7 +115,7 @@ async def watch_supervisor(parent: int) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-async def _start_simulator(cfg: GatewayConfig) -> object | None:
+async def _start_simulator(cfg: GatewayConfig) -> web.AppRunner | None:
     sim = cfg.simulator
     if not sim.enabled:
         return None

@@ -93,7 +93,7 @@ class ReviewQueue:
         return _review(row) if row else None
 
     async def list(self, status: str | None) -> list[Review]:
-        sql, args = "SELECT * FROM reviews", ()
+        sql, args = "SELECT * FROM reviews", tuple[str, ...]()
         if status:
             sql, args = sql + " WHERE status = ?", (status,)
         return [_review(r) for r in self._conn().execute(sql + " ORDER BY created_at", args)]
