@@ -43,10 +43,11 @@ class JsonFormatter(logging.Formatter):
 class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Formats on the caller's thread, writes in batches from a flusher thread.
 
-    One write per batch instead of a write and flush per line keeps the access log off the
-    request path's syscalls. A line reaches the stream within `interval_s`; a WARNING or worse
-    line, a full batch, `flush()` and `close()` (which `logging.shutdown` calls at exit) write at
-    once. Only a process killed outright loses the last interval's lines.
+    A few writes per batch (whole lines, at most PIPE_BUF bytes each) instead of a write and
+    flush per line keep the access log off the request path's syscalls. A line reaches the
+    stream within `interval_s`; a WARNING or worse line, a full batch, `flush()` and `close()`
+    (which `logging.shutdown` calls at exit) write at once. Only a process killed outright
+    loses the last interval's lines.
     """
 
     def __init__(self, stream: Any, interval_s: float = 0.1, capacity: int = 512) -> None:
@@ -116,7 +117,7 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().close()
 
     def _run(self) -> None:
-        while True:
+        while not self._closed:  # checked again after a flush: close() may have come meanwhile
             self._pending.wait()
             if self._closed:
                 return

@@ -9,9 +9,12 @@ import logging
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import openai
+import pytest
 import yaml
 
 from gateway import logs
@@ -119,3 +122,23 @@ def test_workers_sharing_one_pipe_never_cut_into_each_others_lines() -> None:
     entries = [json.loads(line) for line in data.decode().splitlines()]
     for w in range(3):
         assert [e["n"] for e in entries if e["worker"] == str(w)] == list(range(4000))
+
+
+def test_closing_the_handler_stops_its_flusher_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shutdown must not wait for the flusher's join timeout, even when close() comes while
+    the flusher is gathering a batch."""
+    gathering = threading.Event()
+    sleep = time.sleep
+
+    def observed_sleep(seconds: float) -> None:
+        gathering.set()
+        sleep(seconds)
+    monkeypatch.setattr(logs.time, "sleep", observed_sleep)
+    handler = logs.BatchingHandler(io.StringIO(), interval_s=0.2)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.handle(logging.makeLogRecord({"msg": "gathering", "levelno": logging.INFO}))
+    assert gathering.wait(5)
+    handler.close()  # while the flusher sleeps through its interval
+    assert not handler._flusher.is_alive()
+    assert handler.stream.getvalue() == "gathering\n"
