@@ -106,12 +106,6 @@ class TokenGauge:
         return Size(fixed + sum(count_text(t) for t in texts), True)
 
 
-def count_messages(messages: Iterable[Mapping[str, Any]]) -> int:
-    """The exact token count of a chat prompt, with OpenAI's per-message overheads."""
-    texts, fixed = _message_texts(messages)
-    return fixed + sum(count_text(t) for t in texts)
-
-
 def _message_texts(messages: Iterable[Mapping[str, Any]]) -> tuple[list[str], int]:
     texts: list[str] = []
     fixed = _PER_REPLY
