@@ -8,28 +8,25 @@ one, effective on the next request.
 from __future__ import annotations
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from gateway.app import GATEWAY, REQUEST_ID
 from gateway.egress import json_response
 from gateway.errors import BadRequest, RouteNotFound
 from gateway.ingress import read_json, validate
-from plugins.settings import BudgetPeriod, Limits
+from plugins.settings import Limits
 
 SPEND_GROUPS = ("key", "team", "model", "deployment", "day")
 
 
-class NewKey(BaseModel):
+class NewKey(Limits):
+    """A key to create, with its own limits (as on `keys:` in the config; its team's apply as
+    well)."""
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
     name: str = Field(min_length=1, max_length=200)
     team: str | None = None
     user: str | None = None
     models: list[str] | None = None
-    # The key's own limits, as on `keys:` in the config (its team's apply as well).
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
-    budget_usd: float | None = Field(default=None, ge=0)
-    budget_period: BudgetPeriod = "month"
 
     def limits(self) -> Limits | None:
         if self.rpm is None and self.tpm is None and self.budget_usd is None:
