@@ -11,10 +11,14 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +31,8 @@ from gateway.openai_provider import OpenAICompatibleProvider, _EventSplitter, is
 from gateway.provider import Attempt, Provider
 from gateway.simulator import RECORDED, RecordedRequest, start_simulator
 from routing.catalog import Deployment, compile_deployment
+
+ROOT = Path(__file__).resolve().parents[1]
 
 KEY = "sk-contract-upstream-5551234"
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -538,3 +544,42 @@ def test_event_splitter_any_read_size(size: int) -> None:
         events += splitter.feed(wire[start:start + size])
     events += splitter.end()
     assert events == [b'{"a": 1}', b'{"b":\n2}', b"[DONE]", b"tail"]
+
+
+_IMPORTS = """
+import asyncio, sys
+from aiohttp import web
+from gateway.app import GATEWAY, build_app
+from gateway.config import parse_config
+from tests.conftest import base_config
+cfg = base_config("http://127.0.0.1:9/v1")
+cfg["storage"] = {"path": sys.argv[2]}
+cfg["key_store"] = {"path": ":memory:"}
+if sys.argv[1] == "anthropic":
+    cfg["model_list"].append({"model_name": "claude", "litellm_params": {
+        "model": "anthropic/claude-3-5-haiku-20241022", "api_key": "sk-ant-test"}})
+async def main():
+    app = build_app(parse_config(cfg, env={}))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    gw = app[GATEWAY]
+    if gw.preload is not None:
+        await gw.preload
+    print("litellm" in sys.modules, gw.ready()[1]["litellm"])
+    await runner.cleanup()
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize(("extra", "expected"), [("none", "False not needed"),
+                                                  ("anthropic", "True loaded")])
+def test_litellm_is_imported_only_when_a_deployment_needs_it(
+        tmp_path: Path, extra: str, expected: str) -> None:
+    """OpenAI-compatible deployments never import litellm (its import takes seconds and
+    ~100 MB); the first deployment that needs its call path loads it, off the event loop."""
+    out = subprocess.run([sys.executable, "-c", _IMPORTS, extra,
+                          str(tmp_path / "podium.sqlite3")], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120, check=False,
+                         env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == expected
