@@ -188,3 +188,15 @@ class Procs:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop_all()
+
+
+def venv_install(venv: Path, requirement: str, python: str) -> str | None:
+    """A venv at `venv` (made by `python`) with `requirement` pip-installed: a bench tool kept
+    out of the project's venv. None when done, else the tail of pip's error."""
+    steps = [[python, "-m", "venv", str(venv)],
+             [str(venv / "bin" / "pip"), "install", "-q", requirement]]
+    for step in steps:
+        out = subprocess.run(step, capture_output=True, text=True, timeout=1200, check=False)
+        if out.returncode:
+            return (out.stderr.strip() or out.stdout.strip())[-300:]
+    return None

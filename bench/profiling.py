@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.loadgen import LoadGen
-from bench.procs import LOOPBACK, can_pin, http_get
+from bench.procs import LOOPBACK, can_pin, http_get, venv_install
 from bench.scenarios import LOADGEN_CPU, ROOT, Lab, Scenario
 
 _RATE = 250  # py-spy samples per second
@@ -51,13 +51,9 @@ def install_py_spy(log: Callable[[str], None]) -> str | None:
     """py-spy into a throwaway venv under bench/out/tools (never the project's venv)."""
     tools = ROOT / "bench" / "out" / "tools"
     log(f"installing py-spy into {tools}")
-    python = shutil.which("python3") or sys.executable
-    steps = [[python, "-m", "venv", str(tools)],
-             [str(tools / "bin" / "pip"), "install", "-q", "py-spy"]]
-    for step in steps:
-        if subprocess.run(step, capture_output=True, timeout=600, check=False).returncode:
-            log("  py-spy could not be installed; cProfile only")
-            return None
+    if venv_install(tools, "py-spy", shutil.which("python3") or sys.executable) is not None:
+        log("  py-spy could not be installed; cProfile only")
+        return None
     return find_py_spy(None)
 
 

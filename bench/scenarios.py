@@ -21,7 +21,7 @@ import orjson
 import yaml
 
 from bench.loadgen import Load
-from bench.procs import LOOPBACK, Proc, Procs, free_port, http_get
+from bench.procs import LOOPBACK, Proc, Procs, free_port, http_get, venv_install
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
@@ -117,14 +117,10 @@ def install_litellm_proxy(log: Callable[[str], None]) -> bool:
 
     pinned = version("litellm")
     log(f"installing litellm[proxy]=={pinned} into {LITELLM_VENV}")
-    steps = [[sys.executable, "-m", "venv", str(LITELLM_VENV)],
-             [str(LITELLM_VENV / "bin" / "pip"), "install", "-q", f"litellm[proxy]=={pinned}"]]
-    for step in steps:
-        out = subprocess.run(step, capture_output=True, text=True, timeout=1200, check=False)
-        if out.returncode:
-            log(f"  could not install LiteLLM proxy: {out.stderr.strip()[-300:]}")
-            return False
-    return True
+    problem = venv_install(LITELLM_VENV, f"litellm[proxy]=={pinned}", sys.executable)
+    if problem is not None:
+        log(f"  could not install LiteLLM proxy: {problem}")
+    return problem is None
 
 
 def _base_env() -> dict[str, str]:
