@@ -27,7 +27,7 @@ from gateway.egress import completion_chunks, send_json, sse_response
 from gateway.errors import AllAttemptsFailed, PodiumError
 from gateway.explain import chat_route_request
 from gateway.identity import Principal
-from gateway.ingress import ChatCompletionRequest, Parsed, read_json, validate
+from gateway.ingress import ChatCompletionRequest, Parsed, read_json, validate_call
 from gateway.permissions import PermissionScope
 from gateway.pipeline import call_headers, deadline_for, identify, permit, route
 from gateway.provider import ChatAnswer
@@ -42,7 +42,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     rt = gw.runtime
     principal = await identify(gw, rt, request)
-    parsed = validate(ChatCompletionRequest,
+    parsed = validate_call(ChatCompletionRequest,
                       await read_json(request, rt.config.server.max_body_bytes))
     ctx = _context(request, principal, parsed)
     outcome = Outcome(status=500)

@@ -56,7 +56,7 @@ def cmd_route(args: argparse.Namespace) -> int:
 
     from gateway.errors import PodiumError
     from gateway.explain import explain, render_text
-    from gateway.ingress import ChatCompletionRequest, validate
+    from gateway.ingress import ChatCompletionRequest, validate_call
 
     path, cfg, problems = _load(args.config)
     if cfg is None:
@@ -77,7 +77,7 @@ def cmd_route(args: argparse.Namespace) -> int:
     try:
         principal = _principal(rt, cfg, args)
         body = orjson.loads(sys.stdin.buffer.read())
-        parsed = validate(ChatCompletionRequest, body)
+        parsed = validate_call(ChatCompletionRequest, body)
         headers = dict(args.header or [])
         scope = resolve_scope(principal, parsed.typed, parsed.body, headers, cfg.pii)
         req = chat_route_request(parsed.typed, parsed.body, principal, headers,

@@ -8,7 +8,7 @@ from aiohttp import web
 from gateway.app import GATEWAY, REQUEST_ID
 from gateway.chat import accounted, trace_ids
 from gateway.egress import send_json, to_base64
-from gateway.ingress import EmbeddingRequest, read_json, validate
+from gateway.ingress import EmbeddingRequest, read_json, validate_call
 from gateway.pipeline import call_headers, deadline_for, identify, route
 from plugins.base import Outcome, RequestContext
 from routing.router import RouteRequest
@@ -18,7 +18,7 @@ async def embeddings(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     rt = gw.runtime
     principal = await identify(gw, rt, request)
-    parsed = validate(EmbeddingRequest,
+    parsed = validate_call(EmbeddingRequest,
                       await read_json(request, rt.config.server.max_body_bytes))
     emb = parsed.typed
     ctx = RequestContext(request_id=request[REQUEST_ID], principal=principal, model=emb.model,

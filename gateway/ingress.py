@@ -30,6 +30,27 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True, strict=True)
 
 
+# Fields that would choose where a call goes or what it carries if a provider library took them
+# from the body: litellm reads all of these as keyword arguments. They come from the config only;
+# a body that names one is refused, whatever the provider path, so that an attacker's
+# `{"api_base": "http://evil/v1"}` can never receive a deployment's key or a prompt.
+CONTROL_FIELDS = frozenset({
+    "api_base", "base_url", "api_key", "api_version", "organization", "project",
+    "extra_headers", "extra_body", "extra_query", "headers", "custom_llm_provider", "timeout",
+    "request_timeout", "num_retries", "max_retries", "mock_response", "mock_tool_calls",
+    "client", "proxy", "http_client", "deployment_id", "region_name", "api_type",
+    "input_cost_per_token", "output_cost_per_token", "model_list", "fallbacks",
+    "context_window_fallbacks", "cache", "caching", "callbacks", "logger_fn",
+    "drop_params", "additional_drop_params", "allowed_openai_params", "_skip_mcp_handler",
+})
+# Prefixes of provider credentials and library settings (aws_access_key_id, vertex_credentials,
+# azure_ad_token, litellm_logging_obj, ...).
+CONTROL_PREFIXES = ("litellm_", "aws_", "vertex_", "azure_", "watsonx_", "_")
+# Nesting beyond this cannot be re-encoded for the upstream (orjson stops at 255 levels), and no
+# real request comes near it: refuse it at the door instead of failing after routing.
+MAX_DEPTH = 128
+
+
 class FunctionDef(_Open):
     name: str = Field(min_length=1, max_length=128)
     description: str | None = None
@@ -156,6 +177,36 @@ async def read_json(request: web.Request, limit: int) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidJSON("The request body must be a JSON object.")
     return body
+
+
+def refuse_control_fields(body: dict[str, Any]) -> None:
+    """400 for a body that names a connection or library setting (see CONTROL_FIELDS)."""
+    for name in body:
+        if name in CONTROL_FIELDS or name.startswith(CONTROL_PREFIXES):
+            raise BadRequest(f"The field {name!r} is not accepted in a request body: connection "
+                             "settings come from the gateway's config.", param=name,
+                             code="forbidden_parameter")
+
+
+def refuse_deep_nesting(body: Any) -> None:
+    """400 for JSON nested deeper than MAX_DEPTH; iterative, so any depth is safe to check."""
+    stack: list[tuple[Any, int]] = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise BadRequest(f"The request body is nested more than {MAX_DEPTH} levels deep.",
+                             code="too_deeply_nested")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values() if isinstance(v, dict | list))
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value if isinstance(v, dict | list))
+
+
+def validate_call(model: type[T], body: dict[str, Any]) -> Parsed[T]:
+    """`validate` for a body that will be sent to a model: no control fields, bounded nesting."""
+    refuse_control_fields(body)
+    refuse_deep_nesting(body)
+    return validate(model, body)
 
 
 def validate(model: type[T], body: dict[str, Any]) -> Parsed[T]:

@@ -21,8 +21,18 @@ from gateway.provider import Attempt, ChatAnswer, EmbeddingAnswer, Usage, finish
 _NULLABLE_MESSAGE_FIELDS = ("content", "refusal")
 _MESSAGE_FIELDS = ("role", "content", "refusal", "tool_calls", "function_call", "audio",
                    "annotations")
-# Request fields that Podium handles itself rather than passing to litellm as parameters.
-_OWN_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "input"})
+# The OpenAI chat parameters litellm may receive from a request body: an explicit allow-list,
+# because litellm reads every keyword argument as a possible setting (`api_base`, `api_key`,
+# `extra_headers`, ...), and those must come from the config alone. `model`, `messages` and the
+# stream fields are set by Podium itself; `metadata` is litellm's logging channel, not a
+# provider parameter, so it stays out too. Anything else in the body is not sent on this path.
+_CHAT_PARAMS = frozenset({
+    "audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs",
+    "max_completion_tokens", "max_tokens", "modalities", "n", "parallel_tool_calls",
+    "prediction", "presence_penalty", "prompt_cache_key", "reasoning_effort", "response_format",
+    "safety_identifier", "seed", "service_tier", "stop", "store", "temperature", "tool_choice",
+    "tools", "top_logprobs", "top_p", "user", "verbosity", "web_search_options",
+})
 
 
 class LiteLLMProvider:
@@ -107,9 +117,9 @@ def _base_kwargs(attempt: Attempt) -> dict[str, Any]:
 
 def _chat_kwargs(attempt: Attempt, *, stream: bool) -> dict[str, Any]:
     kwargs = _base_kwargs(attempt)
-    for name, value in attempt.body.items():
-        if name not in _OWN_FIELDS:
-            kwargs[name] = value
+    # Only allow-listed request parameters: they may override a config default such as
+    # `temperature`, never a connection setting.
+    kwargs.update((k, v) for k, v in attempt.body.items() if k in _CHAT_PARAMS)
     kwargs["messages"] = attempt.body["messages"]
     # With `tools`, litellm 1.106 routes the call through its MCP bridge, which imports the
     # optional `mcp` package and fails without it. Podium forwards tools as they are, so the

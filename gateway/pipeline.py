@@ -24,7 +24,7 @@ from gateway.ingress import (
     ChatCompletionRequest,
     Parsed,
     read_json,
-    validate,
+    validate_call,
 )
 from gateway.metrics import CONTENT_TYPE
 from gateway.permissions import PermissionScope, resolve_scope
@@ -104,7 +104,7 @@ async def route_explain(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     rt = gw.runtime
     principal = await identify(gw, rt, request)
-    parsed = validate(ChatCompletionRequest, await read_json(request, _limit(rt)))
+    parsed = validate_call(ChatCompletionRequest, await read_json(request, _limit(rt)))
     scope = permit(gw, rt, principal, parsed, request)
     req = chat_route_request(parsed.typed, parsed.body, principal, request.headers,
                              rt.router.tokens, scope)
