@@ -118,9 +118,10 @@ class Caller:
                                 lambda p, a: p.chat(a), check, guard)
 
     async def embed(self, plan: RoutePlan, body: Mapping[str, Any], deadline: float,
-                    routing: RoutingConfig) -> CallResult[EmbeddingAnswer]:
+                    routing: RoutingConfig, guard: Guard | None = None,
+                    ) -> CallResult[EmbeddingAnswer]:
         return await self._walk(plan, body, deadline, routing, "embeddings",
-                                lambda p, a: p.embed(a), None, None)
+                                lambda p, a: p.embed(a), None, guard)
 
     async def _walk(self, plan: RoutePlan, body: Mapping[str, Any], deadline: float,
                     routing: RoutingConfig, operation: str,

@@ -1,5 +1,6 @@
-"""`POST /v1/embeddings`: identity → route → plugins → call → egress, governed like chat
-(rate limits, budgets, audit, metrics), without the chat-only hops (PII, cache, cascades)."""
+"""`POST /v1/embeddings`: identity → permissions → route → plugins → call → egress, governed
+like chat (data classes and regions, rate limits, budgets, audit, metrics), without the chat-only
+hops (cache, cascades). PII routes embeddings rather than masking them: see permissions.py."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from gateway.app import GATEWAY, REQUEST_ID
 from gateway.chat import accounted, trace_ids
 from gateway.egress import send_json, to_base64
 from gateway.ingress import EmbeddingRequest, read_json, validate_call
-from gateway.pipeline import call_headers, deadline_for, identify, route
+from gateway.pipeline import call_headers, deadline_for, identify, permit_embedding, route
 from plugins.base import Outcome, RequestContext
 from routing.router import RouteRequest
 
@@ -27,15 +28,18 @@ async def embeddings(request: web.Request) -> web.Response:
     async with accounted(request, gw, rt, ctx, outcome, "embeddings"):
         inputs = emb.input if isinstance(emb.input, list) else [emb.input]
         texts = [i for i in inputs if isinstance(i, str)]
+        scope = permit_embedding(gw, rt, principal, texts, request)
+        ctx.data_class, ctx.pii_counts = scope.data_class, scope.findings
         tokens = rt.router.tokens.texts(texts).tokens + sum(
             len(i) if isinstance(i, list) else 1 for i in inputs if not isinstance(i, str))
         plan = await route(gw, rt, RouteRequest(
             model=emb.model, mode="embedding", needs=frozenset(), prompt_tokens=tokens,
-            max_output_tokens=None), principal)
+            max_output_tokens=None, scope=scope), principal)
         ctx.plan, ctx.prompt_tokens, ctx.reserve_tokens = plan, tokens, tokens
         ctx.reserve_usd = max(d.cost(tokens, 0) for d in plan.chain)
         await rt.chain.on_request(ctx)
-        result = await gw.caller.embed(plan, parsed.body, deadline_for(rt), rt.config.routing)
+        result = await gw.caller.embed(plan, parsed.body, deadline_for(rt), rt.config.routing,
+                                       scope)
         outcome.deployment, outcome.attempted = result.deployment.id, result.attempted
         outcome.usage, outcome.cost_usd = result.usage, result.cost_usd
         outcome.upstream_s = result.upstream_s

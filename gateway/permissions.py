@@ -70,13 +70,29 @@ def unrestricted() -> PermissionScope:
 def resolve_scope(principal: Principal, chat: ChatCompletionRequest, body: Mapping[str, Any],
                   headers: Mapping[str, str], pii: PIIConfig) -> PermissionScope:
     check_tools(principal, chat)
-    declared = _declared_class(headers)
+    scope = _declared_scope(principal, headers)
+    if pii.enabled:
+        _apply_pii(scope, message_texts(body["messages"]), pii, maskable=True)
+    return scope
+
+
+def resolve_embedding_scope(principal: Principal, texts: list[str], headers: Mapping[str, str],
+                            pii: PIIConfig) -> PermissionScope:
+    """The scope of an embeddings request. Masking would change the vectors, so where chat
+    pseudonymizes, embeddings are routed instead: only deployments cleared for `pii.data_class`
+    may embed text that carries personal data, and with none the request is refused (403)."""
+    scope = _declared_scope(principal, headers)
+    if pii.enabled:
+        _apply_pii(scope, texts, pii, maskable=False)
+    return scope
+
+
+def _declared_scope(principal: Principal, headers: Mapping[str, str]) -> PermissionScope:
     scope = PermissionScope(data_class=principal.data_class, regions=principal.regions,
                             reasons=[f"team default {principal.data_class}"])
+    declared = _declared_class(headers)
     if declared is not None:
         _raise_to(scope, declared, f"declared {declared}")
-    if pii.enabled:
-        _apply_pii(scope, body, pii)
     return scope
 
 
@@ -109,9 +125,10 @@ def _raise_to(scope: PermissionScope, data_class: str, reason: str) -> None:
         scope.data_class = data_class
 
 
-def _apply_pii(scope: PermissionScope, body: Mapping[str, Any], pii: PIIConfig) -> None:
+def _apply_pii(scope: PermissionScope, texts: list[str], pii: PIIConfig, *,
+               maskable: bool) -> None:
     counts: dict[str, int] = {}
-    for text in message_texts(body["messages"]):
+    for text in texts:
         for finding in detect(text, pii.kinds):
             counts[finding.kind] = counts.get(finding.kind, 0) + 1
     scope.findings = counts
@@ -121,7 +138,7 @@ def _apply_pii(scope: PermissionScope, body: Mapping[str, Any], pii: PIIConfig) 
     if pii.action == "block":
         raise BadRequest(f"The request contains personal data or secrets ({found}); "
                          "this gateway blocks them.", code="pii_detected")
-    if pii.action == "route":
+    if pii.action == "route" or not maskable:
         _raise_to(scope, pii.data_class, f"pii {found} → {pii.data_class}")
     else:
         scope.reasons.append(f"pii {found} → pseudonymized below {pii.data_class}")

@@ -27,7 +27,7 @@ from gateway.ingress import (
     validate_call,
 )
 from gateway.metrics import CONTENT_TYPE
-from gateway.permissions import PermissionScope, resolve_scope
+from gateway.permissions import PermissionScope, resolve_embedding_scope, resolve_scope
 from routing.router import AUTO, RoutePlan, RouteRequest
 
 
@@ -61,13 +61,25 @@ def permit(gw: Gateway, rt: Runtime, principal: Principal, parsed: Parsed[ChatCo
     with gw.telemetry.span("podium.permissions") as span:
         scope = resolve_scope(principal, parsed.typed, parsed.body, request.headers,
                               rt.config.pii)
-        if span.is_recording():
-            span.set_attributes({"podium.data_class": scope.data_class,
-                                 "podium.data_class.reasons": scope.reasons,
-                                 "podium.pii.pseudonymize": scope.pseudonymizer is not None})
-            for kind, count in scope.findings.items():
-                span.set_attribute(f"podium.pii.{kind}", count)
+        _scope_attributes(span, scope)
         return scope
+
+
+def permit_embedding(gw: Gateway, rt: Runtime, principal: Principal, texts: list[str],
+                     request: web.Request) -> PermissionScope:
+    with gw.telemetry.span("podium.permissions") as span:
+        scope = resolve_embedding_scope(principal, texts, request.headers, rt.config.pii)
+        _scope_attributes(span, scope)
+        return scope
+
+
+def _scope_attributes(span: Any, scope: PermissionScope) -> None:
+    if span.is_recording():
+        span.set_attributes({"podium.data_class": scope.data_class,
+                             "podium.data_class.reasons": scope.reasons,
+                             "podium.pii.pseudonymize": scope.pseudonymizer is not None})
+        for kind, count in scope.findings.items():
+            span.set_attribute(f"podium.pii.{kind}", count)
 
 
 async def route(gw: Gateway, rt: Runtime, req: RouteRequest,
