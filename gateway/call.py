@@ -101,6 +101,17 @@ class _Walk:
     guard: Guard | None = None
     attempted: list[str] = field(default_factory=list)
     upstream_s: float = 0.0
+    probe: str | None = None           # a half-open probe this walk owes a verdict on
+
+
+def classify_unexpected(exc: Exception) -> ProviderError:
+    """Any failure inside an attempt as a ProviderError: a provider's own classification, or,
+    for anything else (an answer Podium could not read), a `server` failure that falls back.
+    The exception's text is left out: it may quote the upstream's answer."""
+    if isinstance(exc, ProviderError):
+        return exc
+    return ProviderError("server", f"the upstream's answer could not be read "
+                                   f"({type(exc).__name__})")
 
 
 class Caller:
@@ -127,18 +138,30 @@ class Caller:
                     routing: RoutingConfig, operation: str,
                     send: Callable[[Provider, Attempt], Awaitable[Any]],
                     check: Check | None, guard: Guard | None) -> CallResult[Any]:
-        walk, escalated = _Walk(guard=guard), None
+        walk = _Walk(guard=guard)
+        try:
+            return await self._walk_plan(plan, body, deadline, routing, operation, send, check,
+                                         walk)
+        finally:
+            self._release_probe(walk)
+
+    async def _walk_plan(self, plan: RoutePlan, body: Mapping[str, Any], deadline: float,
+                         routing: RoutingConfig, operation: str,
+                         send: Callable[[Provider, Attempt], Awaitable[Any]],
+                         check: Check | None, walk: _Walk) -> CallResult[Any]:
+        escalated, guard = None, walk.guard
         async for dep, span, attempt in self._tries(plan, body, deadline, routing, walk,
                                                     operation):
             started = asyncio.get_running_loop().time()
             try:
                 answer = await _bounded(send(self._select(dep), attempt), attempt.timeout_s)
-            except ProviderError as err:
+            except Exception as exc:  # any failure of an attempt is classified
+                err = classify_unexpected(exc)
                 self._timed(walk, dep, operation, started, err.kind, Usage(), None)
                 await self._failed(dep, span, err, walk, routing)
                 continue
             self._timed(walk, dep, operation, started, "ok", answer.usage, answer.response_model)
-            await self._succeeded(dep, span, started)
+            await self._succeeded(dep, span, started, walk)
             walk.cost_usd += dep.cost(answer.usage.prompt_tokens, answer.usage.completion_tokens)
             walk.usage += answer.usage
             verdict = check(answer) if check else None
@@ -163,18 +186,28 @@ class Caller:
     async def open_stream(self, plan: RoutePlan, body: Mapping[str, Any], deadline: float,
                           routing: RoutingConfig, guard: Guard | None = None) -> OpenStream:
         walk = _Walk(guard=guard)
+        try:
+            return await self._open_first(plan, body, deadline, routing, walk)
+        finally:
+            self._release_probe(walk)
+
+    async def _open_first(self, plan: RoutePlan, body: Mapping[str, Any], deadline: float,
+                          routing: RoutingConfig, walk: _Walk) -> OpenStream:
+        guard = walk.guard
         async for dep, span, attempt in self._tries(plan, body, deadline, routing, walk, "chat"):
             started = asyncio.get_running_loop().time()
             chunks = self._select(dep).chat_stream(attempt)
             try:
                 first = await _bounded(anext(chunks), attempt.timeout_s)
-            except (ProviderError, StopAsyncIteration) as exc:
-                err = exc if isinstance(exc, ProviderError) else ProviderError(
-                    "server", "the upstream closed the stream without sending anything")
+            except Exception as exc:  # any failure of an attempt is classified
+                err = classify_unexpected(exc) if not isinstance(exc, StopAsyncIteration) else \
+                    ProviderError("server", "the upstream closed the stream without sending "
+                                  "anything")
                 self._timed(walk, dep, "chat", started, err.kind, Usage(), None)
                 await self._failed(dep, span, err, walk, routing)
+                await _aclose(chunks)
                 continue
-            await self._succeeded(dep, span, started)
+            await self._succeeded(dep, span, started, walk)
             return OpenStream(dep, walk.number, walk.failures, first, chunks, span,
                               masked=bool(guard and guard.masks_for(dep)),
                               attempted=walk.attempted, started=started,
@@ -198,12 +231,20 @@ class Caller:
             walk.attempted.append(dep.id)
             span = self._start_span(operation, dep, body, walk.number)
             if self.health.begin(dep.id):
+                walk.probe = dep.id
                 span.add_event("breaker.half_open", {"deployment": dep.id})
             sent = walk.guard.body_for(dep, body) if walk.guard is not None else body
             yield dep, span, self._attempt(dep, sent, deadline, walk.number, span)
 
+    def _release_probe(self, walk: _Walk) -> None:
+        """A probe whose attempt ended without a verdict (cancelled, or an error raised past
+        the loop) must not keep the deployment half-open for ever: let the next request probe."""
+        if walk.probe is not None:
+            self.health.abandon(walk.probe)
+
     async def _failed(self, dep: Deployment, span: trace.Span, err: ProviderError,
                       walk: _Walk, routing: RoutingConfig) -> None:
+        walk.probe = None if walk.probe == dep.id else walk.probe
         change = self.health.failed(dep.id, err, routing.breaker)
         if change:
             span.add_event(f"breaker.{change}", {"deployment": dep.id})
@@ -218,7 +259,9 @@ class Caller:
         if not err.moves_on:
             raise UpstreamRejected(failed)
 
-    async def _succeeded(self, dep: Deployment, span: trace.Span, started: float) -> None:
+    async def _succeeded(self, dep: Deployment, span: trace.Span, started: float,
+                         walk: _Walk) -> None:
+        walk.probe = None if walk.probe == dep.id else walk.probe
         elapsed = asyncio.get_running_loop().time() - started
         change = self.health.succeeded(dep.id, elapsed)
         if change:
@@ -305,9 +348,11 @@ class OpenStream:
                     self.usage = Usage.from_openai(chunk["usage"])
                 yield chunk
                 chunk = await anext(self.rest, None)
-        except ProviderError as err:
+        except Exception as exc:  # a broken chunk ends the stream with an error
+            err = classify_unexpected(exc)
             self._done(err.kind, model)
             _end_failed(self.span, err)
+            await _aclose(self.rest)
             raise StreamInterrupted(FailedAttempt(self.deployment.id, err)) from None
         except BaseException:
             # The client went away (or the server is stopping): close the upstream stream too.

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Mapping
 from types import ModuleType
 from typing import Any
 
+from gateway import answer_shape
 from gateway.errors import ErrorKind, ProviderError, parse_retry_after, redact
 from gateway.provider import Attempt, ChatAnswer, EmbeddingAnswer, Usage, finish_reasons
 
@@ -58,7 +59,7 @@ class LiteLLMProvider:
             resp = await lib.acompletion(**_chat_kwargs(attempt, stream=False))
         except Exception as exc:
             raise _classify(lib, exc, attempt) from None
-        body = _clean_completion(resp.model_dump())
+        body = answer_shape.check_completion(_clean_completion(resp.model_dump()))
         return ChatAnswer(body=body, usage=Usage.from_openai(body.get("usage")),
                           response_model=body.get("model"), finish_reasons=finish_reasons(body))
 
@@ -67,7 +68,7 @@ class LiteLLMProvider:
         try:
             stream = await lib.acompletion(**_chat_kwargs(attempt, stream=True))
             async for chunk in stream:
-                yield _clean_chunk(chunk.model_dump())
+                yield answer_shape.check_chunk(_clean_chunk(chunk.model_dump()))
         except ProviderError:
             raise
         except Exception as exc:
@@ -87,13 +88,14 @@ class LiteLLMProvider:
         except Exception as exc:
             raise _classify(lib, exc, attempt) from None
         out = resp.model_dump()
-        data = [{"object": "embedding", "index": d.get("index", i), "embedding": d["embedding"]}
-                for i, d in enumerate(out.get("data") or ())]
+        data = [{"object": "embedding", "index": i,
+                 "embedding": answer_shape.check_vector(d.get("embedding"))}
+                for i, d in enumerate(answer_shape.check_embeddings(out.get("data") or []))]
         usage = out.get("usage") or {}
+        prompt = answer_shape.token_count(usage.get("prompt_tokens")) or 0
         clean = {"object": "list", "data": data, "model": out.get("model") or body["model"],
-                 "usage": {"prompt_tokens": int(usage.get("prompt_tokens") or 0),
-                           "total_tokens": int(usage.get("total_tokens") or 0)}}
-        return EmbeddingAnswer(body=clean, usage=Usage.from_openai(usage),
+                 "usage": {"prompt_tokens": prompt, "total_tokens": prompt}}
+        return EmbeddingAnswer(body=clean, usage=Usage(prompt, 0),
                                response_model=clean["model"])
 
     async def close(self) -> None:
@@ -165,11 +167,9 @@ def _clean_completion(raw: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _clean_usage(usage: Mapping[str, Any]) -> dict[str, int]:
-    prompt = int(usage.get("prompt_tokens") or 0)
-    completion = int(usage.get("completion_tokens") or 0)
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": int(usage.get("total_tokens") or prompt + completion)}
+def _clean_usage(usage: Mapping[str, Any]) -> dict[str, Any]:
+    # Sanity of the numbers is answer_shape's job; this only picks OpenAI's fields.
+    return {k: usage.get(k) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
 
 
 def _clean_chunk(raw: Mapping[str, Any]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from gateway import answer_shape
 from gateway.errors import ErrorKind, ProviderError, parse_retry_after, redact
 from gateway.provider import Attempt, ChatAnswer, EmbeddingAnswer, Usage, finish_reasons
 from routing.catalog import Deployment
@@ -230,13 +231,14 @@ def _stream_chunk(data: bytes, attempt: Attempt) -> dict[str, Any]:
     choices = chunk.get("choices")
     if choices is None:  # the usage chunk, from a server that leaves the empty list out
         chunk["choices"] = []
-        return chunk
-    for i, choice in enumerate(choices):
-        choice.setdefault("index", i)
-        if choice.get("delta") is None:
-            choice["delta"] = {}
-        choice.setdefault("finish_reason", None)
-    return chunk
+        return answer_shape.check_chunk(chunk)
+    for i, choice in enumerate(choices if isinstance(choices, list) else ()):
+        if isinstance(choice, dict):
+            choice.setdefault("index", i)
+            if choice.get("delta") is None:
+                choice["delta"] = {}
+            choice.setdefault("finish_reason", None)
+    return answer_shape.check_chunk(chunk)
 
 
 def _decode(raw: bytes, attempt: Attempt) -> dict[str, Any]:
@@ -259,37 +261,48 @@ def _clean_completion(body: dict[str, Any]) -> dict[str, Any]:
     body["object"] = "chat.completion"
     choices = body.get("choices") or []
     body["choices"] = choices
-    for i, choice in enumerate(choices):
+    for i, choice in enumerate(choices if isinstance(choices, list) else ()):
+        if not isinstance(choice, dict):
+            continue  # answer_shape refuses it below
         choice.setdefault("index", i)
         message = choice.get("message") or {}
         choice["message"] = message
-        message.setdefault("role", "assistant")
-        message.setdefault("content", None)
-        message.setdefault("refusal", None)
-        if "tool_calls" in message and not message["tool_calls"]:
-            del message["tool_calls"]  # vLLM sends `[]`; OpenAI leaves the field out
+        if isinstance(message, dict):
+            message.setdefault("role", "assistant")
+            message.setdefault("content", None)
+            message.setdefault("refusal", None)
+            if "tool_calls" in message and not message["tool_calls"]:
+                del message["tool_calls"]  # vLLM sends `[]`; OpenAI leaves the field out
         choice.setdefault("logprobs", None)
         if not choice.get("finish_reason"):
             choice["finish_reason"] = "stop"
-    return body
+    return answer_shape.check_completion(body)
 
 
 def _clean_embeddings(out: Mapping[str, Any], model: str) -> dict[str, Any]:
-    data = [{"object": "embedding", "index": d.get("index", i),
+    data = [{"object": "embedding", "index": _index(d.get("index"), i),
              "embedding": _floats(d.get("embedding"))}
-            for i, d in enumerate(out.get("data") or ())]
-    usage = out.get("usage") or {}
-    return {"object": "list", "data": data, "model": out.get("model") or model,
-            "usage": {"prompt_tokens": int(usage.get("prompt_tokens") or 0),
-                      "total_tokens": int(usage.get("total_tokens") or 0)}}
+            for i, d in enumerate(answer_shape.check_embeddings(out.get("data") or []))]
+    prompt = answer_shape.token_count((out.get("usage") or {}).get("prompt_tokens")) \
+        if isinstance(out.get("usage"), dict) else None
+    name = out.get("model")
+    return {"object": "list", "data": data, "model": name if isinstance(name, str) else model,
+            "usage": {"prompt_tokens": prompt or 0, "total_tokens": prompt or 0}}
+
+
+def _index(value: Any, position: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else position
 
 
 def _floats(embedding: Any) -> list[float]:
     # A server that ignores `encoding_format` may still send base64 (little-endian float32).
     if isinstance(embedding, str):
-        raw = base64.b64decode(embedding)
-        return list(struct.unpack(f"<{len(raw) // 4}f", raw))
-    return embedding if isinstance(embedding, list) else []
+        try:
+            raw = base64.b64decode(embedding, validate=True)
+        except ValueError:
+            raise answer_shape.malformed("an embedding is not valid base64") from None
+        return list(struct.unpack(f"<{len(raw) // 4}f", raw[:len(raw) // 4 * 4]))
+    return answer_shape.check_vector(embedding)
 
 
 # ---- errors -------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from gateway.answer_shape import usage_counts
 from routing.catalog import Deployment
 
 
@@ -21,10 +22,11 @@ class Usage:
     completion_tokens: int = 0
 
     @classmethod
-    def from_openai(cls, usage: Mapping[str, Any] | None) -> Usage:
-        if not usage:
-            return cls()
-        return cls(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+    def from_openai(cls, usage: Any) -> Usage:
+        """The counts of an OpenAI `usage` object; zero when it is missing or not sane (see
+        gateway/answer_shape.py), never an exception."""
+        counts = usage_counts(usage)
+        return cls() if counts is None else cls(*counts)
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(self.prompt_tokens + other.prompt_tokens,
@@ -78,4 +80,4 @@ class Provider(Protocol):
 
 def finish_reasons(body: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(str(c.get("finish_reason")) for c in body.get("choices") or ()
-                 if c.get("finish_reason"))
+                 if isinstance(c, Mapping) and c.get("finish_reason"))

@@ -67,6 +67,14 @@ class Health:
             return h.state
         return None
 
+    def abandon(self, dep_id: str) -> None:
+        """The probe ended without a verdict: the next request may probe at once."""
+        h = self._get(dep_id)
+        if h.probe_in_flight:
+            h.probe_in_flight = False
+            if h.state == "half_open":
+                h.state, h.open_until = "open", self._clock()
+
     def succeeded(self, dep_id: str, latency_s: float | None) -> BreakerState | None:
         h = self._get(dep_id)
         changed = h.state != "closed"
