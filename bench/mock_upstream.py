@@ -102,7 +102,7 @@ async def stats(request: web.Request) -> web.Response:
 
 
 def build_app() -> web.Application:
-    app = web.Application()
+    app = web.Application(client_max_size=64 * 1024 * 1024)  # loop_lag sends 4 MB prompts
     app[_COUNTS] = {"chat": 0, "stream": 0}
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_get("/health", health)

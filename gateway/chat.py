@@ -115,7 +115,7 @@ async def _serve(request: web.Request, gw: Gateway, rt: Runtime,
                  parsed: Parsed[ChatCompletionRequest], ctx: RequestContext,
                  outcome: Outcome) -> web.StreamResponse:
     chat = parsed.typed
-    scope = permit(gw, rt, ctx.principal, parsed, request)
+    scope = await permit(gw, rt, ctx.principal, parsed, request)
     ctx.data_class, ctx.pii_counts = scope.data_class, scope.findings
     route_req = chat_route_request(chat, parsed.body, ctx.principal, request.headers,
                                    rt.router.tokens, scope)

@@ -79,7 +79,8 @@ def cmd_route(args: argparse.Namespace) -> int:
         body = orjson.loads(sys.stdin.buffer.read())
         parsed = validate_call(ChatCompletionRequest, body)
         headers = dict(args.header or [])
-        scope = resolve_scope(principal, parsed.typed, parsed.body, headers, cfg.pii)
+        scope = asyncio.run(resolve_scope(principal, parsed.typed, parsed.body, headers,
+                                          cfg.pii))
         req = chat_route_request(parsed.typed, parsed.body, principal, headers,
                                  rt.router.tokens, scope)
         health = Health()

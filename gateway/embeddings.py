@@ -28,7 +28,7 @@ async def embeddings(request: web.Request) -> web.Response:
     async with accounted(request, gw, rt, ctx, outcome, "embeddings"):
         inputs = emb.input if isinstance(emb.input, list) else [emb.input]
         texts = [i for i in inputs if isinstance(i, str)]
-        scope = permit_embedding(gw, rt, principal, texts, request)
+        scope = await permit_embedding(gw, rt, principal, texts, request)
         ctx.data_class, ctx.pii_counts = scope.data_class, scope.findings
         tokens = rt.router.tokens.texts(texts).tokens + sum(
             len(i) if isinstance(i, list) else 1 for i in inputs if not isinstance(i, str))

@@ -18,7 +18,7 @@ from gateway.config import PIIConfig
 from gateway.errors import BadRequest, PermissionDenied
 from gateway.identity import Principal
 from gateway.ingress import ChatCompletionRequest
-from gateway.pii import Pseudonymizer, detect
+from gateway.pii import Pseudonymizer, scan
 from routing.catalog import Deployment
 
 DATA_CLASSES = ("public", "internal", "confidential", "restricted")
@@ -67,23 +67,25 @@ def unrestricted() -> PermissionScope:
     return PermissionScope(data_class="public", reasons=[])
 
 
-def resolve_scope(principal: Principal, chat: ChatCompletionRequest, body: Mapping[str, Any],
-                  headers: Mapping[str, str], pii: PIIConfig) -> PermissionScope:
+async def resolve_scope(principal: Principal, chat: ChatCompletionRequest,
+                        body: Mapping[str, Any], headers: Mapping[str, str],
+                        pii: PIIConfig) -> PermissionScope:
     check_tools(principal, chat)
     scope = _declared_scope(principal, headers)
     if pii.enabled:
-        _apply_pii(scope, message_texts(body["messages"]), pii, maskable=True)
+        await _apply_pii(scope, message_texts(body["messages"]), pii, maskable=True)
     return scope
 
 
-def resolve_embedding_scope(principal: Principal, texts: list[str], headers: Mapping[str, str],
-                            pii: PIIConfig) -> PermissionScope:
+async def resolve_embedding_scope(principal: Principal, texts: list[str],
+                                  headers: Mapping[str, str], pii: PIIConfig,
+                                  ) -> PermissionScope:
     """The scope of an embeddings request. Masking would change the vectors, so where chat
     pseudonymizes, embeddings are routed instead: only deployments cleared for `pii.data_class`
     may embed text that carries personal data, and with none the request is refused (403)."""
     scope = _declared_scope(principal, headers)
     if pii.enabled:
-        _apply_pii(scope, texts, pii, maskable=False)
+        await _apply_pii(scope, texts, pii, maskable=False)
     return scope
 
 
@@ -125,25 +127,28 @@ def _raise_to(scope: PermissionScope, data_class: str, reason: str) -> None:
         scope.data_class = data_class
 
 
-def _apply_pii(scope: PermissionScope, texts: list[str], pii: PIIConfig, *,
-               maskable: bool) -> None:
+async def _apply_pii(scope: PermissionScope, texts: list[str], pii: PIIConfig, *,
+                     maskable: bool) -> None:
     counts: dict[str, int] = {}
-    for text in texts:
-        for finding in detect(text, pii.kinds):
+    found = await scan(texts, pii.kinds)  # linear, and yields to the loop on long texts
+    for findings in found:
+        for finding in findings:
             counts[finding.kind] = counts.get(finding.kind, 0) + 1
     scope.findings = counts
     if not counts:
         return
-    found = ", ".join(f"{kind} x{n}" for kind, n in sorted(counts.items()))
+    summary = ", ".join(f"{kind} x{n}" for kind, n in sorted(counts.items()))
     if pii.action == "block":
-        raise BadRequest(f"The request contains personal data or secrets ({found}); "
+        raise BadRequest(f"The request contains personal data or secrets ({summary}); "
                          "this gateway blocks them.", code="pii_detected")
     if pii.action == "route" or not maskable:
-        _raise_to(scope, pii.data_class, f"pii {found} → {pii.data_class}")
+        _raise_to(scope, pii.data_class, f"pii {summary} → {pii.data_class}")
     else:
-        scope.reasons.append(f"pii {found} → pseudonymized below {pii.data_class}")
+        scope.reasons.append(f"pii {summary} → pseudonymized below {pii.data_class}")
         scope.mask_below = pii.data_class
-        scope.pseudonymizer = Pseudonymizer(kinds=pii.kinds)
+        scope.pseudonymizer = Pseudonymizer(kinds=pii.kinds, known=dict(zip(texts, found,
+                                                                           strict=True)))
+        await scope.pseudonymizer.prepare(t for t, f in zip(texts, found, strict=True) if f)
 
 
 def message_texts(messages: list[Any]) -> list[str]:

@@ -56,19 +56,20 @@ async def identify(gw: Gateway, rt: Runtime, request: web.Request) -> Principal:
         return principal
 
 
-def permit(gw: Gateway, rt: Runtime, principal: Principal, parsed: Parsed[ChatCompletionRequest],
-           request: web.Request) -> PermissionScope:
+async def permit(gw: Gateway, rt: Runtime, principal: Principal,
+                 parsed: Parsed[ChatCompletionRequest], request: web.Request) -> PermissionScope:
     with gw.telemetry.span("podium.permissions") as span:
-        scope = resolve_scope(principal, parsed.typed, parsed.body, request.headers,
-                              rt.config.pii)
+        scope = await resolve_scope(principal, parsed.typed, parsed.body, request.headers,
+                                    rt.config.pii)
         _scope_attributes(span, scope)
         return scope
 
 
-def permit_embedding(gw: Gateway, rt: Runtime, principal: Principal, texts: list[str],
+async def permit_embedding(gw: Gateway, rt: Runtime, principal: Principal, texts: list[str],
                      request: web.Request) -> PermissionScope:
     with gw.telemetry.span("podium.permissions") as span:
-        scope = resolve_embedding_scope(principal, texts, request.headers, rt.config.pii)
+        scope = await resolve_embedding_scope(principal, texts, request.headers,
+                                              rt.config.pii)
         _scope_attributes(span, scope)
         return scope
 
@@ -117,7 +118,7 @@ async def route_explain(request: web.Request) -> web.Response:
     rt = gw.runtime
     principal = await identify(gw, rt, request)
     parsed = validate_call(ChatCompletionRequest, await read_json(request, _limit(rt)))
-    scope = permit(gw, rt, principal, parsed, request)
+    scope = await permit(gw, rt, principal, parsed, request)
     req = chat_route_request(parsed.typed, parsed.body, principal, request.headers,
                              rt.router.tokens, scope)
     plan = await route(gw, rt, req, principal)

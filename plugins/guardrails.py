@@ -4,10 +4,19 @@
 `flag` lets it through and records the hit in the trace and the audit record. Output rules see
 the answer's text and tool-call arguments; on a stream they see the text as it accumulates, and
 a block cuts the stream with an error event.
+
+No request may stall the gateway through its guardrails:
+- a long input is searched in windows, yielding to the event loop between them (the windows
+  overlap by `OVERLAP` characters, so a match up to that long is found wherever it falls);
+- a stream is searched incrementally: each chunk's text (content, and each tool call's
+  arguments, per choice) is searched together with the last `OVERLAP` characters before it,
+  never the whole text again. A match longer than `OVERLAP` that spans chunks is not seen;
+  patterns for streamed output should describe phrases, not pages.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -19,6 +28,9 @@ from gateway.errors import GuardrailBlocked
 from gateway.permissions import message_texts
 from plugins.base import BasePlugin, Outcome, RequestContext
 from plugins.settings import GuardrailConfig
+
+WINDOW = 16 * 1024      # characters searched between two yields to the event loop
+OVERLAP = 512           # the longest match found across a window or chunk boundary
 
 # Phrases of the well-known injection and jailbreak families; a heuristic, not a classifier.
 PROMPT_INJECTION = (
@@ -33,12 +45,27 @@ PROMPT_INJECTION = (
 )
 
 
+def _reach(pattern: re.Pattern[str]) -> int:
+    """The longest text the pattern can match, capped at OVERLAP. Uses the stdlib's own regex
+    parser (re._parser, private but stable since 3.11; re-check on a Python upgrade): knowing
+    that the injection phrases are at most ~40 characters makes each streamed chunk's search
+    ~40 characters long instead of OVERLAP."""
+    try:
+        from re import _parser  # type: ignore[attr-defined]
+
+        width = int(_parser.parse(pattern.pattern, pattern.flags).getwidth()[1])
+    except Exception:  # an unknown parser: assume the worst
+        return OVERLAP
+    return max(1, min(width, OVERLAP))
+
+
 @dataclass(frozen=True)
 class Guardrail:
     name: str
     on: str
     action: str
     pattern: re.Pattern[str]
+    reach: int = OVERLAP
 
     @classmethod
     def compile(cls, cfg: GuardrailConfig) -> Guardrail:
@@ -50,10 +77,19 @@ class Guardrail:
                                  re.IGNORECASE)
         else:
             pattern = re.compile("|".join(PROMPT_INJECTION), re.IGNORECASE)
-        return cls(cfg.name, cfg.on, cfg.action, pattern)
+        return cls(cfg.name, cfg.on, cfg.action, pattern, _reach(pattern))
 
     def hit(self, texts: Iterable[str]) -> bool:
         return any(self.pattern.search(t) for t in texts)
+
+    async def hit_windowed(self, texts: Iterable[str]) -> bool:
+        for text in texts:
+            for start in range(0, max(len(text), 1), WINDOW):
+                if self.pattern.search(text, start, start + WINDOW + OVERLAP):
+                    return True
+                if len(text) > WINDOW:
+                    await asyncio.sleep(0)
+        return False
 
 
 def answer_texts(answer: Mapping[str, Any] | None) -> list[str]:
@@ -67,6 +103,19 @@ def answer_texts(answer: Mapping[str, Any] | None) -> list[str]:
     return texts
 
 
+def chunk_pieces(chunk: Mapping[str, Any]) -> Iterable[tuple[tuple[int, int], str]]:
+    """The new text of a streamed chunk, keyed by (choice, -1 for content or the tool call's
+    index), so that each piece is searched after its own earlier text."""
+    for choice in chunk.get("choices") or ():
+        index, delta = choice.get("index", 0), choice.get("delta") or {}
+        if isinstance(delta.get("content"), str) and delta["content"]:
+            yield (index, -1), delta["content"]
+        for call in delta.get("tool_calls") or ():
+            args = (call.get("function") or {}).get("arguments")
+            if isinstance(args, str) and args:
+                yield (index, int(call.get("index") or 0)), args
+
+
 class GuardrailPlugin(BasePlugin):
     name = "guardrails"
 
@@ -74,40 +123,46 @@ class GuardrailPlugin(BasePlugin):
         compiled = [Guardrail.compile(r) for r in rules]
         self._input = [g for g in compiled if g.on == "input"]
         self._output = [g for g in compiled if g.on == "output"]
-        self._streamed: dict[str, str] = {}
+        # Per streaming request: the last OVERLAP characters of each piece's text.
+        self._tails: dict[str, dict[tuple[int, int], str]] = {}
 
     async def on_request(self, ctx: RequestContext) -> None:
-        self._apply(ctx, self._input, message_texts(list(ctx.body.get("messages") or ())),
-                    "input")
+        texts = message_texts(list(ctx.body.get("messages") or ()))
+        for rule in self._input:
+            if await rule.hit_windowed(texts):
+                self._hit(ctx, rule, "input")
 
     async def on_response(self, ctx: RequestContext, outcome: Outcome) -> None:
-        self._apply(ctx, self._output, answer_texts(outcome.answer), "output")
+        texts = answer_texts(outcome.answer)
+        for rule in self._output:
+            if await rule.hit_windowed(texts):
+                self._hit(ctx, rule, "output")
 
     def on_chunk(self, ctx: RequestContext, chunk: dict[str, Any]) -> None:
         if not self._output:
             return
-        text = "".join(c.get("delta", {}).get("content") or "" for c in chunk.get("choices", ()))
-        if not text:
-            return
-        seen = self._streamed.get(ctx.request_id, "") + text
-        self._streamed[ctx.request_id] = seen
-        self._apply(ctx, self._output, [seen], "output", quiet=True)
+        tails = self._tails.setdefault(ctx.request_id, {})
+        for key, piece in chunk_pieces(chunk):
+            tail = tails.get(key, "")
+            window = tail + piece
+            tails[key] = window[-OVERLAP:]
+            for rule in self._output:
+                # Only matches that reach into the new piece are new.
+                if rule.pattern.search(window, max(0, len(tail) - rule.reach + 1)):
+                    self._hit(ctx, rule, "output", quiet=True)
 
     async def on_complete(self, ctx: RequestContext, outcome: Outcome) -> None:
-        self._streamed.pop(ctx.request_id, None)
+        self._tails.pop(ctx.request_id, None)
 
-    def _apply(self, ctx: RequestContext, rules: list[Guardrail], texts: list[str], side: str,
-               quiet: bool = False) -> None:
-        for rule in rules:
-            if not rule.hit(texts):
-                continue
-            already = any(d["detail"] == rule.name for d in ctx.decisions)
-            if rule.action == "flag":
-                if not already:
-                    ctx.decide(self.name, "flagged", rule.name)
-                    trace.get_current_span().add_event(
-                        "guardrail.flagged", {"rule": rule.name, "side": side})
-                continue
-            if not (quiet and already):
-                ctx.decide(self.name, "blocked", rule.name)
-            raise GuardrailBlocked(f"The {side} was blocked by guardrail {rule.name!r}.")
+    def _hit(self, ctx: RequestContext, rule: Guardrail, side: str,
+             quiet: bool = False) -> None:
+        already = any(d["detail"] == rule.name for d in ctx.decisions)
+        if rule.action == "flag":
+            if not already:
+                ctx.decide(self.name, "flagged", rule.name)
+                trace.get_current_span().add_event(
+                    "guardrail.flagged", {"rule": rule.name, "side": side})
+            return
+        if not (quiet and already):
+            ctx.decide(self.name, "blocked", rule.name)
+        raise GuardrailBlocked(f"The {side} was blocked by guardrail {rule.name!r}.")
