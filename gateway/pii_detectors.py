@@ -34,7 +34,7 @@ class Finding:
 
 
 # Unicode-aware (`\w`, `[^\W\d_]`): internationalised addresses such as josé@exämple.de count.
-_EMAIL = re.compile(r"(?<![\w.%+-])[\w.%+-]{1,64}+@[\w-]{1,63}+(?:\.[\w-]{1,63}+){1,8}+"
+_EMAIL = re.compile(r"(?<![\w.%+'-])[\w.%+'-]{1,64}+@[\w-]{1,63}+(?:\.[\w-]{1,63}+){1,8}+"
                     r"(?![\w-])")
 # Cards as people write them: 4-4-4-4 (one separator style: space, dash or dot), Amex 4-6-5, or
 # 13-19 plain digits.
@@ -46,8 +46,9 @@ _IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w]|\.\d)")
 _IPV6 = re.compile(r"(?<![\w:])[0-9A-Fa-f:]{2,39}+(?![\w:])")
 # National and international formats: (415) 555-2671, 020 7946 0958, 06 12 34 56 78,
 # +44 (0)20 7946 0958, +1-415-555-2671; every quantifier bounded.
-_PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?|\d{1,4}[ .-])"
-                    r"(?:\d{1,4}[ .-]){0,4}\d{2,8}(?!\w)")
+# Not inside an identifier or a dashed code (ORD-2024-000123, an ISBN's 978-3-16-148410-0).
+_PHONE = re.compile(r"(?<![\w+/.-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?|\d{1,4}[ .-])"
+                    r"(?:\d{1,4}[ .-]){0,4}\d{2,8}(?![\w-]|\.\d)")
 # E.164 written without separators: +14155552671.
 _E164 = re.compile(r"(?<![\w+])\+[1-9]\d{7,14}(?!\d)")
 _DATE = re.compile(r"^\d{4}[-./]\d{1,2}[-./]\d{1,2}$|^\d{1,2}[-./]\d{1,2}[-./]\d{2,4}$")
