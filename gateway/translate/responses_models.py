@@ -9,46 +9,33 @@ translation can refuse them with a 400 that names the exact field, rather than a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import Field, Tag, model_validator
 
-
-class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True, strict=True, populate_by_name=True)
-
-
-def by_type(tags: Mapping[str, str], default: str | None = None) -> Discriminator:
-    """Routes a dict to the model tagged for its `type`, or to the catch-all tagged "other"."""
-    def pick(value: Any) -> str:
-        kind = value.get("type", default) if isinstance(value, dict) \
-            else getattr(value, "type", default)
-        return tags.get(kind, "other") if isinstance(kind, str) else "other"
-    return Discriminator(pick)
-
+from gateway.translate.base import OpenModel, by_type
 
 # ---- content parts --------------------------------------------------------------------------
 
-class TextPart(_Open):
+class TextPart(OpenModel):
     # output_text: an assistant message replayed as input (the Agents SDK sends them back).
     type: Literal["input_text", "output_text"]
     text: str
 
 
-class ImagePart(_Open):
+class ImagePart(OpenModel):
     type: Literal["input_image"]
     image_url: str | None = None
     file_id: str | None = None
     detail: str | None = None
 
 
-class RefusalPart(_Open):
+class RefusalPart(OpenModel):
     type: Literal["refusal"]
     refusal: str
 
 
-class OtherPart(_Open):
+class OtherPart(OpenModel):
     type: str
 
 
@@ -62,13 +49,13 @@ Part = Annotated[
 
 # ---- input items ----------------------------------------------------------------------------
 
-class MessageItem(_Open):
+class MessageItem(OpenModel):
     type: Literal["message"] = "message"
     role: Literal["user", "assistant", "system", "developer"]
     content: str | list[Part]
 
 
-class FunctionCallItem(_Open):
+class FunctionCallItem(OpenModel):
     type: Literal["function_call"]
     call_id: str = Field(min_length=1)
     name: str = Field(min_length=1)
@@ -76,17 +63,17 @@ class FunctionCallItem(_Open):
     id: str | None = None
 
 
-class FunctionCallOutputItem(_Open):
+class FunctionCallOutputItem(OpenModel):
     type: Literal["function_call_output"]
     call_id: str = Field(min_length=1)
     output: str | list[Part]
 
 
-class ReasoningItem(_Open):
+class ReasoningItem(OpenModel):
     type: Literal["reasoning"]
 
 
-class OtherItem(_Open):
+class OtherItem(OpenModel):
     type: str
 
 
@@ -104,7 +91,7 @@ InputItem = Annotated[
 
 # ---- tools, formats, options ----------------------------------------------------------------
 
-class FunctionTool(_Open):
+class FunctionTool(OpenModel):
     type: Literal["function"]
     name: str = Field(min_length=1, max_length=128)
     description: str | None = None
@@ -112,7 +99,7 @@ class FunctionTool(_Open):
     strict: bool | None = None
 
 
-class OtherTool(_Open):
+class OtherTool(OpenModel):
     type: str
 
 
@@ -122,12 +109,12 @@ Tool = Annotated[
 ]
 
 
-class ToolChoiceObject(_Open):
+class ToolChoiceObject(OpenModel):
     type: str
     name: str | None = None
 
 
-class TextFormat(_Open):
+class TextFormat(OpenModel):
     type: Literal["text", "json_object", "json_schema"]
     name: str | None = Field(default=None, min_length=1, max_length=64)
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
@@ -141,15 +128,15 @@ class TextFormat(_Open):
         return self
 
 
-class TextConfig(_Open):
+class TextConfig(OpenModel):
     format: TextFormat | None = None
 
 
-class Reasoning(_Open):
+class Reasoning(OpenModel):
     effort: str | None = None
 
 
-class ResponsesRequest(_Open):
+class ResponsesRequest(OpenModel):
     model: str = Field(min_length=1)
     input: str | list[InputItem] = Field(default_factory=list)
     instructions: str | None = None
