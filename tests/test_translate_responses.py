@@ -354,7 +354,7 @@ async def test_sdk_stream_accumulates_the_text_and_usage(api: Harness) -> None:
 
 async def test_sdk_stream_gets_two_interleaved_parallel_calls(api: Harness) -> None:
     stream = await api.client.responses.create(model="two-tools", input="Weather and time?",
-                                               tools=TOOLS, stream=True)  # type: ignore[arg-type]
+                                               tools=TOOLS, stream=True)
     events = [event async for event in stream]
     assert events[-1].type == "response.completed"
     final = events[-1].response
@@ -366,7 +366,7 @@ async def test_sdk_stream_gets_two_interleaved_parallel_calls(api: Harness) -> N
 
 async def test_sdk_stream_parses_strict_function_arguments(api: Harness) -> None:
     async with api.client.responses.stream(model="one-tool", input="Weather?",
-                                           tools=TOOLS) as stream:  # type: ignore[arg-type]
+                                           tools=TOOLS) as stream:
         final = await stream.get_final_response()
     call = next(item for item in final.output if item.type == "function_call")
     assert call.parsed_arguments == {"city": "Paris", "unit": "celsius"}
@@ -374,10 +374,10 @@ async def test_sdk_stream_parses_strict_function_arguments(api: Harness) -> None
 
 async def test_sdk_multi_turn_tool_use_with_previous_response_id(api: Harness) -> None:
     first = await api.client.responses.create(model="one-tool", input="Weather in Paris?",
-                                              tools=TOOLS)  # type: ignore[arg-type]
+                                              tools=TOOLS)
     call = next(item for item in first.output if item.type == "function_call")
     second = await api.client.responses.create(
-        model="text", previous_response_id=first.id, tools=TOOLS,  # type: ignore[arg-type]
+        model="text", previous_response_id=first.id, tools=TOOLS,
         input=[{"type": "function_call_output", "call_id": call.call_id, "output": "18C"}])
     assert second.previous_response_id == first.id
     assert second.output_text == SCRIPTS["text"].text

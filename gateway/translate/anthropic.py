@@ -207,8 +207,10 @@ def error_type(status: int) -> str:
 
 
 def error_body(err: PodiumError, request_id: str | None = None) -> Json:
-    body: Json = {"type": "error",
-                  "error": {"type": error_type(err.status), "message": err.message}}
+    # Anthropic's errors have no `param`; like Anthropic's own, the message starts with it.
+    named = err.param is None or err.param in err.message
+    message = err.message if named else f"{err.param}: {err.message}"
+    body: Json = {"type": "error", "error": {"type": error_type(err.status), "message": message}}
     if request_id:
         body["request_id"] = request_id
     return body

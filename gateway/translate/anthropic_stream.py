@@ -84,9 +84,10 @@ class MessagesStream:
         return [{"type": "message_start", "message": message}]
 
     def _usage(self) -> Json:
-        if self._state.usage is None:
-            return {"input_tokens": self.input_tokens, "output_tokens": 0}
-        return usage(self._state.usage)
+        used = usage(self._state.usage)
+        if self._state.usage is None:   # the upstream never said: keep the estimate
+            used["input_tokens"] = self.input_tokens
+        return used
 
     def _model(self) -> str:
         return self._state.model or self.request.model
