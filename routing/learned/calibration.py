@@ -2,7 +2,7 @@
 router imports this on the request path.
 
 Two ways, as a rule chooses:
-- `target_strong_share: s` needs no labels. The threshold is the (1 − s) quantile of the scores
+- `target_strong_share: s` needs no labels. The threshold is the (1 - s) quantile of the scores
   of the user's own recent prompts (a sliding window, `ShareCalibrator`), recomputed on a
   schedule. It tracks the traffic: if prompts get harder, scores rise and the threshold follows,
   so the share stays on target (and the quality moves). Measured: within 1 point of the target
@@ -111,7 +111,7 @@ class CurvePoint:
 def quality_curve(scores: Sequence[float], weak: Sequence[float], strong: Sequence[float],
                   points: int = 101, z: float = ONE_SIDED_95) -> list[CurvePoint]:
     """Relative quality (routed / strong) for strong shares 0..1, with a one-sided lower bound:
-    routed = strong − deficit, deficit = mean of (strong − weak) over the prompts kept on the
+    routed = strong - deficit, deficit = mean of (strong - weak) over the prompts kept on the
     weak model; its standard error comes from those per-prompt losses."""
     n = len(scores)
     order = sorted(range(n), key=lambda i: scores[i], reverse=True)

@@ -26,6 +26,7 @@ SparseVector = tuple[np.ndarray, np.ndarray]  # (int64 indices < dim, unique; fl
 class Embedder(Protocol):
     name: str
     dim: int
+    params: dict[str, Any]            # what rebuilds it: make_embedder(name, **params)
 
     def embed(self, text: str) -> SparseVector:
         """The text's vector as its nonzero coordinates. Pure: the same text always gives the
@@ -41,17 +42,25 @@ class HashedNgrams:
     """Sublinear term frequencies of hashed n-grams, L2-normalised (TF without IDF: a linear
     head learns each bucket's weight, so IDF would only rescale what it learns)."""
 
-    def __init__(self, bits: int = 18, char_ngrams: tuple[int, int] = (3, 5),
-                 word_ngrams: int = 2) -> None:
-        self.bits, self.char_ngrams, self.word_ngrams = bits, char_ngrams, word_ngrams
+    name = "hashed"
+
+    # Defaults measured on RouteLLM's labels (docs/learned-router.md): word 1-2-grams in 2^18
+    # buckets beat 2^16 buckets and beat adding character 3-5-grams, which also cost 4x the CPU.
+    def __init__(self, bits: int = 18, word_ngrams: int = 2,
+                 char_ngrams: tuple[int, int] | list[int] | None = None) -> None:
+        if not 10 <= bits <= 24 or word_ngrams < 1:
+            raise ValueError("hashed embedder: bits must be 10..24 and word_ngrams >= 1")
+        self.bits, self.word_ngrams = bits, word_ngrams
+        self.char_ngrams = (int(char_ngrams[0]), int(char_ngrams[1])) if char_ngrams else None
         self.dim = 1 << bits
-        self.name = "hashed"
+        self.params = {"bits": bits, "word_ngrams": word_ngrams,
+                       "char_ngrams": list(self.char_ngrams) if self.char_ngrams else None}
 
     def embed(self, text: str) -> SparseVector:
         text = text.lower()
         parts = [self._words(text)]
-        if self.char_ngrams[1] >= self.char_ngrams[0] > 0:
-            parts.append(self._chars(text))
+        if self.char_ngrams:
+            parts.append(self._chars(text, *self.char_ngrams))
         buckets = np.concatenate(parts) & np.uint64(self.dim - 1)
         index, counts = np.unique(buckets.astype(np.int64), return_counts=True)
         values = (1.0 + np.log(counts)).astype(np.float32)
@@ -70,10 +79,10 @@ class HashedNgrams:
                 grams.append(h ^ np.uint64(n * 0x9E3779B1 & 0xFFFFFFFF))
         return np.concatenate(grams) if grams else np.zeros(0, np.uint64)
 
-    def _chars(self, text: str) -> np.ndarray:
+    @staticmethod
+    def _chars(text: str, lo: int, hi: int) -> np.ndarray:
         # A polynomial rolling hash over code points, vectorised: one pass per n-gram length.
         codes = np.frombuffer(f" {text} ".encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
-        lo, hi = self.char_ngrams
         grams = []
         for n in range(lo, hi + 1):
             if len(codes) < n:
@@ -92,6 +101,7 @@ class WordLlamaEmbedder:
 
     def __init__(self, dim: int = 256, max_tokens: int = 512) -> None:
         self.dim, self.max_tokens = dim, max_tokens
+        self.params = {"dim": dim, "max_tokens": max_tokens}
         self._model: Any = None
         self._lock = threading.Lock()
 
@@ -134,6 +144,7 @@ class Concatenated:
         self.first, self.second = first, second
         self.dim = first.dim + second.dim
         self.name = f"{first.name}+{second.name}"
+        self.params = first.params
 
     def embed(self, text: str) -> SparseVector:
         i1, v1 = self.first.embed(text)
@@ -141,15 +152,23 @@ class Concatenated:
         return np.concatenate([i1, i2 + self.first.dim]), np.concatenate([v1, v2])
 
 
-EMBEDDERS: dict[str, Callable[[], Embedder]] = {
+def _hashed_and_wordllama(**params: Any) -> Embedder:
+    return Concatenated(HashedNgrams(**params), WordLlamaEmbedder())
+
+
+# name → factory; heavy parts load on first embed, never at import.
+EMBEDDERS: dict[str, Callable[..., Embedder]] = {
     "hashed": HashedNgrams,
     "wordllama": WordLlamaEmbedder,
-    "hashed+wordllama": lambda: Concatenated(HashedNgrams(), WordLlamaEmbedder()),
+    "hashed+wordllama": _hashed_and_wordllama,
 }
 
 
-def make_embedder(name: str) -> Embedder:
+def make_embedder(name: str, **params: Any) -> Embedder:
+    factory = EMBEDDERS.get(name)
+    if factory is None:
+        raise ValueError(f"unknown embedder {name!r}; known: {', '.join(EMBEDDERS)}")
     try:
-        return EMBEDDERS[name]()
-    except KeyError:
-        raise ValueError(f"unknown embedder {name!r}; known: {', '.join(EMBEDDERS)}") from None
+        return factory(**params)
+    except TypeError as exc:
+        raise ValueError(f"embedder {name!r}: bad parameters {params}: {exc}") from None

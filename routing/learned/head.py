@@ -1,7 +1,7 @@
 """The difficulty head: a linear function of a prompt's embedding and sizes, kept in a JSON file.
 
 The score estimates how much more often the strong model than the weak one gets the prompt right:
-E[strong − weak]. For right/wrong labels that is P(only the strong one is right) − P(only the weak
+E[strong - weak]. For right/wrong labels that is P(only the strong one is right) - P(only the weak
 one is), the quantity RouteLLM-style 3-class heads compute, but here fitted directly by ridge
 regression: one weight vector, so the score is linear, cheap, and works unchanged for graded
 labels (feedback scores, judge scores). Measured against a 3-class logistic regression in

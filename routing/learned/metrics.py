@@ -80,12 +80,13 @@ def share_to_reach(curve: Curve, target: float) -> float | None:
     return None
 
 
-def report(router: str, scores: Sequence[float] | np.ndarray, weak: Sequence[float],
-           strong: Sequence[float], bins: int = 10) -> RouterReport:
+def report(router: str, scores: Sequence[float] | np.ndarray,
+           weak: Sequence[float] | np.ndarray, strong: Sequence[float] | np.ndarray,
+           bins: int = 10) -> RouterReport:
     w, s = np.asarray(weak, float), np.asarray(strong, float)
     wq, sq = float(w.mean()), float(s.mean())
     curve = routing_curve(scores, w, s, bins)
     gap = sq - wq
     return RouterReport(router, apgr(curve, wq, sq), share_to_reach(curve, 0.95 * sq),
-                        share_to_reach(curve, wq + 0.5 * gap), share_to_reach(curve, wq + 0.8 * gap),
-                        curve)
+                        share_to_reach(curve, wq + 0.5 * gap),
+                        share_to_reach(curve, wq + 0.8 * gap), curve)
