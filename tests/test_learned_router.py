@@ -135,11 +135,11 @@ def test_bad_head_files_name_the_file_and_the_problem(tmp_path: Path) -> None:
     with pytest.raises(HeadError, match="cannot read"):
         LinearHead.load(path)
     path.write_text("{")
-    with pytest.raises(HeadError, match="head.json: not JSON"):
+    with pytest.raises(HeadError, match=r"head\.json: not JSON"):
         LinearHead.load(path)
     data = random_head().to_json()
     path.write_text(json.dumps({**data, "format": "other/9"}))
-    with pytest.raises(HeadError, match="head.json: format is 'other/9'"):
+    with pytest.raises(HeadError, match=r"head\.json: format is 'other/9'"):
         LinearHead.load(path)
     path.write_text(json.dumps({**data, "intercept": float("nan")}))
     with pytest.raises(HeadError, match="not a finite number"):
