@@ -53,7 +53,7 @@ class Evaluation:
                 "strong_quality": round(self.strong_quality, 4)}
 
 
-class _Design:
+class Design:
     """A labelled set's design matrix, built once and shared by every row that needs it."""
 
     def __init__(self, labelled: LabelledSet, embedder: Embedder) -> None:
@@ -65,35 +65,40 @@ class _Design:
 def evaluate_all(sets: Sequence[LabelledSet], settings: EvalSettings) -> list[Evaluation]:
     """k-fold rows for each set, then (with two or more) pooled and every cross pair."""
     embedder = make_embedder(settings.embedder)
-    designs = [_Design(s, embedder) for s in sets]
+    designs = [Design(s, embedder) for s in sets]
     out = [in_domain(d, settings) for d in designs]
     if len(sets) > 1:
         pooled = LabelledSet("+".join(s.name for s in sets),
                              tuple(e for s in sets for e in s.examples),
                              sets[0].weak_model, sets[0].strong_model)
-        out.append(in_domain(_Design(pooled, embedder), settings))
+        out.append(in_domain(Design(pooled, embedder), settings))
         out += [cross(a, b, settings) for a in designs for b in designs if a is not b]
     return out
 
 
-def in_domain(d: _Design, settings: EvalSettings) -> Evaluation:
-    n = len(d.weak)
-    scores = np.zeros(n)
+def in_domain(d: Design, settings: EvalSettings) -> Evaluation:
+    return _evaluation(d, f"{settings.folds}-fold", d.labelled.name,
+                       held_out_scores(d, settings), settings)
+
+
+def held_out_scores(d: Design, settings: EvalSettings) -> np.ndarray:
+    """Every prompt scored by a head trained (as `router train` would) on the other folds."""
+    scores = np.zeros(len(d.weak))
     for train, test in KFold(settings.folds, shuffle=True, random_state=settings.seed).split(
             scores):
         head = fit_head(d.X[train], d.weak[train], d.strong[train], d.embedder,
                         settings.alphas, settings.length_prior, settings.seed)
         scores[test] = head_scores(head, d.X[test])
-    return _evaluation(d, f"{settings.folds}-fold", d.labelled.name, scores, settings)
+    return scores
 
 
-def cross(train: _Design, test: _Design, settings: EvalSettings) -> Evaluation:
+def cross(train: Design, test: Design, settings: EvalSettings) -> Evaluation:
     head = fit_head(train.X, train.weak, train.strong, train.embedder, settings.alphas,
                     settings.length_prior, settings.seed)
     return _evaluation(test, "cross", train.labelled.name, head_scores(head, test.X), settings)
 
 
-def _evaluation(d: _Design, split: str, trained_on: str, learned: np.ndarray,
+def _evaluation(d: Design, split: str, trained_on: str, learned: np.ndarray,
                 settings: EvalSettings) -> Evaluation:
     w, s = d.weak, d.strong
     reports = [report("learned", learned, w, s, settings.bins)]
