@@ -64,7 +64,7 @@ def _panel(ev: Evaluation, x0: int, y0: int) -> str:
         points = " ".join(f"{x:.1f},{y:.1f}" for x, y in (at(s, q) for s, q in r.curve))
         out.append(f'<polyline points="{points}" fill="none" stroke="{colour}" '
                    f'stroke-width="1.8"/>')
-        lx, ly = x0 + _PAD + pw - 120, y0 + 20 + ph - 12 - 13 * n
+        lx, ly = x0 + _PAD + pw - 120, y0 + 20 + ph - 26 - 13 * n
         out.append(f'<text x="{lx:.1f}" y="{ly:.1f}" fill="{colour}">{escape(r.router)} '
                    f'APGR {r.apgr:.3f}</text>')
     return "\n".join(out)
