@@ -3,8 +3,14 @@ paths, the score setting the required quality, the header overriding it, and sev
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,11 +19,17 @@ from gateway.config import ConfigError, parse_config
 from gateway.identity import Principal
 from routing.catalog import Catalog
 from routing.health import Health
-from routing.learned.calibration import for_share
+from routing.learned.calibration import MIN_RECENT_SCORES, for_share
+from routing.learned.features import PromptFeatures
+from routing.learned.head import HeadError
+from routing.learned.labels import Example
 from routing.learned.quality import Difficulty
+from routing.learned.runtime import LearnedRule
+from routing.learned.train import train_head
 from routing.router import Router, RouteRequest
-from routing.rules import RequestFacts
+from routing.rules import LearnedSettings, RequestFacts
 
+ROOT = Path(__file__).resolve().parents[1]
 ANYONE = Principal(key_id="k", name="k", team=None, user=None, allowed_models=None)
 LEARNED = {"head": "heads/router.json", "floor": 40, "ceiling": 90, "target_strong_share": 0.4}
 CAL = for_share([float(i) for i in range(101)], 0.4, "test")   # threshold 60
@@ -141,3 +153,61 @@ def test_three_tiers_split_the_escalated_prompts_by_score() -> None:
 
 
 ROUTER3 = router(THREE_TIERS)
+
+
+# ---- a learned rule compiled from a trained head ---------------------------------------------
+
+def _trained_head(tmp_path: Path) -> Path:
+    """A head trained on synthetic labels where longer, 'prove'-style prompts need the strong
+    model: enough to see the whole path work, no data files needed."""
+    rng = np.random.default_rng(0)
+    examples = []
+    for i in range(400):
+        hard = i % 2 == 0
+        words = " ".join(rng.choice(["prove", "derive", "integral", "theorem"] if hard
+                                    else ["what", "is", "capital", "colour"], size=8))
+        strong = 1.0
+        weak = float(rng.random() < (0.2 if hard else 0.9))
+        examples.append(Example(PromptFeatures.of_prompt(words), weak, strong))
+    path = tmp_path / "head.json"
+    train_head(examples, alphas=(1.0,)).save(path)
+    return path
+
+
+def test_a_learned_rule_scores_calibrates_and_plans(tmp_path: Path) -> None:
+    _trained_head(tmp_path)
+    share = LearnedSettings(head="head.json", floor=40, ceiling=90, target_strong_share=0.5)
+    rule = LearnedRule(share, base_dir=tmp_path)
+    assert rule.calibration.source == "head prior"
+    hard = rule.difficulty(PromptFeatures.of_prompt("prove the theorem with an integral"))
+    easy = rule.difficulty(PromptFeatures.of_prompt("what is the capital colour"))
+    assert hard.score > easy.score
+    r = router(TWO_TIERS)
+    base = request(None)
+    plans = [r.plan(replace(base, difficulty=d), ANYONE, Health()) for d in (easy, hard)]
+    assert [p.chain[0].id for p in plans] == ["small", "large"]
+    for i in range(MIN_RECENT_SCORES):
+        rule.difficulty(PromptFeatures.of_prompt(f"what is {i}"))
+    assert rule.tick(now=1e9).source == f"recent {MIN_RECENT_SCORES + 2} prompts"
+
+
+def test_a_quality_target_uses_the_heads_labels(tmp_path: Path) -> None:
+    path = _trained_head(tmp_path)
+    rule = LearnedRule(LearnedSettings(head=str(path), floor=40, ceiling=90,
+                                       min_relative_quality=0.95))
+    assert rule.calibration.source.startswith("labels: ")
+    assert rule.tick() is rule.calibration                    # fixed by the labels
+    bare = {**json.loads(path.read_text())}
+    bare["calibration"] = {**bare["calibration"], "quality_curve": []}
+    path.write_text(json.dumps(bare))
+    with pytest.raises(HeadError, match="needs a head trained on labels"):
+        LearnedRule(LearnedSettings(head=str(path), floor=40, ceiling=90,
+                                    min_relative_quality=0.95))
+
+
+def test_routing_imports_no_numpy_until_a_learned_rule_is_built() -> None:
+    """The gateway's start-up pays for numpy only when a config has a learned rule."""
+    code = "import sys, routing.router, gateway.config; print('numpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -77,23 +78,28 @@ class ShareCalibrator:
                  every_s: float = 60.0) -> None:
         self.share, self.every_s = share, every_s
         self._recent: deque[float] = deque(maxlen=window)
+        self._lock = threading.Lock()   # scores arrive from worker threads
         self._since = 0
         self._last = -math.inf
         self.current = (for_share(prior, share, "head prior") if prior
                         else Calibration(0.0, (), "no prior"))
 
     def observe(self, score: float) -> None:
-        self._recent.append(score)
-        self._since += 1
+        with self._lock:
+            self._recent.append(score)
+            self._since += 1
 
     def tick(self, now: float | None = None) -> Calibration:
         """Recalibrate if due (and there is something new); returns the calibration in force."""
         now = time.monotonic() if now is None else now
-        if (now - self._last >= self.every_s and self._since
-                and len(self._recent) >= MIN_RECENT_SCORES):
-            self.current = for_share(self._recent, self.share,
-                                     f"recent {len(self._recent)} prompts")
-            self._last, self._since = now, 0
+        with self._lock:
+            due = (now - self._last >= self.every_s and self._since > 0
+                   and len(self._recent) >= MIN_RECENT_SCORES)
+            recent = list(self._recent) if due else []
+            self._since = 0 if due else self._since
+        if due:
+            self.current = for_share(recent, self.share, f"recent {len(recent)} prompts")
+            self._last = now
         return self.current
 
     @property
