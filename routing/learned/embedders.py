@@ -95,7 +95,8 @@ class HashedNgrams:
 
 
 class WordLlamaEmbedder:
-    """WordLlama's bundled 256-d static embeddings, loaded on first use (~0.1 s, ~30 MB)."""
+    """WordLlama's bundled 256-d static embeddings, loaded on first use (measured ~0.25 s with a
+    warm disk cache, ~37 MB RSS; p95 0.75 ms per score)."""
 
     name = "wordllama"
 
