@@ -7,6 +7,7 @@ Modules (numpy only where marked; the rest is on the request path and stays pure
 - `scorer` (numpy): `DifficultyScorer`, cached by prompt digest, with its CPU cost;
 - `calibration`: thresholds from a target strong share or from labels;
 - `quality`: score → required quality, with the recorded reason;
+- `runtime` (numpy): `LearnedRule`, a rule's `learned:` section compiled into scorer + calibration;
 - `labels`, `train`, `evaluate`, `metrics`, `plot`, `commands`: `podium router train|eval`
   (training needs the `learned` extra: scikit-learn).
 
