@@ -1,4 +1,4 @@
-"""The `podium` command: serve, check."""
+"""The `podium` command: serve, check, route, audit, router."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any
 
 from gateway import logs
 from gateway.config import ConfigError, GatewayConfig, load_config
+from routing.learned.commands import add_router_commands
 
 DEFAULT_CONFIG = "config/gateway.yaml"
 
@@ -227,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a config file")
     check.add_argument("--config", help=f"config file (default {DEFAULT_CONFIG})")
     check.set_defaults(func=cmd_check)
+    add_router_commands(sub)
     return parser
 
 

@@ -7,7 +7,8 @@ strategy, cheapest first by default, and that order is the fallback chain. The s
 serves live traffic and `--explain`, so the explanation is the decision.
 
 Required quality, in increasing precedence: `routing.default.min_quality`, the first matching
-rule's, the `x-podium-min-quality` header.
+rule's (for `strategy: learned`, the quality its difficulty score calls for; see
+routing/learned/quality.py), the `x-podium-min-quality` header.
 """
 
 from __future__ import annotations
@@ -26,7 +27,16 @@ from gateway.errors import (
 from gateway.identity import Principal
 from routing.catalog import Catalog, Deployment
 from routing.health import Health
-from routing.rules import CascadeChecks, CompiledRule, RequestFacts, RoutingConfig, Strategy
+from routing.learned.quality import Difficulty, LearnedDecision, decide
+from routing.rules import (
+    CascadeChecks,
+    CompiledRule,
+    LearnedSettings,
+    RequestFacts,
+    RouteSettings,
+    RoutingConfig,
+    Strategy,
+)
 from routing.tokens import TokenGauge
 
 AUTO = "auto"
@@ -49,6 +59,7 @@ class RouteRequest:
     facts: RequestFacts | None = None
     header_min_quality: int | None = None
     scope: Scope | None = None
+    difficulty: Difficulty | None = None  # the score, for a rule with strategy: learned
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +81,7 @@ class RoutePlan:
     checks: CascadeChecks = CascadeChecks()  # noqa: RUF009 (frozen, so sharing it is safe)
     cache_ttl_s: float | None = None
     cache_any_temperature: bool = False
+    learned: LearnedDecision | None = None   # score, threshold and decision of a learned rule
 
 
 class Router:
@@ -90,10 +102,15 @@ class Router:
         rule = self._match(req)
         settings = rule.settings if rule else self._config.default
         default = self._config.default
-        # Quality scores rank chat models; an embedding request only needs the right mode.
-        min_quality = (_first(req.header_min_quality, settings.min_quality, default.min_quality)
-                       if req.mode == "chat" else 0)
         strategy = settings.strategy or default.strategy or "cheapest"
+        learned = (learned_decision(settings, req.difficulty, req.header_min_quality,
+                                    default)
+                   if strategy == "learned" and req.mode == "chat" else None)
+        # Quality scores rank chat models; an embedding request only needs the right mode.
+        min_quality = (_first(req.header_min_quality,
+                              learned.min_quality if learned else settings.min_quality,
+                              default.min_quality)
+                       if req.mode == "chat" else 0)
         regions = settings.regions if settings.regions is not None else default.regions
         judge = _Judge(req, min_quality, health, self._config.expected_output_tokens,
                        frozenset(regions) if regions is not None else None)
@@ -109,7 +126,16 @@ class Router:
                          min_quality=min_quality, checks=settings.cascade,
                          cache_ttl_s=_pick(settings.cache_ttl_s, default.cache_ttl_s),
                          cache_any_temperature=bool(_pick(settings.cache_any_temperature,
-                                                          default.cache_any_temperature)))
+                                                          default.cache_any_temperature)),
+                         learned=learned)
+
+    def learned_settings(self, req: RouteRequest) -> LearnedSettings | None:
+        """The learned section of the rule this request matches, if its strategy is learned:
+        tells the caller to score the request (off the event loop if costly) before `plan`."""
+        rule = self._match(req)
+        settings = rule.settings if rule else self._config.default
+        strategy = settings.strategy or self._config.default.strategy
+        return _learned_of(settings, self._config.default) if strategy == "learned" else None
 
     def visible_groups(self, principal: Principal) -> list[str]:
         return [g for g in self._catalog.groups if principal.may_use(g)]
@@ -188,6 +214,21 @@ class _Judge:
         if reason:
             return Candidate(dep, False, reason, cost, source)
         return Candidate(dep, True, f"eligible, estimated ${cost:.6f}", cost, source)
+
+
+def _learned_of(settings: RouteSettings, default: RouteSettings) -> LearnedSettings | None:
+    # A rule that inherits `strategy: learned` from the default inherits its section too.
+    return settings.learned or default.learned
+
+
+def learned_decision(settings: RouteSettings, difficulty: Difficulty | None,
+                     header_min_quality: int | None = None,
+                     default: RouteSettings | None = None) -> LearnedDecision:
+    """The quality a learned rule requires for this score, and why (pure: no state)."""
+    section = _learned_of(settings, default or settings)
+    if section is None:
+        raise ValueError("learned_decision needs a rule with a 'learned:' section")
+    return decide(difficulty, section.floor, section.ceiling, header_min_quality)
 
 
 def _pick(*values: Any) -> Any:

@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Strategy = Literal["cheapest", "cascade", "latency", "weighted"]
+Strategy = Literal["cheapest", "cascade", "latency", "weighted", "learned"]
 
 
 class _Frozen(BaseModel):
@@ -51,6 +51,29 @@ class CascadeChecks(_Frozen):
     _check_regex = field_validator("must_match", "must_not_match")(valid_regex)
 
 
+class LearnedSettings(_Frozen):
+    """`strategy: learned`: a difficulty score per request sets its required quality between
+    `floor` (easy prompts) and `ceiling` (the hardest). Give exactly one of
+    `target_strong_share` (no labels needed) or `min_relative_quality` (uses the head's labels)."""
+    head: str = Field(min_length=1)               # the head file written by `podium router train`
+    floor: int = Field(ge=0, le=100)              # quality for prompts below the threshold
+    ceiling: int = Field(ge=0, le=100)            # quality for the hardest prompts
+    target_strong_share: float | None = Field(default=None, gt=0, lt=1)
+    min_relative_quality: float | None = Field(default=None, gt=0, le=1)
+    window: int = Field(default=3000, ge=200)     # recent scores the share is calibrated on
+    recalibrate_every_s: float = Field(default=60.0, gt=0)
+    cache_size: int = Field(default=4096, ge=0)   # scores kept by prompt digest
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LearnedSettings:
+        if self.floor >= self.ceiling:
+            raise ValueError(f"floor ({self.floor}) must be below ceiling ({self.ceiling})")
+        if (self.target_strong_share is None) == (self.min_relative_quality is None):
+            raise ValueError("give exactly one of 'target_strong_share' or "
+                             "'min_relative_quality'")
+        return self
+
+
 class RouteSettings(_Frozen):
     min_quality: int | None = Field(default=None, ge=0, le=100)
     strategy: Strategy | None = None
@@ -60,6 +83,16 @@ class RouteSettings(_Frozen):
     cache_ttl_s: float | None = Field(default=None, ge=0)   # overrides cache.ttl_s
     cache_any_temperature: bool | None = None     # also cache requests with temperature > 0
     cascade: CascadeChecks = CascadeChecks()
+    learned: LearnedSettings | None = None        # with strategy: learned only
+
+    @model_validator(mode="after")
+    def _learned_needs_settings(self) -> RouteSettings:
+        if self.strategy == "learned" and self.learned is None:
+            raise ValueError("strategy 'learned' needs a 'learned:' section (head, floor, "
+                             "ceiling, and target_strong_share or min_relative_quality)")
+        if self.learned is not None and self.strategy != "learned":
+            raise ValueError("a 'learned:' section needs 'strategy: learned'")
+        return self
 
 
 class RoutingDefault(RouteSettings):
