@@ -38,8 +38,8 @@ def patch(name: str) -> Callable[[Callable[[], None]], Callable[[], None]]:
 def _running_totals() -> None:
     """MemoryState keeps, per window, a running total and an index by request id, so admitting
     and settling stop scanning the whole 60 s log; the exact scan runs only when over a limit."""
-    from gateway import state
-    from gateway.state import WINDOW_S, MemoryState, WindowCheck
+    from gateway.storage import memory_state as state
+    from gateway.storage.memory_state import WINDOW_S, MemoryState, WindowCheck
 
     entry_type = state._Entry
 

@@ -27,11 +27,7 @@ from aiohttp.typedefs import Handler
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from gateway import telemetry as telemetry_mod
-from gateway.auth import Authenticator
-from gateway.call import Caller
 from gateway.config import GatewayConfig
-from gateway.egress import SENT
 from gateway.errors import (
     InternalError,
     MethodNotAllowed,
@@ -40,18 +36,22 @@ from gateway.errors import (
     RouteNotFound,
     render,
 )
-from gateway.litellm_provider import LiteLLMProvider
-from gateway.metrics import Metrics
-from gateway.openai_provider import OpenAICompatibleProvider, is_openai_compatible
-from gateway.provider import Provider, Usage
+from gateway.observability import telemetry as telemetry_mod
+from gateway.observability.metrics import Metrics
+from gateway.observability.telemetry import Telemetry
+from gateway.pipeline.auth import Authenticator
+from gateway.pipeline.egress import SENT
 from gateway.simulator import SimModel, start_simulator
-from gateway.state import SharedState, open_state
-from gateway.stores import KeyStoreBackend, open_stores
-from gateway.telemetry import Telemetry
+from gateway.storage.contracts import KeyStoreBackend, open_stores
+from gateway.storage.memory_state import SharedState, open_state
 from plugins.base import PluginChain, SpanFactory
 from plugins.registry import Governance, build_chain
 from routing.catalog import Catalog, Deployment
+from routing.fallback import Caller
 from routing.health import Health
+from routing.providers.base import Provider, Usage
+from routing.providers.litellm import LiteLLMProvider
+from routing.providers.openai import OpenAICompatibleProvider, is_openai_compatible
 from routing.router import Router
 
 log = logging.getLogger("podium")
@@ -264,7 +264,8 @@ def build_app(config: GatewayConfig, telemetry: Telemetry | None = None,
               *, start_simulator: bool = True, config_path: Path | None = None,
               ) -> web.Application:
     # Handlers import this module's keys: import them here to avoid a cycle.
-    from gateway import admin, dashboard, feedback, pipeline, reload, reviews
+    from gateway.http import admin, dashboard, feedback, reload, reviews
+    from gateway.http import models as pipeline
 
     app = web.Application(middlewares=[edge_middleware],
                           client_max_size=config.server.max_body_bytes)
@@ -333,7 +334,7 @@ async def _sighup_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def _reload_on_signal(gw: Gateway) -> None:
-    from gateway.reload import reload
+    from gateway.http.reload import reload
 
     if gw.config_path is not None and (gw.reloading is None or gw.reloading.done()):
         gw.reloading = asyncio.create_task(reload(gw, gw.config_path), name="podium-reload")

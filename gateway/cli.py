@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway import logs
 from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.observability import logs
 
 DEFAULT_CONFIG = "config/gateway.yaml"
 
@@ -55,19 +55,19 @@ def cmd_route(args: argparse.Namespace) -> int:
     import orjson
 
     from gateway.errors import PodiumError
-    from gateway.explain import explain, render_text
-    from gateway.ingress import ChatCompletionRequest, validate_call
+    from gateway.pipeline.ingress import ChatCompletionRequest, validate_call
+    from gateway.pipeline.route import explain, render_text
 
     path, cfg, problems = _load(args.config)
     if cfg is None:
         print(f"{path}: {len(problems)} problem(s); run 'podium check'", file=sys.stderr)
         return 1
     from gateway.app import Runtime
-    from gateway.explain import chat_route_request
-    from gateway.permissions import resolve_scope
-    from gateway.state import MemoryState
-    from gateway.stores import open_stores
-    from gateway.telemetry import disabled
+    from gateway.observability.telemetry import disabled
+    from gateway.pipeline.permissions import resolve_scope
+    from gateway.pipeline.route import chat_route_request
+    from gateway.storage.contracts import open_stores
+    from gateway.storage.memory_state import MemoryState
     from plugins.registry import Governance
     from routing.health import Health
 
@@ -95,7 +95,13 @@ def cmd_route(args: argparse.Namespace) -> int:
 def _principal(rt: Any, cfg: GatewayConfig, args: argparse.Namespace) -> Any:
     """--key (a key's name or the key itself), --team, or an unrestricted caller."""
     from gateway.errors import AuthenticationFailed
-    from gateway.identity import KeyRing, digest_of, make_principal, principal_for, teams_by_name
+    from gateway.pipeline.identity import (
+        KeyRing,
+        digest_of,
+        make_principal,
+        principal_for,
+        teams_by_name,
+    )
 
     teams = teams_by_name(cfg)
     if args.key:
@@ -131,7 +137,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 async def _verify(cfg: GatewayConfig) -> Any:
-    from gateway.stores import open_stores
+    from gateway.storage.contracts import open_stores
 
     audit = open_stores(cfg).audit
     if audit is None:

@@ -26,7 +26,7 @@ from aiohttp import web
 from prometheus_client import multiprocess
 
 from gateway.config import GatewayConfig
-from gateway.metrics import MULTIPROC_ENV
+from gateway.observability.metrics import MULTIPROC_ENV
 
 log = logging.getLogger("podium.workers")
 WORKER_ENV = "PODIUM_WORKER_INDEX"     # set in workers; the simulator runs in the supervisor

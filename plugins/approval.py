@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from gateway.errors import BadRequest, ReviewPending
+from gateway.storage.batch import sqlite_connect
 from plugins.base import BasePlugin, Outcome, RequestContext
-from plugins.batch import sqlite_connect
 from plugins.settings import ApprovalRule
 from routing.rules import RequestFacts
 
 if TYPE_CHECKING:
-    from gateway.stores import ReviewStore
+    from gateway.storage.contracts import ReviewStore
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS reviews (

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from gateway.storage.batch import BatchedSQLiteStore
 from plugins.base import BasePlugin, Outcome, RequestContext
-from plugins.batch import BatchedSQLiteStore
 
 if TYPE_CHECKING:
-    from gateway.stores import AuditStore
+    from gateway.storage.contracts import AuditStore
 
 GENESIS = "0" * 64
 _SCHEMA = """

@@ -21,8 +21,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from opentelemetry import trace
 
-from gateway.identity import Principal
-from gateway.provider import Usage
+from gateway.pipeline.identity import Principal
+from routing.providers.base import Usage
 from routing.router import RoutePlan
 from routing.rules import RequestFacts
 

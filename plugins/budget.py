@@ -18,13 +18,13 @@ from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import BudgetExceeded
-from gateway.state import BudgetClaim, SharedState
+from gateway.storage.batch import BatchedSQLiteStore
+from gateway.storage.memory_state import BudgetClaim, SharedState
 from plugins.base import BasePlugin, Outcome, RequestContext
-from plugins.batch import BatchedSQLiteStore
 from plugins.settings import BudgetPeriod, Limits, key_limits
 
 if TYPE_CHECKING:
-    from gateway.stores import SpendStore
+    from gateway.storage.contracts import SpendStore
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spend (

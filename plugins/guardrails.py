@@ -16,7 +16,7 @@ from typing import Any
 from opentelemetry import trace
 
 from gateway.errors import GuardrailBlocked
-from gateway.permissions import message_texts
+from gateway.pipeline.permissions import message_texts
 from plugins.base import BasePlugin, Outcome, RequestContext
 from plugins.settings import GuardrailConfig
 

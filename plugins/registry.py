@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
-from gateway.identity import key_id_for
-from gateway.state import SharedState
-from gateway.stores import AuditStore, ReviewStore, SpendStore, Stores
+from gateway.pipeline.identity import key_id_for
+from gateway.storage.contracts import AuditStore, ReviewStore, SpendStore, Stores
+from gateway.storage.memory_state import SharedState
 from plugins.approval import ApprovalPlugin
 from plugins.audit import AuditPlugin
 from plugins.base import Plugin, PluginChain, SpanFactory

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from routing.rules import RuleMatch, valid_regex
 
 if TYPE_CHECKING:
-    from gateway.identity import Principal
+    from gateway.pipeline.identity import Principal
 
 BudgetPeriod = Literal["day", "month", "total"]
 

@@ -10,8 +10,8 @@ import aiohttp
 import openai
 import pytest
 
-from gateway.identity import digest_of
-from gateway.keystore import KeyStore
+from gateway.pipeline.identity import digest_of
+from gateway.storage.keystore import KeyStore
 from plugins.settings import Limits
 from tests.conftest import APP_KEY, GatewayFactory, RunningGateway, Upstream, base_config
 

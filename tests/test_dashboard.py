@@ -20,9 +20,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from gateway import dashboard, telemetry
 from gateway.app import GATEWAY, Gateway, build_app
 from gateway.config import AdminKeyEntry, parse_config
+from gateway.http import dashboard
+from gateway.observability import telemetry
 from tests.cdp import Page, browser, open_page
 from tests.conftest import APP_KEY, Upstream, base_config, deployment
 

@@ -17,7 +17,7 @@ import openai
 import pytest
 import yaml
 
-from gateway import logs
+from gateway.observability import logs
 from tests.conftest import APP_KEY, UPSTREAM_KEY, Upstream, base_config
 from tests.test_call import closed_port
 from tests.test_workers import get_json, until
@@ -97,7 +97,7 @@ async def test_batching_handler_writes_in_order_without_a_write_per_line() -> No
 
 _WORKER = """
 import logging, sys
-from gateway import logs
+from gateway.observability import logs
 logs.setup("json", "INFO")
 log = logging.getLogger("podium.access")
 for n in range(4000):

@@ -12,9 +12,9 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway import telemetry
 from gateway.app import build_app
 from gateway.config import parse_config
+from gateway.observability import telemetry
 from tests.conftest import (
     APP_KEY,
     GatewayFactory,

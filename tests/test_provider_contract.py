@@ -26,11 +26,11 @@ from aiohttp import web
 
 from gateway.config import ModelEntry
 from gateway.errors import ProviderError
-from gateway.litellm_provider import LiteLLMProvider
-from gateway.openai_provider import OpenAICompatibleProvider, _EventSplitter, is_openai_compatible
-from gateway.provider import Attempt, Provider
 from gateway.simulator import RECORDED, RecordedRequest, start_simulator
 from routing.catalog import Deployment, compile_deployment
+from routing.providers.base import Attempt, Provider
+from routing.providers.litellm import LiteLLMProvider
+from routing.providers.openai import OpenAICompatibleProvider, _EventSplitter, is_openai_compatible
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,9 +17,9 @@ import yaml
 from aiohttp.test_utils import TestServer
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from gateway import telemetry
 from gateway.app import build_app
 from gateway.config import load_config
+from gateway.observability import telemetry
 from tests.conftest import APP_KEY, Upstream, base_config, deployment
 from tests.test_call import closed_port
 from tests.test_metrics import total

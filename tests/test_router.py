@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from gateway.config import parse_config
 from gateway.errors import UnsupportedRequest
-from gateway.identity import Principal
+from gateway.pipeline.identity import Principal
 from routing.catalog import Catalog
 from routing.health import Health
 from routing.router import Router, RouteRequest

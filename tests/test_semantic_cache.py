@@ -11,9 +11,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway import semantic_cache
 from gateway.config import ConfigError, parse_config
-from gateway.semantic_cache import SemanticIndex, conversation_text
+from gateway.pipeline import semantic_cache
+from gateway.pipeline.semantic_cache import SemanticIndex, conversation_text
 from tests.conftest import (
     APP_KEY,
     LIMITED_KEY,

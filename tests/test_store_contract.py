@@ -24,10 +24,10 @@ import orjson
 import pytest
 
 from gateway.errors import BadRequest
-from gateway.identity import Principal, digest_of, key_id_for
-from gateway.keystore import KeyStore
-from gateway.pg_stores import PgAuditLog, PgKeyStore, PgReviewQueue, PgSpendLedger
-from gateway.stores import AuditStore, KeyStoreBackend, ReviewStore, SpendStore, Store
+from gateway.pipeline.identity import Principal, digest_of, key_id_for
+from gateway.storage.contracts import AuditStore, KeyStoreBackend, ReviewStore, SpendStore, Store
+from gateway.storage.keystore import KeyStore
+from gateway.storage.postgres import PgAuditLog, PgKeyStore, PgReviewQueue, PgSpendLedger
 from plugins.approval import ReviewQueue
 from plugins.audit import AuditLog, VerifyResult
 from plugins.base import RequestContext

@@ -37,9 +37,9 @@ import openai
 import pytest
 from aiohttp.test_utils import TestServer
 
-from gateway import telemetry
 from gateway.app import build_app
 from gateway.config import parse_config
+from gateway.observability import telemetry
 from tests.conftest import APP_KEY, UPSTREAM_KEY, Upstream, base_config
 
 PHOENIX_VERSION = "20.26.1"

@@ -7,10 +7,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.app import GATEWAY, REQUEST_ID
-from gateway.chat import accounted, trace_ids
-from gateway.egress import send_json, to_base64
-from gateway.ingress import EmbeddingRequest, read_json, validate_call
-from gateway.pipeline import call_headers, deadline_for, identify, permit_embedding, route
+from gateway.http.chat import accounted, trace_ids
+from gateway.http.models import call_headers, deadline_for, identify, permit_embedding, route
+from gateway.pipeline.egress import send_json, to_base64
+from gateway.pipeline.ingress import EmbeddingRequest, read_json, validate_call
 from plugins.base import Outcome, RequestContext
 from routing.router import RouteRequest
 

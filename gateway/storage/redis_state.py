@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gateway.state import WINDOW_S, BudgetClaim, StateUnavailable, WindowCheck
+from gateway.storage.memory_state import WINDOW_S, BudgetClaim, StateUnavailable, WindowCheck
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig

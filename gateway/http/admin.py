@@ -11,9 +11,9 @@ from aiohttp import web
 from pydantic import ConfigDict, Field
 
 from gateway.app import GATEWAY, REQUEST_ID
-from gateway.egress import json_response
 from gateway.errors import BadRequest, RouteNotFound
-from gateway.ingress import read_json, validate
+from gateway.pipeline.egress import json_response
+from gateway.pipeline.ingress import read_json, validate
 from plugins.settings import Limits
 
 SPEND_GROUPS = ("key", "team", "model", "deployment", "day")

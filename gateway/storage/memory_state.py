@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from gateway.cache import CacheStore, MemoryCache
 from gateway.errors import PodiumError
+from gateway.pipeline.cache import CacheStore, MemoryCache
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
@@ -204,7 +204,7 @@ class MemoryState:
 def open_state(cfg: GatewayConfig) -> SharedState:
     """The shared state the config names: this process's memory, or Redis."""
     if cfg.state.backend == "redis":
-        from gateway.redis_state import RedisState
+        from gateway.storage.redis_state import RedisState
 
         return RedisState.from_config(cfg)
     return MemoryState.with_cache(cfg.cache.max_entries, cfg.cache.max_bytes)

@@ -8,12 +8,12 @@ import time
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.admin import require_admin
 from gateway.app import GATEWAY, REQUEST_ID
-from gateway.egress import json_response
 from gateway.errors import ReviewPending, ReviewRejected, RouteNotFound
-from gateway.ingress import read_json, validate
-from gateway.pipeline import identify
+from gateway.http.admin import require_admin
+from gateway.http.models import identify
+from gateway.pipeline.egress import json_response
+from gateway.pipeline.ingress import read_json, validate
 from plugins.approval import Review
 
 

@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator, Mapping
 from types import ModuleType
 from typing import Any
 
-from gateway import answer_shape
 from gateway.errors import ErrorKind, ProviderError, parse_retry_after, redact
-from gateway.provider import Attempt, ChatAnswer, EmbeddingAnswer, Usage, finish_reasons
+from routing.providers import answer_shape
+from routing.providers.base import Attempt, ChatAnswer, EmbeddingAnswer, Usage, finish_reasons
 
 # Fields of an OpenAI message/delta that may be null in the spec; every other null is dropped.
 _NULLABLE_MESSAGE_FIELDS = ("content", "refusal")

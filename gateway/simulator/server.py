@@ -24,7 +24,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.sim_vectors import text_vector
+from gateway.simulator.vectors import text_vector
 
 __all__ = ["RECORDED", "RecordedRequest", "SimModel", "build_simulator_app", "start_simulator"]
 

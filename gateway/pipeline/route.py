@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from gateway.errors import BadRequest
-from gateway.identity import Principal
-from gateway.ingress import ChatCompletionRequest, Message
+from gateway.pipeline.identity import Principal
+from gateway.pipeline.ingress import ChatCompletionRequest, Message
 from routing.health import Health
 from routing.router import RoutePlan, RouteRequest, Scope
 from routing.rules import RequestFacts

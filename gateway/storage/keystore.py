@@ -16,8 +16,8 @@ from typing import Any
 
 import orjson
 
-from gateway.identity import DigestIndex, digest_of, key_id_for
-from plugins.batch import sqlite_connect
+from gateway.pipeline.identity import DigestIndex, digest_of, key_id_for
+from gateway.storage.batch import sqlite_connect
 from plugins.settings import Limits
 
 _SCHEMA = """

@@ -20,21 +20,21 @@ from aiohttp import web
 from opentelemetry import trace
 
 from gateway.app import ACCESS, ACCOUNTED, GATEWAY, REQUEST_ID, Gateway, Runtime
-from gateway.cache import CachePolicy, CacheStore, assemble, cache_key
-from gateway.cache import policy as cache_policy
-from gateway.call import CallResult, OpenStream
-from gateway.egress import completion_chunks, send_json, sse_response
 from gateway.errors import AllAttemptsFailed, PodiumError
-from gateway.explain import chat_route_request
-from gateway.identity import Principal
-from gateway.ingress import ChatCompletionRequest, Parsed, read_json, validate_call
-from gateway.permissions import PermissionScope
-from gateway.pipeline import call_headers, deadline_for, identify, permit, route
-from gateway.provider import ChatAnswer
-from gateway.semantic_cache import KIND_HEADER, SemanticProbe, probe
-from gateway.unmask import unmask_completion, unmask_stream
+from gateway.http.models import call_headers, deadline_for, identify, permit, route
+from gateway.pipeline.cache import CachePolicy, CacheStore, assemble, cache_key
+from gateway.pipeline.cache import policy as cache_policy
+from gateway.pipeline.egress import completion_chunks, send_json, sse_response
+from gateway.pipeline.identity import Principal
+from gateway.pipeline.ingress import ChatCompletionRequest, Parsed, read_json, validate_call
+from gateway.pipeline.permissions import PermissionScope
+from gateway.pipeline.route import chat_route_request
+from gateway.pipeline.semantic_cache import KIND_HEADER, SemanticProbe, probe
+from gateway.pipeline.unmask import unmask_completion, unmask_stream
 from plugins.base import Outcome, RequestContext
 from routing.cascade import AnswerCheck
+from routing.fallback import CallResult, OpenStream
+from routing.providers.base import ChatAnswer
 from routing.router import RoutePlan, RouteRequest
 
 

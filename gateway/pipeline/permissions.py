@@ -16,9 +16,9 @@ from typing import Any
 
 from gateway.config import PIIConfig
 from gateway.errors import BadRequest, PermissionDenied
-from gateway.identity import Principal
-from gateway.ingress import ChatCompletionRequest
-from gateway.pii import Pseudonymizer, detect
+from gateway.pipeline.identity import Principal
+from gateway.pipeline.ingress import ChatCompletionRequest
+from gateway.pipeline.pii import Pseudonymizer, detect
 from routing.catalog import Deployment
 
 DATA_CLASSES = ("public", "internal", "confidential", "restricted")

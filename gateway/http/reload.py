@@ -19,8 +19,8 @@ from aiohttp import web
 
 from gateway.app import GATEWAY, REQUEST_ID, Gateway, Runtime
 from gateway.config import ConfigError, GatewayConfig, load_config
-from gateway.egress import json_response
 from gateway.errors import BadRequest, PodiumError
+from gateway.pipeline.egress import json_response
 
 log = logging.getLogger("podium.reload")
 _PROCESS_LIFETIME = ("storage", "state", "key_store", "simulator", "telemetry")

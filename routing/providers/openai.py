@@ -27,10 +27,10 @@ from typing import Any
 import aiohttp
 import orjson
 
-from gateway import answer_shape
 from gateway.errors import ErrorKind, ProviderError, parse_retry_after, redact
-from gateway.provider import Attempt, ChatAnswer, EmbeddingAnswer, Usage, finish_reasons
 from routing.catalog import Deployment
+from routing.providers import answer_shape
+from routing.providers.base import Attempt, ChatAnswer, EmbeddingAnswer, Usage, finish_reasons
 
 __all__ = ["OpenAICompatibleProvider", "is_openai_compatible"]
 

@@ -31,10 +31,10 @@ from gateway.errors import (
     StreamInterrupted,
     UpstreamRejected,
 )
-from gateway.provider import Attempt, ChatAnswer, EmbeddingAnswer, Provider, Usage
-from gateway.telemetry import Telemetry
+from gateway.observability.telemetry import Telemetry
 from routing.catalog import Deployment
 from routing.health import Health
+from routing.providers.base import Attempt, ChatAnswer, EmbeddingAnswer, Provider, Usage
 from routing.router import RoutePlan, Scope
 from routing.rules import RoutingConfig
 

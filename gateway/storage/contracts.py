@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
-    from gateway.keystore import StoredKey
+    from gateway.storage.keystore import StoredKey
     from plugins.approval import Review
     from plugins.audit import VerifyResult
     from plugins.base import RequestContext
@@ -121,14 +121,14 @@ def open_stores(cfg: GatewayConfig) -> Stores:
     """The backends the config names (not yet started)."""
     storage = cfg.storage
     if storage.backend == "postgres":
-        from gateway import pg_stores
+        from gateway.storage import postgres as pg_stores
 
         assert storage.dsn is not None
         dsn = storage.dsn.get_secret_value()
         return Stores(keys=pg_stores.PgKeyStore(dsn), spend=pg_stores.PgSpendLedger(dsn),
                       audit=pg_stores.PgAuditLog(dsn) if cfg.audit.enabled else None,
                       reviews=pg_stores.PgReviewQueue(dsn))
-    from gateway.keystore import KeyStore
+    from gateway.storage.keystore import KeyStore
     from plugins.approval import ReviewQueue
     from plugins.audit import AuditLog
     from plugins.budget import SpendLedger

@@ -35,8 +35,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import GATEWAY, REQUEST_ID, Gateway
 from gateway.config import AdminKeyEntry
-from gateway.egress import json_response
 from gateway.errors import AuthenticationFailed, PermissionDenied, RouteNotFound
+from gateway.pipeline.egress import json_response
 
 SESSION_COOKIE = "podium_dashboard"
 SESSION_TTL_S = 12 * 3600
@@ -63,9 +63,9 @@ ASSETS: web.AppKey[dict[str, Asset]] = web.AppKey("podium.dashboard_assets", dic
 
 
 def load_assets() -> dict[str, Asset]:
-    """Every file of `gateway/static/`, read once."""
+    """Every file of `gateway/http/static/`, read once."""
     assets = {}
-    for entry in (resources.files("gateway") / "static").iterdir():
+    for entry in (resources.files("gateway.http") / "static").iterdir():
         suffix = "." + entry.name.rsplit(".", 1)[-1]
         if entry.is_file() and suffix in _TYPES:
             body = entry.read_bytes()

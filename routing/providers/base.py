@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from gateway.answer_shape import usage_counts
 from routing.catalog import Deployment
+from routing.providers.answer_shape import usage_counts
 
 
 @dataclass(frozen=True, slots=True)

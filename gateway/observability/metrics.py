@@ -27,7 +27,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from gateway.provider import Usage
+from routing.providers.base import Usage
 
 _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
             60, 120)

@@ -16,10 +16,10 @@ from opentelemetry.trace import Link, SpanContext, TraceFlags
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.app import GATEWAY, REQUEST_ID
-from gateway.egress import json_response
 from gateway.errors import RouteNotFound
-from gateway.ingress import read_json, validate
-from gateway.pipeline import identify
+from gateway.http.models import identify
+from gateway.pipeline.egress import json_response
+from gateway.pipeline.ingress import read_json, validate
 
 
 class FeedbackIn(BaseModel):

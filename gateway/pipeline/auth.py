@@ -11,7 +11,7 @@ from typing import Any
 
 from gateway.config import GatewayConfig
 from gateway.errors import AuthenticationFailed, PermissionDenied
-from gateway.identity import (
+from gateway.pipeline.identity import (
     AdminRing,
     KeyRing,
     Principal,
@@ -21,8 +21,8 @@ from gateway.identity import (
     make_principal,
     teams_by_name,
 )
-from gateway.jwt_auth import JWTVerifier
-from gateway.stores import KeyStoreBackend
+from gateway.pipeline.jwt_auth import JWTVerifier
+from gateway.storage.contracts import KeyStoreBackend
 
 
 class Authenticator:

@@ -36,13 +36,13 @@ import asyncpg
 import orjson
 
 from gateway.errors import BadRequest
-from gateway.identity import DigestIndex
-from gateway.keystore import StoredKey, _row_key, limits_json, new_key
+from gateway.pipeline.identity import DigestIndex
+from gateway.storage.batch import BatchWriter
+from gateway.storage.keystore import StoredKey, _row_key, limits_json, new_key
 from plugins.approval import _COLUMNS as _REVIEW_COLUMNS
 from plugins.approval import Review, _review, new_review_row
 from plugins.audit import GENESIS, ChainCheck, VerifyResult, chain_hash
 from plugins.base import RequestContext
-from plugins.batch import BatchWriter
 from plugins.settings import Limits
 
 T = TypeVar("T")

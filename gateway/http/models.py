@@ -13,27 +13,27 @@ from typing import Any
 from aiohttp import web
 
 from gateway.app import ACCESS, GATEWAY, REQUEST_ID, Gateway, Runtime
-from gateway.call import CallResult
-from gateway.egress import (
+from gateway.observability.metrics import CONTENT_TYPE
+from gateway.pipeline.egress import (
     json_response,
     model_list,
 )
-from gateway.explain import chat_route_request, explain
-from gateway.identity import Principal
-from gateway.ingress import (
+from gateway.pipeline.identity import Principal
+from gateway.pipeline.ingress import (
     ChatCompletionRequest,
     Parsed,
     read_json,
     validate_call,
 )
-from gateway.metrics import CONTENT_TYPE
-from gateway.permissions import PermissionScope, resolve_embedding_scope, resolve_scope
+from gateway.pipeline.permissions import PermissionScope, resolve_embedding_scope, resolve_scope
+from gateway.pipeline.route import chat_route_request, explain
+from routing.fallback import CallResult
 from routing.router import AUTO, RoutePlan, RouteRequest
 
 
 def add_routes(app: web.Application) -> None:
-    from gateway.chat import chat_completions  # these build on the hops defined here
-    from gateway.embeddings import embeddings
+    from gateway.http.chat import chat_completions  # these build on the hops defined here
+    from gateway.http.embeddings import embeddings
 
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/embeddings", embeddings)

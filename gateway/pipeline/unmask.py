@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from gateway.pii import Pseudonymizer, StreamUnmasker
+from gateway.pipeline.pii import Pseudonymizer, StreamUnmasker
 
 
 def unmask_completion(body: dict[str, Any], p: Pseudonymizer) -> dict[str, Any]:

@@ -35,11 +35,11 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from gateway.cache import CacheStore, scope_key
 from gateway.errors import PermissionDenied, PodiumError
-from gateway.identity import Principal
-from gateway.permissions import PermissionScope
-from gateway.pipeline import deadline_for
+from gateway.http.models import deadline_for
+from gateway.pipeline.cache import CacheStore, scope_key
+from gateway.pipeline.identity import Principal
+from gateway.pipeline.permissions import PermissionScope
 from routing.router import RouteRequest
 
 if TYPE_CHECKING:
