@@ -21,7 +21,7 @@ from gateway.errors import BudgetExceeded
 from gateway.storage.batch import BatchedSQLiteStore
 from gateway.storage.memory_state import BudgetClaim, SharedState
 from plugins.base import BasePlugin, Outcome, RequestContext
-from plugins.settings import BudgetPeriod, Limits, key_limits
+from plugins.settings import BudgetPeriod, Limits
 
 if TYPE_CHECKING:
     from gateway.storage.contracts import SpendStore
@@ -92,7 +92,7 @@ class BudgetPlugin(BasePlugin):
 
     def _claims(self, ctx: RequestContext) -> list[BudgetClaim]:
         p, now, claims = ctx.principal, time.time(), []
-        scopes = (("key", "key_id", p.key_id, key_limits(p, self._keys)),
+        scopes = (("key", "key_id", p.key_id, p.own_limits(self._keys)),
                   ("team", "team", p.team, self._teams.get(p.team or "")))
         for scope, column, value, limits in scopes:
             if limits is None or limits.budget_usd is None or value is None:

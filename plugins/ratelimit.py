@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from gateway.errors import RateLimited
 from gateway.storage.memory_state import SharedState, WindowCheck
 from plugins.base import BasePlugin, Outcome, RequestContext
-from plugins.settings import Limits, key_limits
+from plugins.settings import Limits
 
 
 class RateLimitPlugin(BasePlugin):
@@ -29,7 +29,7 @@ class RateLimitPlugin(BasePlugin):
 
     def _checks(self, ctx: RequestContext) -> list[WindowCheck]:
         p, checks = ctx.principal, []
-        for scope, limits in ((f"key:{p.key_id}", key_limits(p, self._keys)),
+        for scope, limits in ((f"key:{p.key_id}", p.own_limits(self._keys)),
                               (f"team:{p.team}", self._teams.get(p.team or ""))):
             if limits is None:
                 continue

@@ -38,6 +38,11 @@ class Principal:
     def may_use(self, group: str) -> bool:
         return self.allowed_models is None or group in self.allowed_models
 
+    def own_limits(self, config_keys: Mapping[str, Limits]) -> Limits | None:
+        """The key's own limits: from `keys:` (by key id) for a config key, from the key store
+        for a stored one."""
+        return self.limits if self.limits is not None else config_keys.get(self.key_id)
+
 
 def key_id_for(digest: str) -> str:
     return f"key_{digest[:12]}"

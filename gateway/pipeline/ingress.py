@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from gateway.config import format_loc
+from gateway.config_base import format_loc
 from gateway.errors import BadRequest, InvalidJSON, PayloadTooLarge
 
 
