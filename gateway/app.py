@@ -42,8 +42,8 @@ from gateway.observability.telemetry import Telemetry
 from gateway.pipeline.auth import Authenticator
 from gateway.pipeline.egress import SENT
 from gateway.simulator import SimModel, start_simulator
-from gateway.storage.contracts import KeyStoreBackend, open_stores
-from gateway.storage.memory_state import SharedState, open_state
+from gateway.storage.backends import open_state, open_stores
+from gateway.storage.contracts import KeyStoreBackend, SharedState
 from plugins.base import PluginChain, SpanFactory
 from plugins.registry import Governance, build_chain
 from routing.catalog import Catalog, Deployment

@@ -66,7 +66,7 @@ def cmd_route(args: argparse.Namespace) -> int:
     from gateway.observability.telemetry import disabled
     from gateway.pipeline.permissions import resolve_scope
     from gateway.pipeline.route import chat_route_request
-    from gateway.storage.contracts import open_stores
+    from gateway.storage.backends import open_stores
     from gateway.storage.memory_state import MemoryState
     from plugins.registry import Governance
     from routing.health import Health
@@ -137,7 +137,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 async def _verify(cfg: GatewayConfig) -> Any:
-    from gateway.storage.contracts import open_stores
+    from gateway.storage.backends import open_stores
 
     audit = open_stores(cfg).audit
     if audit is None:

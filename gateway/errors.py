@@ -17,6 +17,7 @@
     ├── ReviewRejected               403     permission_error         review_rejected
     ├── UpstreamRejected             4xx     invalid_request_error    (upstream's code)
     ├── NoDeploymentAvailable        503     api_error                no_deployment_available
+    ├── StateUnavailable             503     api_error                state_unavailable
     ├── AllAttemptsFailed            502/504/429  api_error / rate_limit_error
     ├── StreamInterrupted            (sent as an SSE `error` event: headers are already out)
     └── InternalError                500     api_error                internal_error
@@ -100,6 +101,11 @@ class PayloadTooLarge(PodiumError):
 class NoDeploymentAvailable(PodiumError):
     """Every candidate is skipped for its health (open breaker, Retry-After): try again later."""
     status, type, code = 503, "api_error", "no_deployment_available"
+
+
+class StateUnavailable(PodiumError):
+    """The shared state backend (Redis) is down and the config says to fail closed."""
+    status, type, code = 503, "api_error", "state_unavailable"
 
 
 class RateLimited(PodiumError):

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from gateway.errors import RateLimited
-from gateway.storage.memory_state import SharedState, WindowCheck
+from gateway.storage.contracts import SharedState, WindowCheck
 from plugins.base import BasePlugin, Outcome, RequestContext
 from plugins.settings import Limits
 

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gateway.pipeline.identity import key_id_for
-from gateway.storage.contracts import AuditStore, ReviewStore, SpendStore, Stores
-from gateway.storage.memory_state import SharedState
+from gateway.storage.contracts import AuditStore, ReviewStore, SharedState, SpendStore, Stores
 from plugins.approval import ApprovalPlugin
 from plugins.audit import AuditPlugin
 from plugins.base import Plugin, PluginChain, SpanFactory

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.pipeline.cache import MemoryCache
+from gateway.storage.memory_state import MemoryCache
 from tests.conftest import (
     APP_KEY,
     LIMITED_KEY,

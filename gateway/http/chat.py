@@ -22,7 +22,7 @@ from opentelemetry import trace
 from gateway.app import ACCESS, ACCOUNTED, GATEWAY, REQUEST_ID, Gateway, Runtime
 from gateway.errors import AllAttemptsFailed, PodiumError
 from gateway.http.models import call_headers, deadline_for, identify, permit, route
-from gateway.pipeline.cache import CachePolicy, CacheStore, assemble, cache_key
+from gateway.pipeline.cache import CachePolicy, assemble, cache_key
 from gateway.pipeline.cache import policy as cache_policy
 from gateway.pipeline.egress import completion_chunks, send_json, sse_response
 from gateway.pipeline.identity import Principal
@@ -31,6 +31,7 @@ from gateway.pipeline.permissions import PermissionScope
 from gateway.pipeline.route import chat_route_request
 from gateway.pipeline.semantic_cache import KIND_HEADER, SemanticProbe, probe
 from gateway.pipeline.unmask import unmask_completion, unmask_stream
+from gateway.storage.contracts import CacheStore
 from plugins.base import Outcome, RequestContext
 from routing.cascade import AnswerCheck
 from routing.fallback import CallResult, OpenStream

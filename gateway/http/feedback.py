@@ -8,7 +8,6 @@ to tune `quality` scores and routing rules.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from aiohttp import web
@@ -20,6 +19,7 @@ from gateway.errors import RouteNotFound
 from gateway.http.models import identify
 from gateway.pipeline.egress import json_response
 from gateway.pipeline.ingress import read_json, validate
+from plugins.audit import feedback_record
 
 
 class FeedbackIn(BaseModel):
@@ -54,23 +54,14 @@ async def feedback(request: web.Request) -> web.Response:
                      and r.get("key_id") == principal.key_id), None)
     if original is None:  # unknown, or another caller's: the same answer for both
         raise RouteNotFound("No request with that id was made with this key.")
-    record = _record(original, fb)
-    audit.submit(record)
+    audit.submit(feedback_record(original, fb.score, fb.comment))
     _trace(gw, original, fb)
     labels = (original.get("deployment") or "none", original.get("route") or "none")
     gw.metrics.feedback.labels(*labels).observe(fb.score)
-    return json_response({"object": "feedback", "request_id": record["request_id"],
-                          "score": fb.score, "deployment": record["deployment"],
-                          "route": record["route"]},
+    return json_response({"object": "feedback", "request_id": original["request_id"],
+                          "score": fb.score, "deployment": original.get("deployment"),
+                          "route": original.get("route")},
                          {"x-request-id": request[REQUEST_ID]}, status=201)
-
-
-def _record(original: dict[str, Any], fb: FeedbackIn) -> dict[str, Any]:
-    return {"time": time.time(), "event": "feedback", "request_id": original["request_id"],
-            "trace_id": original.get("trace_id"), "key_id": original.get("key_id"),
-            "team": original.get("team"), "status": None, "score": fb.score,
-            "comment": fb.comment, "deployment": original.get("deployment"),
-            "route": original.get("route")}
 
 
 def _trace(gw: Any, original: dict[str, Any], fb: FeedbackIn) -> None:

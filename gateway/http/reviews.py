@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import time
-
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -14,7 +12,8 @@ from gateway.http.admin import require_admin
 from gateway.http.models import identify
 from gateway.pipeline.egress import json_response
 from gateway.pipeline.ingress import read_json, validate
-from plugins.approval import Review
+from gateway.storage.records import Review
+from plugins.audit import review_record
 
 
 class Decision(BaseModel):
@@ -87,9 +86,5 @@ async def _decide(request: web.Request, approve: bool) -> web.Response:
     if review is None:
         raise RouteNotFound(f"No review with id {request.match_info['review_id']!r}.")
     if gw.governance.audit is not None:
-        gw.governance.audit.submit({
-            "time": time.time(), "request_id": review.request_id,
-            "event": f"review.{review.status}",
-            "review_id": review.id, "reviewer": reviewer, "comment": comment,
-            "key_id": review.key_id, "team": review.team, "status": None})
+        gw.governance.audit.submit(review_record(review, reviewer, comment))
     return json_response(review.public(), {"x-request-id": request[REQUEST_ID]})

@@ -15,62 +15,16 @@ Only complete, successful answers are stored. By default only deterministic requ
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
-from cachetools import TLRUCache
 
 from gateway.errors import BadRequest
 
 _NOT_SEMANTIC = frozenset({"stream", "stream_options", "user"})
 TTL_HEADER = "x-podium-cache-ttl"
-
-
-class CacheStore(Protocol):
-    async def get(self, key: str) -> bytes | None:
-        """The stored answer for `key`, or None (absent or expired)."""
-        ...
-
-    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
-        """Store `value` for `ttl_s` seconds; may evict older entries to stay within bounds."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    value: bytes
-    expires_at: float
-
-
-class MemoryCache:
-    """Bounded by entry count and by bytes; each entry keeps its own TTL."""
-
-    def __init__(self, max_entries: int, max_bytes: int) -> None:
-        self._max_entries = max_entries
-        self._cache: TLRUCache[str, _Entry] = TLRUCache(
-            maxsize=max_bytes, ttu=lambda _k, entry, _now: entry.expires_at,
-            timer=time.monotonic, getsizeof=lambda entry: len(entry.value) or 1)
-
-    async def get(self, key: str) -> bytes | None:
-        entry = self._cache.get(key)
-        return entry.value if entry is not None else None
-
-    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
-        if len(value) > self._cache.maxsize:
-            return  # larger than the whole cache: never stored
-        while len(self._cache) >= self._max_entries and key not in self._cache:
-            self._cache.popitem()
-        self._cache[key] = _Entry(value, time.monotonic() + ttl_s)
-
-    @property
-    def bytes_used(self) -> float:
-        return self._cache.currsize
-
-    def __len__(self) -> int:
-        return len(self._cache)
 
 
 @dataclass(frozen=True, slots=True)

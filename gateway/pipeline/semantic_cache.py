@@ -37,9 +37,10 @@ import orjson
 
 from gateway.errors import PermissionDenied, PodiumError
 from gateway.http.models import deadline_for
-from gateway.pipeline.cache import CacheStore, scope_key
+from gateway.pipeline.cache import scope_key
 from gateway.pipeline.identity import Principal
 from gateway.pipeline.permissions import PermissionScope
+from gateway.storage.contracts import CacheStore
 from routing.router import RouteRequest
 
 if TYPE_CHECKING:

@@ -12,21 +12,11 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 log = logging.getLogger("podium.batch")
-
-
-def sqlite_connect(path: str, schema: str) -> sqlite3.Connection:
-    """The embedded stores' connection: autocommit (transactions are explicit), WAL so readers
-    never wait for the writer, usable from the writer thread, and the schema in place."""
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute(schema)
-    return db
 
 
 class BatchWriter(Generic[T]):
@@ -94,48 +84,3 @@ class BatchWriter(Generic[T]):
                 await self.flush()
             except Exception:  # keep the writer alive; the items are retried with the next batch
                 log.exception("%s writer failed; will retry", self._name)
-
-
-class BatchedSQLiteStore(Generic[T]):
-    """An embedded store appended to in batches by a writer thread and read on the event loop,
-    each through its own connection (so a query never shares the writer's transaction)."""
-
-    _schema = ""
-    _what = "store"
-
-    def __init__(self, path: str) -> None:
-        self._path = path
-        self._db: sqlite3.Connection | None = None      # the writer thread's
-        self._reader: sqlite3.Connection | None = None  # the event loop's, for queries
-        self._writer: BatchWriter[T] = BatchWriter(self._write_batch, name=self._what)
-
-    async def start(self) -> None:
-        self._db = sqlite_connect(self._path, self._schema)
-        self._reader = sqlite_connect(self._path, self._schema)
-        self._writer.start()
-
-    async def close(self) -> None:
-        await self._writer.close()
-        for db in (self._db, self._reader):
-            if db is not None:
-                db.close()
-        self._db = self._reader = None
-
-    def submit(self, item: T) -> None:
-        self._writer.submit(item)
-
-    async def flush(self) -> None:
-        await self._writer.flush()
-
-    def _write_batch(self, items: list[T]) -> None:
-        raise TypeError(f"{type(self).__name__} must define _write_batch")
-
-    def _conn(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise RuntimeError(f"the {self._what} is not open")
-        return self._db
-
-    def _read(self) -> sqlite3.Connection:
-        if self._reader is None:
-            raise RuntimeError(f"the {self._what} is not open")
-        return self._reader

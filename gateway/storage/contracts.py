@@ -1,24 +1,27 @@
-"""The durable stores, as contracts, and the one place that picks their backend.
+"""What storage promises, as contracts; the backends are elsewhere in this package.
 
-SQLite is the embedded default (one file, nothing to run). PostgreSQL (`storage.backend:
-postgres`) is for several workers or machines sharing one durable state. Both backends pass one
-contract suite (`tests/test_store_contract.py`). Every method is async, so a networked backend
-never blocks the event loop; the SQLite ones are fast enough to answer inline.
+Durable stores (key store, spend ledger, audit trail, review queue): SQLite is the embedded
+default (one file, nothing to run), PostgreSQL (`storage.backend: postgres`) serves several
+workers or machines. Both pass one contract suite (`tests/test_store_contract.py`). Every
+method is async, so a networked backend never blocks the event loop; the SQLite ones are fast
+enough to answer inline.
+
+Shared state (rate-limit windows, budget reservations and spend, the response cache, breaker
+state): what workers and machines must agree on. `MemoryState` keeps it in the process,
+`RedisState` in Redis for a fleet. `backends.py` opens whichever the config names.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from gateway.config import GatewayConfig
-    from gateway.storage.keystore import StoredKey
-    from plugins.approval import Review
-    from plugins.audit import VerifyResult
-    from plugins.base import RequestContext
-    from plugins.settings import Limits
+from gateway.storage.audit_chain import VerifyResult
+from gateway.storage.records import AuditRecord, Review, SpendRow, StoredKey
+from plugins.settings import Limits
+
+WINDOW_S = 60.0                      # the length of every rate-limit window
 
 
 class Store(Protocol):
@@ -53,9 +56,8 @@ class KeyStoreBackend(Store, Protocol):
 
 
 class SpendStore(Store, Protocol):
-    def submit(self, row: tuple[Any, ...]) -> None:
-        """Queue one spend row (ts, request_id, key_id, key_name, team, model, deployment,
-        status, prompt_tokens, completion_tokens, cost_usd); written in batches."""
+    def submit(self, row: SpendRow) -> None:
+        """Queue one spend row; written in batches."""
         ...
 
     async def flush(self) -> None:
@@ -73,7 +75,7 @@ class SpendStore(Store, Protocol):
 
 
 class AuditStore(Store, Protocol):
-    def submit(self, record: dict[str, Any]) -> None:
+    def submit(self, record: AuditRecord) -> None:
         """Queue one record; appended to the hash chain in batches."""
         ...
 
@@ -91,8 +93,8 @@ class AuditStore(Store, Protocol):
 
 
 class ReviewStore(Store, Protocol):
-    async def hold(self, ctx: RequestContext, rule: str, answer: dict[str, Any]) -> str:
-        """Store a held answer durably before the caller is told; returns the review id."""
+    async def hold(self, review: Review) -> None:
+        """Store a held answer durably, before the caller is told."""
         ...
 
     async def get(self, review_id: str) -> Review | None:
@@ -111,29 +113,79 @@ class ReviewStore(Store, Protocol):
 
 @dataclass
 class Stores:
+    """The durable stores of one process, as the config names them (not yet started)."""
     keys: KeyStoreBackend
     spend: SpendStore
     audit: AuditStore | None
     reviews: ReviewStore
 
 
-def open_stores(cfg: GatewayConfig) -> Stores:
-    """The backends the config names (not yet started)."""
-    storage = cfg.storage
-    if storage.backend == "postgres":
-        from gateway.storage import postgres as pg_stores
+class CacheStore(Protocol):
+    async def get(self, key: str) -> bytes | None:
+        """The stored answer for `key`, or None (absent or expired)."""
+        ...
 
-        assert storage.dsn is not None
-        dsn = storage.dsn.get_secret_value()
-        return Stores(keys=pg_stores.PgKeyStore(dsn), spend=pg_stores.PgSpendLedger(dsn),
-                      audit=pg_stores.PgAuditLog(dsn) if cfg.audit.enabled else None,
-                      reviews=pg_stores.PgReviewQueue(dsn))
-    from gateway.storage.keystore import KeyStore
-    from plugins.approval import ReviewQueue
-    from plugins.audit import AuditLog
-    from plugins.budget import SpendLedger
+    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
+        """Store `value` for `ttl_s` seconds; may evict older entries to stay within bounds."""
+        ...
 
-    path = storage.path
-    return Stores(keys=KeyStore(cfg.key_store.path), spend=SpendLedger(path),
-                  audit=AuditLog(cfg.audit.path or path) if cfg.audit.enabled else None,
-                  reviews=ReviewQueue(path))
+
+@dataclass(frozen=True, slots=True)
+class WindowCheck:
+    key: str                 # e.g. "key:key_ab12:rpm"
+    limit: float
+    amount: float            # 1 for requests, reserved tokens for tokens
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetClaim:
+    scope: str               # e.g. "team:support"
+    budget_usd: float
+    period_start: float      # unix seconds
+    load_spent: Callable[[], Awaitable[float]]  # durable spend since period_start
+
+
+class SharedState(Protocol):
+    @property
+    def cache(self) -> CacheStore:
+        """The response cache that lives where this state does."""
+        ...
+
+    async def admit(self, checks: list[WindowCheck],
+                    request_id: str) -> tuple[float, str | None]:
+        """Record the request in every window if all have room: (0.0, None); otherwise
+        nothing is recorded and the result is the seconds until it would fit and the key of
+        the window that is full."""
+        ...
+
+    async def settle_windows(self, keys: list[str], request_id: str, amount: float) -> None:
+        """Replace this request's reserved amount in these windows with what it used."""
+        ...
+
+    async def reserve(self, claims: list[BudgetClaim], request_id: str, amount: float,
+                      ttl_s: float) -> tuple[BudgetClaim, float, float] | None:
+        """Reserve `amount` under every claim if all have room (None); otherwise reserve
+        nothing and return the claim that is full, with its spent and reserved totals.
+        A reservation not settled within `ttl_s` (a crashed worker) lapses."""
+        ...
+
+    async def settle(self, claims: list[BudgetClaim], request_id: str, cost: float) -> None:
+        """Release this request's reservations and add its real cost to spent."""
+        ...
+
+    async def breaker_updates(self) -> dict[str, tuple[str, float]]:
+        """Breaker states published by other processes: deployment id → (state, open until
+        as unix seconds)."""
+        ...
+
+    async def publish_breaker(self, dep_id: str, state: str, open_until: float) -> None:
+        """Tell other processes a breaker changed."""
+        ...
+
+    def status(self) -> tuple[bool, str]:
+        """(healthy, description) for /readyz."""
+        ...
+
+    async def close(self) -> None:
+        """Disconnect; called once at shutdown."""
+        ...

@@ -8,16 +8,12 @@ effect on the next request everywhere.
 
 from __future__ import annotations
 
-import secrets
 import sqlite3
 import time
-from dataclasses import dataclass
-from typing import Any
 
-import orjson
-
-from gateway.pipeline.identity import DigestIndex, digest_of, key_id_for
-from gateway.storage.batch import sqlite_connect
+from gateway.pipeline.identity import DigestIndex
+from gateway.storage.records import StoredKey
+from gateway.storage.sqlite import sqlite_connect
 from plugins.settings import Limits
 
 _SCHEMA = """
@@ -34,29 +30,8 @@ CREATE TABLE IF NOT EXISTS keys (
 )"""
 # Added after the first release: a store created before it gets the column at start-up.
 _MIGRATIONS = (("limits", "ALTER TABLE keys ADD COLUMN limits TEXT"),)
+# In the order of `StoredKey.row` and `StoredKey.from_row`.
 _COLUMNS = "id, digest, name, team, user, models, created_at, revoked_at, limits"
-
-
-@dataclass(frozen=True, slots=True)
-class StoredKey:
-    id: str
-    name: str
-    team: str | None
-    user: str | None
-    models: tuple[str, ...] | None
-    created_at: float
-    revoked_at: float | None
-    limits: Limits | None = None     # the key's own rpm, tpm and budget, as in `keys:`
-
-    def public(self) -> dict[str, Any]:
-        limits = self.limits or Limits()
-        return {"id": self.id, "object": "key", "name": self.name, "team": self.team,
-                "user": self.user, "models": list(self.models) if self.models else None,
-                "rpm": limits.rpm, "tpm": limits.tpm, "budget_usd": limits.budget_usd,
-                "budget_period": limits.budget_period if limits.budget_usd is not None
-                else None,
-                "created_at": int(self.created_at),
-                "revoked_at": int(self.revoked_at) if self.revoked_at else None}
 
 
 class KeyStore:
@@ -95,19 +70,16 @@ class KeyStore:
     async def create(self, name: str, team: str | None, user: str | None,
                      models: list[str] | None,
                      limits: Limits | None = None) -> tuple[StoredKey, str]:
-        key, raw, digest = new_key(name, team, user, models, limits)
-        self._conn().execute(
-            f"INSERT INTO keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?)",
-            (key.id, digest, name, team, user,
-             orjson.dumps(models).decode() if models is not None else None, key.created_at,
-             limits_json(limits)))
+        key, raw, digest = StoredKey.new(name, team, user, models, limits)
+        self._conn().execute(f"INSERT INTO keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             key.row(digest))
         self._reload()
         return key, raw
 
     async def list(self) -> list[StoredKey]:
         rows = self._conn().execute(
             f"SELECT {_COLUMNS} FROM keys ORDER BY created_at").fetchall()
-        return [_row_key(r) for r in rows]
+        return [StoredKey.from_row(r) for r in rows]
 
     async def revoke(self, key_id: str) -> bool:
         cur = self._conn().execute(
@@ -124,29 +96,5 @@ class KeyStore:
     def _reload(self) -> None:
         db = self._conn()
         rows = db.execute(f"SELECT {_COLUMNS} FROM keys WHERE revoked_at IS NULL").fetchall()
-        self._index = DigestIndex((r[1], _row_key(r)) for r in rows)
+        self._index = DigestIndex((r[1], StoredKey.from_row(r)) for r in rows)
         self._version = db.execute("PRAGMA data_version").fetchone()[0]
-
-
-def new_key(name: str, team: str | None, user: str | None, models: list[str] | None,
-            limits: Limits | None = None) -> tuple[StoredKey, str, str]:
-    """A fresh key: its record, the raw key (shown once) and the digest (stored)."""
-    raw = f"sk-podium-{secrets.token_urlsafe(32)}"
-    digest = digest_of(raw)
-    key = StoredKey(id=key_id_for(digest), name=name, team=team, user=user,
-                    models=tuple(models) if models is not None else None,
-                    created_at=time.time(), revoked_at=None, limits=limits)
-    return key, raw, digest
-
-
-def limits_json(limits: Limits | None) -> str | None:
-    return limits.model_dump_json(exclude_defaults=True) if limits is not None else None
-
-
-def _row_key(row: tuple[Any, ...]) -> StoredKey:
-    """A row in `_COLUMNS` order."""
-    models = orjson.loads(row[5]) if row[5] else None
-    return StoredKey(id=row[0], name=row[2], team=row[3], user=row[4],
-                     models=tuple(models) if models is not None else None,
-                     created_at=row[6], revoked_at=row[7],
-                     limits=Limits.model_validate_json(row[8]) if row[8] else None)

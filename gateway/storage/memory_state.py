@@ -1,91 +1,51 @@
-"""Shared state: what workers and machines must agree on — rate-limit windows, budget
-reservations and spend, the response cache, circuit-breaker state.
-
-`MemoryState` (the default) keeps it in the process; `RedisState` (`state.backend: redis`,
-gateway/redis_state.py) keeps it in Redis, updated atomically by Lua scripts, so N workers on M
-machines enforce one limit and one budget. Both implement `SharedState`.
+"""Shared state kept in this process (`state.backend: memory`, the default): exact, fast, and
+not shared with other workers or machines. See `contracts.SharedState` for what it promises.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
 
-from gateway.errors import PodiumError
-from gateway.pipeline.cache import CacheStore, MemoryCache
+from cachetools import TLRUCache
 
-if TYPE_CHECKING:
-    from gateway.config import GatewayConfig
-
-WINDOW_S = 60.0
-
-
-class StateUnavailable(PodiumError):
-    """The shared state backend is down and the config says to fail closed."""
-    status, type, code = 503, "api_error", "state_unavailable"
+from gateway.storage.contracts import WINDOW_S, BudgetClaim, CacheStore, WindowCheck
 
 
 @dataclass(frozen=True, slots=True)
-class WindowCheck:
-    key: str                 # e.g. "key:key_ab12:rpm"
-    limit: float
-    amount: float            # 1 for requests, reserved tokens for tokens
+class _CacheEntry:
+    value: bytes
+    expires_at: float
 
 
-@dataclass(frozen=True, slots=True)
-class BudgetClaim:
-    scope: str               # e.g. "team:support"
-    budget_usd: float
-    period_start: float      # unix seconds
-    load_spent: Callable[[], Awaitable[float]]  # durable spend since period_start
+class MemoryCache:
+    """Bounded by entry count and by bytes; each entry keeps its own TTL."""
 
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        self._max_entries = max_entries
+        self._cache: TLRUCache[str, _CacheEntry] = TLRUCache(
+            maxsize=max_bytes, ttu=lambda _k, entry, _now: entry.expires_at,
+            timer=time.monotonic, getsizeof=lambda entry: len(entry.value) or 1)
 
-class SharedState(Protocol):
+    async def get(self, key: str) -> bytes | None:
+        entry = self._cache.get(key)
+        return entry.value if entry is not None else None
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
+        if len(value) > self._cache.maxsize:
+            return  # larger than the whole cache: never stored
+        while len(self._cache) >= self._max_entries and key not in self._cache:
+            self._cache.popitem()
+        self._cache[key] = _CacheEntry(value, time.monotonic() + ttl_s)
+
     @property
-    def cache(self) -> CacheStore:
-        """The response cache that lives where this state does."""
-        ...
+    def bytes_used(self) -> float:
+        return self._cache.currsize
 
-    async def admit(self, checks: list[WindowCheck],
-                    request_id: str) -> tuple[float, str | None]:
-        """Record the request in every window if all have room: (0.0, None); otherwise
-        nothing is recorded and the result is the seconds until it would fit and the key of
-        the window that is full."""
-        ...
-
-    async def settle_windows(self, keys: list[str], request_id: str, amount: float) -> None:
-        """Replace this request's reserved amount in these windows with what it used."""
-        ...
-
-    async def reserve(self, claims: list[BudgetClaim], request_id: str, amount: float,
-                      ttl_s: float) -> tuple[BudgetClaim, float, float] | None:
-        """Reserve `amount` under every claim if all have room (None); otherwise reserve
-        nothing and return the claim that is full, with its spent and reserved totals.
-        A reservation not settled within `ttl_s` (a crashed worker) lapses."""
-        ...
-
-    async def settle(self, claims: list[BudgetClaim], request_id: str, cost: float) -> None:
-        """Release this request's reservations and add its real cost to spent."""
-        ...
-
-    async def breaker_updates(self) -> dict[str, tuple[str, float]]:
-        """Breaker states published by other processes: deployment id → (state, open until
-        as unix seconds)."""
-        ...
-
-    async def publish_breaker(self, dep_id: str, state: str, open_until: float) -> None:
-        """Tell other processes a breaker changed."""
-        ...
-
-    def status(self) -> tuple[bool, str]:
-        """(healthy, description) for /readyz."""
-        ...
-
-    async def close(self) -> None:
-        ...
+    def __len__(self) -> int:
+        return len(self._cache)
 
 
 @dataclass(slots=True)
@@ -199,12 +159,3 @@ class MemoryState:
 
     async def close(self) -> None:
         return None
-
-
-def open_state(cfg: GatewayConfig) -> SharedState:
-    """The shared state the config names: this process's memory, or Redis."""
-    if cfg.state.backend == "redis":
-        from gateway.storage.redis_state import RedisState
-
-        return RedisState.from_config(cfg)
-    return MemoryState.with_cache(cfg.cache.max_entries, cfg.cache.max_bytes)

@@ -1,13 +1,13 @@
 """The durable stores in PostgreSQL (`storage.backend: postgres`), on asyncpg.
 
-They behave exactly like the SQLite stores (`gateway/keystore.py`, `plugins/budget.py`,
-`plugins/audit.py`, `plugins/approval.py`); both pass `tests/test_store_contract.py`. Each store
-owns one small `asyncpg.Pool`, opened by `start()` (which also creates its tables, serialized
-across processes by an advisory lock) and closed by `close()`. Tables are prefixed `podium_`, so
-they can share a database; pick a schema through the DSN, e.g.
-`postgresql://host/db?options=-csearch_path%3Dpodium`. Needs PostgreSQL 14 or newer (CREATE OR
-REPLACE TRIGGER). Times are unix seconds in DOUBLE PRECISION; JSON is TEXT written by orjson,
-so it round-trips byte for byte.
+They behave exactly like the SQLite stores (`keystore.py`, `sqlite.py`): the same records
+(`records.py`), the same hash chain (`audit_chain.py`); both pass
+`tests/test_store_contract.py`. Each store owns one small `asyncpg.Pool`, opened by `start()`
+(which also creates its tables, serialized across processes by an advisory lock) and closed by
+`close()`. Tables are prefixed `podium_`, so they can share a database; pick a schema through
+the DSN, e.g. `postgresql://host/db?options=-csearch_path%3Dpodium`. Needs PostgreSQL 14 or
+newer (CREATE OR REPLACE TRIGGER). Times are unix seconds in DOUBLE PRECISION; JSON is TEXT
+written by orjson, so it round-trips byte for byte.
 
 Key revocation. `find` answers from an in-memory `DigestIndex`. A statement trigger on
 `podium_keys` bumps the one row of `podium_keys_version` in the same transaction as any change to
@@ -37,12 +37,9 @@ import orjson
 
 from gateway.errors import BadRequest
 from gateway.pipeline.identity import DigestIndex
+from gateway.storage.audit_chain import GENESIS, ChainCheck, VerifyResult, chain_hash
 from gateway.storage.batch import BatchWriter
-from gateway.storage.keystore import StoredKey, _row_key, limits_json, new_key
-from plugins.approval import _COLUMNS as _REVIEW_COLUMNS
-from plugins.approval import Review, _review, new_review_row
-from plugins.audit import GENESIS, ChainCheck, VerifyResult, chain_hash
-from plugins.base import RequestContext
+from gateway.storage.records import AuditRecord, Review, SpendRow, StoredKey
 from plugins.settings import Limits
 
 T = TypeVar("T")
@@ -67,6 +64,7 @@ CREATE OR REPLACE TRIGGER podium_keys_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON podium_keys
     FOR EACH STATEMENT EXECUTE FUNCTION podium_keys_bump();
 """
+# In the order of `StoredKey.row` and `StoredKey.from_row`.
 _KEY_COLUMNS = "id, digest, name, team, user_name, models, created_at, revoked_at, limits"
 
 _SPEND_DDL = """
@@ -103,7 +101,7 @@ CREATE TABLE IF NOT EXISTS podium_reviews (
     reviewer TEXT, comment TEXT, decided_at DOUBLE PRECISION);
 CREATE INDEX IF NOT EXISTS podium_reviews_status ON podium_reviews (status, created_at);
 """
-_REVIEW_SELECT = ", ".join(_REVIEW_COLUMNS)
+_REVIEW_SELECT = ", ".join(Review.COLUMNS)
 
 
 class _PgStore:
@@ -165,19 +163,16 @@ class PgKeyStore(_PgStore):
     async def create(self, name: str, team: str | None, user: str | None,
                      models: list[str] | None,
                      limits: Limits | None = None) -> tuple[StoredKey, str]:
-        key, raw, digest = new_key(name, team, user, models, limits)
+        key, raw, digest = StoredKey.new(name, team, user, models, limits)
         await self._db().execute(
             f"INSERT INTO podium_keys ({_KEY_COLUMNS}) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8)",
-            key.id, digest, name, team, user,
-            orjson.dumps(models).decode() if models is not None else None, key.created_at,
-            limits_json(limits))
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", *key.row(digest))
         return key, raw
 
     async def list(self) -> list[StoredKey]:
         rows = await self._db().fetch(
             f"SELECT {_KEY_COLUMNS} FROM podium_keys ORDER BY created_at")
-        return [_row_key(tuple(r)) for r in rows]
+        return [StoredKey.from_row(tuple(r)) for r in rows]
 
     async def revoke(self, key_id: str) -> bool:
         status = await self._db().execute(
@@ -192,7 +187,7 @@ class PgKeyStore(_PgStore):
             version = await conn.fetchval("SELECT version FROM podium_keys_version")
             rows = await conn.fetch(
                 f"SELECT {_KEY_COLUMNS} FROM podium_keys WHERE revoked_at IS NULL")
-        self._index = DigestIndex((r["digest"], _row_key(tuple(r))) for r in rows)
+        self._index = DigestIndex((r["digest"], StoredKey.from_row(tuple(r))) for r in rows)
         self._version = version
 
 
@@ -224,14 +219,14 @@ class _BatchedStore(_PgStore, ABC):
 class PgSpendLedger(_BatchedStore):
     _ddl, _what, _name = _SPEND_DDL, "spend ledger", "spend"
 
-    def submit(self, row: tuple[Any, ...]) -> None:
+    def submit(self, row: SpendRow) -> None:
         self._writer.submit(row)
 
-    async def _write(self, batch: list[tuple[Any, ...]]) -> None:
+    async def _write(self, batch: list[SpendRow]) -> None:
         async with self._db().acquire() as conn, conn.transaction():
             await conn.executemany(
                 "INSERT INTO podium_spend VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                batch)
+                [row.values() for row in batch])
 
     async def spent_since(self, column: str, value: str, since: float) -> float:
         spent = await self._db().fetchval(
@@ -254,11 +249,11 @@ class PgSpendLedger(_BatchedStore):
 class PgAuditLog(_BatchedStore):
     _ddl, _what, _name = _AUDIT_DDL, "audit log", "audit"
 
-    def submit(self, record: dict[str, Any]) -> None:
+    def submit(self, record: AuditRecord) -> None:
         self._writer.submit(record)
 
-    async def _write(self, batch: list[dict[str, Any]]) -> None:
-        texts = [orjson.dumps(r, option=orjson.OPT_SORT_KEYS).decode() for r in batch]
+    async def _write(self, batch: list[AuditRecord]) -> None:
+        texts = [r.text() for r in batch]
         async with self._db().acquire() as conn, conn.transaction(isolation="read_committed"):
             await conn.execute(f"SELECT pg_advisory_xact_lock({_AUDIT_LOCK})")
             prev = await conn.fetchval(
@@ -266,8 +261,8 @@ class PgAuditLog(_BatchedStore):
             rows = []
             for record, text in zip(batch, texts, strict=True):
                 digest = chain_hash(prev, text)
-                rows.append((record["time"], record["request_id"], record.get("key_id"),
-                             record.get("team"), record.get("status"), text, prev, digest))
+                rows.append((record.time, record.request_id, record.key_id, record.team,
+                             record.status, text, prev, digest))
                 prev = digest
             await conn.executemany(
                 "INSERT INTO podium_audit (ts, request_id, key_id, team, status, record, "
@@ -311,26 +306,24 @@ class PgAuditLog(_BatchedStore):
 class PgReviewQueue(_PgStore):
     _ddl, _what = _REVIEWS_DDL, "review queue"
 
-    async def hold(self, ctx: RequestContext, rule: str, answer: dict[str, Any]) -> str:
-        row = new_review_row(ctx, rule, answer)
-        review_id = row[0]
+    async def hold(self, review: Review) -> None:
+        row = review.row()
         # Committed before the caller hears of it, so a held answer survives a crash.
         placeholders = ", ".join(f"${i}" for i in range(1, len(row) + 1))
         await self._db().execute(
             f"INSERT INTO podium_reviews ({_REVIEW_SELECT}) VALUES ({placeholders})", *row)
-        return review_id
 
     async def get(self, review_id: str) -> Review | None:
         row = await self._db().fetchrow(
             f"SELECT {_REVIEW_SELECT} FROM podium_reviews WHERE id = $1", review_id)
-        return _review(tuple(row)) if row else None
+        return Review.from_row(tuple(row)) if row else None
 
     async def list(self, status: str | None) -> list[Review]:
         sql, args = f"SELECT {_REVIEW_SELECT} FROM podium_reviews", []
         if status:
             sql, args = sql + " WHERE status = $1", [status]
         rows = await self._db().fetch(sql + " ORDER BY created_at, id", *args)
-        return [_review(tuple(r)) for r in rows]
+        return [Review.from_row(tuple(r)) for r in rows]
 
     async def decide(self, review_id: str, approve: bool, reviewer: str,
                      comment: str | None) -> Review | None:
@@ -345,4 +338,4 @@ class PgReviewQueue(_PgStore):
                 raise BadRequest(f"Review {review_id} was already {existing.status}.",
                                  code="review_already_decided")
             return None
-        return _review(tuple(row))
+        return Review.from_row(tuple(row))

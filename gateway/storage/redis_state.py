@@ -15,15 +15,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gateway.storage.memory_state import WINDOW_S, BudgetClaim, StateUnavailable, WindowCheck
-
-if TYPE_CHECKING:
-    from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig
+from gateway.errors import StateUnavailable
+from gateway.storage.contracts import WINDOW_S, BudgetClaim, WindowCheck
 
 log = logging.getLogger("podium.state")
 T = TypeVar("T")
@@ -145,7 +144,8 @@ class RedisState:
     @classmethod
     def from_config(cls, cfg: GatewayConfig) -> RedisState:
         st = cfg.state
-        assert st.url is not None
+        if st.url is None:
+            raise ValueError("state.backend redis needs 'url'")  # the config checks it first
         url = st.url.get_secret_value()
         client = aioredis.from_url(url, socket_timeout=st.timeout_s,
                                    socket_connect_timeout=st.timeout_s, retry_on_timeout=False)
