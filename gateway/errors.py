@@ -255,11 +255,9 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
-def render(err: PodiumError, request_id: str | None = None) -> web.Response:
-    headers = dict(err.headers)
-    if request_id:
-        headers["x-request-id"] = request_id
+def render(err: PodiumError) -> web.Response:
+    """The client's answer for `err` (the middleware adds `x-request-id` to every response)."""
     return web.Response(
         status=err.status, body=orjson.dumps(err.body()),
-        content_type="application/json", headers=headers,
+        content_type="application/json", headers=dict(err.headers),
     )

@@ -65,7 +65,7 @@ class BudgetPlugin(BasePlugin):
         claims = self._claims(ctx)
         if not claims:
             return
-        full = await self._state.reserve(claims, ctx.request_id, ctx.reserve_usd, RESERVE_TTL_S)
+        full = await self._state.reserve(claims, ctx.request_id, ctx.reserved.usd, RESERVE_TTL_S)
         if full is not None:
             claim, spent, reserved = full
             kind, name, period = claim.scope.split(":", 2)

@@ -36,7 +36,7 @@ class RateLimitPlugin(BasePlugin):
             if limits.rpm is not None:
                 checks.append(WindowCheck(f"{scope}:rpm", limits.rpm, 1.0))
             if limits.tpm is not None:
-                checks.append(WindowCheck(f"{scope}:tpm", limits.tpm, float(ctx.reserve_tokens)))
+                checks.append(WindowCheck(f"{scope}:tpm", limits.tpm, float(ctx.reserved.tokens)))
         return checks
 
     async def on_request(self, ctx: RequestContext) -> None:

@@ -12,12 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from gateway.observability.telemetry import SpanFactory
 from gateway.pipeline.identity import key_id_for
 from gateway.storage.contracts import AuditStore, ReviewStore, SharedState, SpendStore, Stores
 from plugins.approval import ApprovalPlugin
 from plugins.audit import AuditPlugin
-from plugins.base import Plugin, PluginChain, SpanFactory
+from plugins.base import Plugin
 from plugins.budget import BudgetPlugin
+from plugins.chain import PluginChain
 from plugins.guardrails import GuardrailPlugin
 from plugins.ratelimit import RateLimitPlugin
 from plugins.settings import BUILTIN_ORDER, Limits, plugin_ref, third_party

@@ -22,9 +22,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from gateway.app import GATEWAY, Gateway, build_app
+from gateway.app import build_app
 from gateway.config import parse_config
 from gateway.observability import telemetry
+from gateway.runtime import GATEWAY, Gateway
 from gateway.simulator import RECORDED, RecordedRequest, SimModel, start_simulator
 
 APP_KEY = "sk-test-app-0123456789"

@@ -16,14 +16,14 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestServer
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from gateway.app import GATEWAY, Gateway, build_app
+from gateway.app import build_app
 from gateway.config import AdminKeyEntry, parse_config
 from gateway.http import dashboard
 from gateway.observability import telemetry
+from gateway.runtime import GATEWAY, Gateway
 from tests.cdp import Page, browser, open_page
 from tests.conftest import APP_KEY, Upstream, base_config, deployment
 
@@ -67,19 +67,12 @@ class DashGateway:
         return openai.AsyncOpenAI(base_url=self.base + "/v1", api_key=key, max_retries=0)
 
 
-def with_dashboard(app: web.Application) -> web.Application:
-    # Until build_app registers the dashboard itself; add_routes is also a no-op when it has.
-    if not any(r.canonical == "/dashboard" for r in app.router.resources()):
-        dashboard.add_routes(app)
-    return app
-
-
 @pytest.fixture
 async def dash(upstream: Upstream, tmp_path: Path) -> AsyncIterator[DashGateway]:
     cfg = {"key_store": {"path": ":memory:"},
            "storage": {"path": str(tmp_path / "podium.sqlite3")}, **dashboard_config(upstream.url)}
     app = build_app(parse_config(cfg, env={}), telemetry.with_exporter(InMemorySpanExporter()))
-    server = TestServer(with_dashboard(app), host="127.0.0.1")
+    server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     yield DashGateway(base=f"http://127.0.0.1:{server.port}", server=server)
     await server.close()

@@ -549,7 +549,8 @@ def test_event_splitter_any_read_size(size: int) -> None:
 _IMPORTS = """
 import asyncio, sys
 from aiohttp import web
-from gateway.app import GATEWAY, build_app
+from gateway.app import build_app
+from gateway.runtime import GATEWAY
 from gateway.config import parse_config
 from tests.conftest import base_config
 cfg = base_config("http://127.0.0.1:9/v1")

@@ -16,6 +16,8 @@ import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from opentelemetry import trace
+
 from gateway.config import AdminKeyEntry, GatewayConfig, KeyEntry, TeamConfig
 from gateway.errors import AuthenticationFailed
 from plugins.settings import Limits
@@ -42,6 +44,15 @@ class Principal:
         """The key's own limits: from `keys:` (by key id) for a config key, from the key store
         for a stored one."""
         return self.limits if self.limits is not None else config_keys.get(self.key_id)
+
+
+def identity_attributes(span: trace.Span, principal: Principal) -> None:
+    """The hop's decision on its span: which key, never the key itself."""
+    if span.is_recording():
+        span.set_attributes({"podium.key.id": principal.key_id,
+                             "podium.key.name": principal.name,
+                             "podium.key.source": principal.source,
+                             "podium.team": principal.team or ""})
 
 
 def key_id_for(digest: str) -> str:

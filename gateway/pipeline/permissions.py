@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry import trace
+
 from gateway.config import PIIConfig
 from gateway.errors import BadRequest, PermissionDenied
 from gateway.pipeline.identity import Principal
@@ -63,8 +65,14 @@ class PermissionScope:
                                      for m in body["messages"]]}
 
 
-def unrestricted() -> PermissionScope:
-    return PermissionScope(data_class="public", reasons=[])
+def scope_attributes(span: trace.Span, scope: PermissionScope) -> None:
+    """The hop's decision on its span: the class, why, and how much PII (counts, never values)."""
+    if span.is_recording():
+        span.set_attributes({"podium.data_class": scope.data_class,
+                             "podium.data_class.reasons": scope.reasons,
+                             "podium.pii.pseudonymize": scope.pseudonymizer is not None})
+        for kind, count in scope.findings.items():
+            span.set_attribute(f"podium.pii.{kind}", count)
 
 
 def resolve_scope(principal: Principal, chat: ChatCompletionRequest, body: Mapping[str, Any],
