@@ -29,8 +29,8 @@ from gateway.pipeline.route import RouteDecision, chat_reservation
 from gateway.pipeline.unmask import unmask_completion, unmask_stream
 from gateway.runtime import GATEWAY, Gateway, Runtime
 from plugins.chain import PluginChain
+from routing.attempts import OpenStream
 from routing.cascade import AnswerCheck
-from routing.fallback import OpenStream
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:

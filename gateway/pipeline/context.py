@@ -26,7 +26,8 @@ from gateway.errors import AllAttemptsFailed, PodiumError
 from gateway.observability.telemetry import TraceIds, current_trace_ids
 from gateway.pipeline.identity import Principal
 from gateway.pipeline.permissions import PermissionScope
-from routing.fallback import CallResult, OpenStream
+from routing.attempts import OpenStream
+from routing.fallback import CallResult
 from routing.providers.base import Usage
 from routing.router import RoutePlan, RouteRequest
 from routing.rules import RequestFacts
