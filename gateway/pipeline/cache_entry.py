@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from gateway.pipeline.messages import SPOKEN, rewrite_conversation
+
 _NOT_SEMANTIC = frozenset({"stream", "stream_options", "user"})
 # The layout of a stored entry (the answer and its deployment); part of the key, so an entry of
 # another layout (written by another version of Podium into a shared Redis) is never read.
@@ -53,18 +55,7 @@ def scope_key(body: Mapping[str, Any], chain: tuple[str, ...], tenant: str, data
     """Everything in `cache_key` except the messages' text (roles, images, tool calls and
     every parameter stay), plus `extra`: the semantic cache's scope, within which only the
     prompt text may differ."""
-    untexted = {**body, "messages": [_untexted(m) for m in body.get("messages") or ()]}
+    untexted = {**body, "messages": rewrite_conversation(body.get("messages") or (), SPOKEN,
+                                                         lambda _: None)}
     return cache_key({**untexted, "podium.semantic": dict(extra)}, chain, tenant, data_class,
                      regions)
-
-
-def _untexted(message: Any) -> Any:
-    if not isinstance(message, Mapping):
-        return message
-    content = message.get("content")
-    if isinstance(content, str):
-        content = None
-    elif isinstance(content, list):
-        content = [{k: v for k, v in p.items() if k != "text"} if isinstance(p, Mapping) else p
-                   for p in content]
-    return {**message, "content": content}

@@ -20,7 +20,8 @@ from gateway.errors import BadRequest
 from gateway.observability.telemetry import SpanFactory
 from gateway.pipeline.context import Reservation
 from gateway.pipeline.identity import Principal
-from gateway.pipeline.ingress import ChatCompletionRequest, EmbeddingRequest, Message, Parsed
+from gateway.pipeline.ingress import ChatCompletionRequest, EmbeddingRequest, Parsed
+from gateway.pipeline.messages import text_of
 from gateway.pipeline.permissions import (
     PermissionScope,
     resolve_embedding_scope,
@@ -121,7 +122,7 @@ def chat_route_request(chat: ChatCompletionRequest, body: Mapping[str, Any],
     facts = RequestFacts(
         team=principal.team, key=principal.name, model=chat.model,
         has_tools=bool(chat.tools or chat.functions), prompt_tokens=prompt_tokens,
-        headers=lowered, last_user_message=_last_user_text(chat.messages))
+        headers=lowered, last_user_message=_last_user_text(body["messages"]))
     return RouteRequest(
         model=chat.model, mode="chat", needs=chat.capabilities_needed(),
         prompt_tokens=prompt_tokens,
@@ -139,12 +140,10 @@ def _header_quality(value: str | None) -> int | None:
     return int(value)
 
 
-def _last_user_text(messages: list[Message]) -> str:
+def _last_user_text(messages: list[Any]) -> str:
     for message in reversed(messages):
-        if message.role == "user":
-            if isinstance(message.content, str):
-                return message.content
-            return " ".join(p.text or "" for p in message.content or () if p.type == "text")
+        if message.get("role") == "user":
+            return text_of(message)
     return ""
 
 

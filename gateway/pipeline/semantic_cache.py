@@ -40,6 +40,7 @@ from gateway.errors import PermissionDenied, PodiumError
 from gateway.observability.telemetry import SpanFactory
 from gateway.pipeline.cache_entry import CachedAnswer, scope_key
 from gateway.pipeline.context import RequestContext
+from gateway.pipeline.messages import text_of
 from gateway.pipeline.permissions import PermissionScope
 from gateway.storage.contracts import CacheStore
 from routing.fallback import Caller
@@ -118,16 +119,8 @@ def nearest(entries: Sequence[_Entry], vector: Sequence[float]) -> tuple[str, fl
 
 def conversation_text(messages: Sequence[Any]) -> str:
     """What is embedded: one `role: text` line per message."""
-    lines = []
-    for m in messages:
-        if not isinstance(m, Mapping):
-            continue
-        content = m.get("content")
-        parts = [content] if isinstance(content, str) else [
-            p["text"] for p in content or () if isinstance(p, Mapping)
-            and isinstance(p.get("text"), str)] if isinstance(content, list) else []
-        lines.append(f"{m.get('role')}: {' '.join(parts)}")
-    return "\n".join(lines)
+    return "\n".join(f"{m.get('role')}: {text_of(m)}" for m in messages
+                     if isinstance(m, Mapping))
 
 
 def unit(vector: Sequence[float]) -> tuple[float, ...]:
