@@ -86,7 +86,8 @@ async def _keep_alive(index: int, config_path: Path, host: str, port: int,
             log.info("worker %d (pid %d) exited with %s", index, proc.pid, code)
             return code
         stopping.cancel()
-        multiprocess.mark_process_dead(proc.pid)  # its live gauges no longer count
+        # Its live gauges no longer count (prometheus_client leaves this function untyped).
+        multiprocess.mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]
         failures = 0 if time.monotonic() - started > _STABLE_S else failures + 1
         delay = _BACKOFF_S[min(failures, len(_BACKOFF_S) - 1)]
         log.warning("worker %d (pid %d) died with %s; restarting in %.1fs",

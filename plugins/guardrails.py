@@ -43,7 +43,8 @@ class Guardrail:
     @classmethod
     def compile(cls, cfg: GuardrailConfig) -> Guardrail:
         if cfg.type == "regex":
-            assert cfg.pattern is not None
+            if cfg.pattern is None:  # the config's own check refuses this first
+                raise ValueError(f"guardrail {cfg.name!r}: a regex guardrail needs 'pattern'")
             pattern = re.compile(cfg.pattern)
         elif cfg.type == "blocklist":
             pattern = re.compile(r"\b(?:" + "|".join(re.escape(w) for w in cfg.words) + r")\b",

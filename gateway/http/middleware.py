@@ -94,9 +94,10 @@ def _log_access(request: web.Request, status: int, started: float, span: trace.S
 async def _handled(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The handler's response, or the error it raised rendered in OpenAI's shape."""
     try:
-        return await handler(request)
+        response: web.StreamResponse = await handler(request)
+        return response
     except Exception as exc:
-        sent = request.get(SENT)
+        sent: web.StreamResponse | None = request.get(SENT)
         if sent is not None:  # the client has its answer: a later failure can only be logged
             log.exception("error after answering %s %s (request %s)",
                           request.method, request.path, request[REQUEST_ID])

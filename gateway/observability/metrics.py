@@ -130,6 +130,7 @@ class Metrics:
     def exposition(self) -> bytes:
         if self._multiproc:
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
+            # prometheus_client leaves this constructor untyped.
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return generate_latest(registry)
         return generate_latest(self.registry)

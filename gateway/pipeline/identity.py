@@ -64,10 +64,10 @@ def digest_of(token: str) -> str:
 
 
 def _narrow(team: Iterable[str] | None, key: Iterable[str] | None) -> frozenset[str] | None:
-    if team is None and key is None:
-        return None
-    if team is None or key is None:
-        return frozenset(team if key is None else key)  # type: ignore[arg-type]
+    if team is None:
+        return None if key is None else frozenset(key)
+    if key is None:
+        return frozenset(team)
     return frozenset(team) & frozenset(key)
 
 

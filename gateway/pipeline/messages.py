@@ -176,7 +176,7 @@ def _call_strings(fn: Mapping[str, Any], kinds: frozenset[Kind],
                   role: str | None) -> Iterator[Text]:
     for kind, field in (("tool_name", "name"), ("tool_arguments", "arguments")):
         if kind in kinds and isinstance(fn.get(field), str):
-            yield Text(kind, fn[field], role)  # type: ignore[arg-type]
+            yield Text(kind, fn[field], role)
 
 
 def _functions(body: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
@@ -237,5 +237,5 @@ def _rewrite_function(function: Mapping[str, Any], kinds: frozenset[Kind], fn: R
     out = dict(function)
     for kind, field in (("tool_name", "name"), ("tool_arguments", "arguments")):
         if kind in kinds and isinstance(function.get(field), str):
-            out[field] = fn(Text(kind, function[field], role))  # type: ignore[arg-type]
+            out[field] = fn(Text(kind, function[field], role))
     return out
