@@ -4,7 +4,7 @@ A request records one entry per limited scope (the key, its team) holding its we
 rpm; the reserved tokens for tpm). It is admitted only if every scope still has room;
 otherwise 429 `rate_limit_exceeded` with a Retry-After of the time until enough of the window
 has passed. Token entries are settled to the real usage when the request completes. The
-windows live in the shared state (gateway/state.py): per process, or in Redis for a fleet;
+windows live in the shared state (gateway/storage/): per process, or in Redis for a fleet;
 either way check-and-record is atomic.
 """
 

@@ -64,7 +64,7 @@ async def send_json(request: web.Request, body: Any, headers: Mapping[str, str],
                     status: int = 200) -> web.Response:
     """Write the answer now, so that the client has it before the request's accounting
     (spend settlement, audit record, metrics, access log) runs; the handler then returns it
-    as it is. From here on nothing may answer this request again (see gateway/app.py)."""
+    as it is. From here on nothing may answer this request again (see http/middleware.py)."""
     response = json_response(body, headers, status)
     await response.prepare(request)
     await response.write_eof()
