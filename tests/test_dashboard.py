@@ -24,8 +24,8 @@ from gateway.config import AdminKeyEntry, parse_config
 from gateway.http import dashboard
 from gateway.observability import telemetry
 from gateway.runtime import GATEWAY, Gateway
-from tests.cdp import Page, browser, open_page
 from tests.conftest import APP_KEY, Upstream, base_config, deployment
+from tests.support.cdp import Page, browser, open_page
 
 ADMIN = "sk-admin-dashboard-0123456789abcdef"
 RESEARCH_KEY = "sk-test-research-0123456789"

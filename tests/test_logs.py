@@ -19,7 +19,7 @@ import yaml
 
 from gateway.observability import logs
 from tests.conftest import APP_KEY, UPSTREAM_KEY, Upstream, base_config
-from tests.test_call import closed_port
+from tests.test_fallback import closed_port
 from tests.test_workers import get_json, until
 
 ROOT = Path(__file__).resolve().parents[1]

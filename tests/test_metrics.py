@@ -23,7 +23,7 @@ from tests.conftest import (
     base_config,
     deployment,
 )
-from tests.test_call import closed_port
+from tests.test_fallback import closed_port
 
 HI = [{"role": "user", "content": "hi"}]
 

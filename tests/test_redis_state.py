@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from tests.conftest import APP_KEY, GatewayFactory, Upstream, base_config, deployment
-from tests.test_call import closed_port
+from tests.test_fallback import closed_port
 from tests.test_workers import _two, get_json, running_pool, until
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,7 +21,7 @@ from gateway.app import build_app
 from gateway.config import load_config
 from gateway.observability import telemetry
 from tests.conftest import APP_KEY, Upstream, base_config, deployment
-from tests.test_call import closed_port
+from tests.test_fallback import closed_port
 from tests.test_metrics import total
 from tests.test_workers import get_json, until
 

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.simulator import RECORDED, SimModel, start_simulator
 from tests.conftest import APP_KEY, base_config, deployment
-from tests.test_call import closed_port
+from tests.test_fallback import closed_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

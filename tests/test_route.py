@@ -25,7 +25,7 @@ from tests.conftest import (
     base_config,
     deployment,
 )
-from tests.test_call import closed_port
+from tests.test_fallback import closed_port
 
 ROOT = Path(__file__).resolve().parents[1]
 HI = [{"role": "user", "content": "hi"}]
@@ -146,7 +146,7 @@ async def test_allow_list_is_respected_by_auto(routed: RunningGateway) -> None:
 
 async def test_429_moves_on_at_once_and_cools_the_deployment(
         upstream: Upstream, make_gateway: GatewayFactory) -> None:
-    from tests.test_call import chain
+    from tests.test_fallback import chain
 
     config = chain(upstream.url, "sim-rate429", "sim-ok")
     config["cache"] = {"enabled": False}
@@ -211,7 +211,7 @@ async def test_breaker_opens_stays_open_and_recovers(upstream: Upstream,
 
 async def test_single_deployment_retries_with_backoff(upstream: Upstream,
                                                       make_gateway: GatewayFactory) -> None:
-    from tests.test_call import chain
+    from tests.test_fallback import chain
 
     config = chain(upstream.url, "sim-error500")
     config["routing"] = {"retries": {"attempts": 2, "backoff_s": 0.01}}
@@ -364,7 +364,7 @@ async def test_weighted_strategy_follows_the_weights(upstream: Upstream,
 
 async def test_request_deadline_bounds_all_attempts(upstream: Upstream,
                                                     make_gateway: GatewayFactory) -> None:
-    from tests.test_call import chain
+    from tests.test_fallback import chain
 
     cfg = chain(upstream.url, "sim-hang-a", "sim-hang-b", "sim-hang-c", timeout=5)
     cfg["server"] = {"request_timeout_s": 0.6}
@@ -393,7 +393,7 @@ async def test_route_span_records_every_candidate(routed: RunningGateway) -> Non
 async def test_content_policy_refusal_is_configurable(upstream: Upstream,
                                                       make_gateway: GatewayFactory,
                                                       policy: str, answered: str | None) -> None:
-    from tests.test_call import chain
+    from tests.test_fallback import chain
 
     cfg = chain(upstream.url, "sim-policy400", "sim-ok")
     cfg["routing"] = {"on_content_policy": policy}
