@@ -1,7 +1,7 @@
 """The dashboard: its login and session, its data, and the page in a real headless Chromium.
 
 The browser is Debian's `chromium`, driven directly over the Chrome DevTools Protocol
-(tests/cdp.py): no Selenium, no webdriver. Traffic comes from the official `openai`
+(tests/support/cdp.py): no Selenium, no webdriver. Traffic comes from the official `openai`
 SDK against a real gateway in front of the simulator.
 """
 
@@ -24,10 +24,9 @@ from gateway.config import AdminKeyEntry, parse_config
 from gateway.http import dashboard
 from gateway.observability import telemetry
 from gateway.runtime import GATEWAY, Gateway
-from tests.conftest import APP_KEY, Upstream, base_config, deployment
+from tests.conftest import ADMIN, APP_KEY, Upstream, base_config, deployment
 from tests.support.cdp import Page, browser, open_page
 
-ADMIN = "sk-admin-dashboard-0123456789abcdef"
 RESEARCH_KEY = "sk-test-research-0123456789"
 HI = [{"role": "user", "content": "hi"}]
 
@@ -217,11 +216,13 @@ async def log_in(page: Page, base: str, key: str) -> None:
                         "document.querySelector('#login button').click(); true")
 
 
-BROWSER_TIMEOUT = pytest.mark.timeout(900)  # a first run may install chromium
+# Needs Chromium (installed on first use, in the background, outside the test's timeout).
+BROWSER_TIMEOUT = pytest.mark.timeout(300, func_only=True)
 DATA_STATUS = "fetch('/admin/dashboard/data').then(r => r.status)"
 
 
 @BROWSER_TIMEOUT
+@pytest.mark.provisioned("chromium")
 async def test_browser_without_a_session_sees_the_login(dash: DashGateway, page: Page,
                                                         tmp_path: Path) -> None:
     await page.navigate(dash.base + "/dashboard")
@@ -240,6 +241,7 @@ async def test_browser_without_a_session_sees_the_login(dash: DashGateway, page:
 
 
 @BROWSER_TIMEOUT
+@pytest.mark.provisioned("chromium")
 async def test_browser_dashboard_shows_live_data(dash: DashGateway, page: Page,
                                                  tmp_path: Path) -> None:
     await log_in(page, dash.base, ADMIN)
@@ -295,6 +297,7 @@ async def test_browser_dashboard_shows_live_data(dash: DashGateway, page: Page,
 
 
 @BROWSER_TIMEOUT
+@pytest.mark.provisioned("chromium")
 async def test_browser_session_cookie_is_httponly(dash: DashGateway, page: Page) -> None:
     await log_in(page, dash.base, ADMIN)
     await page.wait_for("Number(document.body.dataset.polls) >= 1", "the dashboard")
