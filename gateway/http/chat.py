@@ -50,8 +50,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 async def _serve(request: web.Request, gw: Gateway, rt: Runtime, ctx: RequestContext,
                  parsed: Parsed[ChatCompletionRequest]) -> web.StreamResponse:
     await gw.sync_breakers()
-    decision = gw.planner(rt).chat(ctx.principal, parsed, request.headers)
-    ctx.permitted(decision.scope)
+    planner = gw.planner(rt)
+    ctx.permitted(planner.permit_chat(ctx.principal, parsed, request.headers))
+    decision = planner.route_chat(ctx.principal, parsed, request.headers, ctx.permission)
     ctx.routed(decision.request, decision.plan, chat_reservation(
         decision, parsed.typed, rt.config.routing.expected_output_tokens))
     ctx.held(await rt.chain.on_request(ctx))

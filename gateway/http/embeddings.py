@@ -23,8 +23,9 @@ async def embeddings(request: web.Request) -> web.Response:
     ctx = new_context(request, rt, "embeddings", principal, emb.model, parsed.body, False)
     async with accounted(request, rt, ctx):
         await gw.sync_breakers()
-        decision = gw.planner(rt).embedding(principal, emb, request.headers)
-        ctx.permitted(decision.scope)
+        planner = gw.planner(rt)
+        ctx.permitted(planner.permit_embedding(principal, emb, request.headers))
+        decision = planner.route_embedding(principal, emb, ctx.permission)
         ctx.routed(decision.request, decision.plan, embedding_reservation(decision))
         ctx.held(await rt.chain.on_request(ctx))
         result = await gw.caller.embed(decision.plan, parsed.body, ctx.deadline(),

@@ -150,6 +150,13 @@ class RequestContext:
     # ---- read by the plugins, the audit record and the metrics ---------------------------
 
     @property
+    def permission(self) -> PermissionScope:
+        """The scope, for the hops after permissions (which cannot run before it)."""
+        if self.scope is None:
+            raise RuntimeError("the permissions hop has not run")
+        return self.scope
+
+    @property
     def trace_id(self) -> str:
         return self.trace["trace_id"]
 

@@ -54,21 +54,40 @@ class Planner:
 
     def chat(self, principal: Principal, parsed: Parsed[ChatCompletionRequest],
              headers: Mapping[str, str]) -> RouteDecision:
+        """Both hops for a chat request."""
+        scope = self.permit_chat(principal, parsed, headers)
+        return self.route_chat(principal, parsed, headers, scope)
+
+    def permit_chat(self, principal: Principal, parsed: Parsed[ChatCompletionRequest],
+                    headers: Mapping[str, str]) -> PermissionScope:
         with self.span("podium.permissions") as span:
             scope = resolve_scope(principal, parsed.typed, parsed.body, headers, self.pii)
             scope_attributes(span, scope)
+            return scope
+
+    def route_chat(self, principal: Principal, parsed: Parsed[ChatCompletionRequest],
+                   headers: Mapping[str, str], scope: PermissionScope) -> RouteDecision:
         req = chat_route_request(parsed.typed, parsed.body, principal, headers,
                                  self.router.tokens, scope)
         return RouteDecision(scope, req, self._plan(req, principal))
 
     def embedding(self, principal: Principal, emb: EmbeddingRequest,
                   headers: Mapping[str, str]) -> RouteDecision:
-        inputs = emb.input if isinstance(emb.input, list) else [emb.input]
-        texts = [i for i in inputs if isinstance(i, str)]
+        """Both hops for an embeddings request."""
+        scope = self.permit_embedding(principal, emb, headers)
+        return self.route_embedding(principal, emb, scope)
+
+    def permit_embedding(self, principal: Principal, emb: EmbeddingRequest,
+                         headers: Mapping[str, str]) -> PermissionScope:
         with self.span("podium.permissions") as span:
-            scope = resolve_embedding_scope(principal, texts, headers, self.pii)
+            scope = resolve_embedding_scope(principal, _texts(emb), headers, self.pii)
             scope_attributes(span, scope)
-        tokens = self.router.tokens.texts(texts).tokens + sum(
+            return scope
+
+    def route_embedding(self, principal: Principal, emb: EmbeddingRequest,
+                        scope: PermissionScope) -> RouteDecision:
+        inputs = emb.input if isinstance(emb.input, list) else [emb.input]
+        tokens = self.router.tokens.texts(_texts(emb)).tokens + sum(
             len(i) if isinstance(i, list) else 1 for i in inputs if not isinstance(i, str))
         req = RouteRequest(model=emb.model, mode="embedding", needs=frozenset(),
                            prompt_tokens=tokens, max_output_tokens=None, scope=scope)
@@ -79,6 +98,11 @@ class Planner:
             plan = self.router.plan(req, principal, self.health)
             _plan_attributes(span, req, plan)
             return plan
+
+
+def _texts(emb: EmbeddingRequest) -> list[str]:
+    inputs = emb.input if isinstance(emb.input, list) else [emb.input]
+    return [i for i in inputs if isinstance(i, str)]
 
 
 def chat_reservation(decision: RouteDecision, chat: ChatCompletionRequest,
