@@ -2,7 +2,7 @@
 change would buy before anyone makes it. Nothing here changes Podium's files.
 
 Patches (comma-separated after --patch):
-    ratelimit       the in-process rate-limit windows (gateway/state.py MemoryState) keep a
+    ratelimit       the in-process rate-limit windows (storage/memory_state.py MemoryState) keep a
                     running total and an index by request id instead of scanning the whole
                     60 s log on every admit and settle (O(1) instead of O(requests in window));
                     the product adopted the same design during the first benchmark session
@@ -38,8 +38,8 @@ def patch(name: str) -> Callable[[Callable[[], None]], Callable[[], None]]:
 def _running_totals() -> None:
     """MemoryState keeps, per window, a running total and an index by request id, so admitting
     and settling stop scanning the whole 60 s log; the exact scan runs only when over a limit."""
-    from gateway import state
-    from gateway.state import WINDOW_S, MemoryState, WindowCheck
+    from gateway.storage import memory_state as state
+    from gateway.storage.memory_state import WINDOW_S, MemoryState, WindowCheck
 
     entry_type = state._Entry
 
@@ -103,9 +103,9 @@ def _running_totals() -> None:
 
 @patch("requestid")
 def _cheap_request_ids() -> None:
-    from gateway import app
+    from gateway.http import middleware
 
-    app.new_request_id = lambda: f"req_{random.getrandbits(128):032x}"
+    middleware.new_request_id = lambda: f"req_{random.getrandbits(128):032x}"
 
 
 @patch("switchinterval")

@@ -2,14 +2,14 @@
 
 Every model forbids unknown fields (a typo is an error, not a silently ignored setting), and every
 problem is reported with its path, e.g. ``model_list[2].model_info.quality: ...``. Stage two,
-compiling these models into runtime objects, lives in ``routing/catalog.py`` and ``gateway/app.py``.
+compiling these models into runtime objects, lives in ``routing/catalog.py`` and
+``gateway/runtime.py``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from gateway.config_base import Frozen, expand_env, format_loc
 from plugins.settings import (
     ApprovalRule,
     AuditConfig,
@@ -24,6 +25,7 @@ from plugins.settings import (
     Limits,
     PluginRef,
     StorageConfig,
+    unknown_plugins,
 )
 from routing.rules import RouteSettings, RoutingConfig
 
@@ -41,10 +43,6 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 class LiteLLMParams(BaseModel):
     # litellm's own parameters are open-ended (provider specific), so extra fields are allowed
     # here, and only here; they are passed to litellm untouched.
@@ -56,7 +54,7 @@ class LiteLLMParams(BaseModel):
     timeout: float | None = Field(default=None, gt=0)
 
 
-class ModelInfo(_Frozen):
+class ModelInfo(Frozen):
     id: str | None = Field(default=None, min_length=1)
     quality: int = Field(default=50, ge=0, le=100)
     input_cost_per_token: float | None = Field(default=None, ge=0)
@@ -69,25 +67,31 @@ class ModelInfo(_Frozen):
     mode: Mode = "chat"
 
 
-class ModelEntry(_Frozen):
+class ModelEntry(Frozen):
     model_name: str = Field(min_length=1)
     litellm_params: LiteLLMParams
     model_info: ModelInfo = ModelInfo()
 
 
-class KeyEntry(Limits):
+class KeyCredential(Frozen):
+    """A key given in the config, as itself or only as its sha256 (so the file holds no
+    secret). Exactly one of the two (`check_references` names a `keys:` entry that breaks it)."""
     key: SecretStr | None = None
     key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
     name: str = Field(min_length=1)
-    team: str | None = None
-    user: str | None = None
-    models: tuple[str, ...] | None = None
 
     def digest(self) -> str:
         if self.key is not None:
             return hashlib.sha256(self.key.get_secret_value().encode()).hexdigest()
-        assert self.key_sha256 is not None
+        if self.key_sha256 is None:
+            raise ValueError(f"key {self.name!r} has neither 'key' nor 'key_sha256'")
         return self.key_sha256.lower()
+
+
+class KeyEntry(Limits, KeyCredential):
+    team: str | None = None
+    user: str | None = None
+    models: tuple[str, ...] | None = None
 
 
 class TeamConfig(Limits):
@@ -98,19 +102,11 @@ class TeamConfig(Limits):
     regions: tuple[str, ...] | None = None        # deployments' allowed regions (None: all)
 
 
-class AdminKeyEntry(_Frozen):
-    key: SecretStr | None = None
-    key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
-    name: str = Field(min_length=1)
-
-    def digest(self) -> str:
-        if self.key is not None:
-            return hashlib.sha256(self.key.get_secret_value().encode()).hexdigest()
-        assert self.key_sha256 is not None
-        return self.key_sha256.lower()
+class AdminKeyEntry(KeyCredential):
+    """A key for `/admin/...` and the dashboard."""
 
 
-class JWTConfig(_Frozen):
+class JWTConfig(Frozen):
     issuer: str = Field(min_length=1)
     audience: str | tuple[str, ...]
     jwks_file: str | None = None
@@ -123,16 +119,16 @@ class JWTConfig(_Frozen):
     leeway_s: float = Field(default=0.0, ge=0)
 
 
-class AuthConfig(_Frozen):
+class AuthConfig(Frozen):
     jwt: JWTConfig | None = None
 
 
-class KeyStoreConfig(_Frozen):
+class KeyStoreConfig(Frozen):
     # SQLite file for keys created through the admin API (":memory:" for a throwaway store).
     path: str = "podium-keys.sqlite3"
 
 
-class PIIConfig(_Frozen):
+class PIIConfig(Frozen):
     enabled: bool = True
     # pseudonymize: mask for deployments not cleared for `data_class`, restore in the answer;
     # route: raise the request's class to `data_class`; block: reject with 400.
@@ -142,8 +138,8 @@ class PIIConfig(_Frozen):
         "email", "phone", "card", "iban", "ssn", "ip", "secret")
 
 
-class SemanticCacheConfig(_Frozen):
-    # Reuse an answer for a near-identical prompt (gateway/semantic_cache.py); off by default.
+class SemanticCacheConfig(Frozen):
+    # Reuse an answer for a near-identical prompt (pipeline/semantic_cache.py); off by default.
     enabled: bool = False
     embedding_model: str | None = None            # a model group of mode `embedding`
     threshold: float = Field(default=0.95, ge=0, le=1)  # cosine similarity for a hit
@@ -158,7 +154,7 @@ class SemanticCacheConfig(_Frozen):
         return self
 
 
-class CacheConfig(_Frozen):
+class CacheConfig(Frozen):
     enabled: bool = True
     ttl_s: float = Field(default=300.0, ge=0)
     max_entries: int = Field(default=10_000, ge=1)
@@ -166,7 +162,7 @@ class CacheConfig(_Frozen):
     semantic: SemanticCacheConfig = SemanticCacheConfig()
 
 
-class StateConfig(_Frozen):
+class StateConfig(Frozen):
     # Where workers and machines share limits, budgets, the cache and breakers.
     backend: Literal["memory", "redis"] = "memory"
     url: SecretStr | None = None                  # redis://host:6379/0
@@ -183,13 +179,13 @@ class StateConfig(_Frozen):
         return self
 
 
-class LoggingConfig(_Frozen):
+class LoggingConfig(Frozen):
     format: Literal["json", "text"] = "json"
     level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True                       # one line per HTTP request
 
 
-class ServerConfig(_Frozen):
+class ServerConfig(Frozen):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     request_timeout_s: float = Field(default=600.0, gt=0)
     attempt_timeout_s: float = Field(default=120.0, gt=0)
@@ -197,12 +193,12 @@ class ServerConfig(_Frozen):
     shutdown_timeout_s: float = Field(default=30.0, ge=0)
 
 
-class SimModelConfig(_Frozen):
+class SimModelConfig(Frozen):
     latency_ms: float = Field(default=0.0, ge=0)
     fail_rate: float = Field(default=0.0, ge=0, le=1)
 
 
-class SimulatorConfig(_Frozen):
+class SimulatorConfig(Frozen):
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = Field(default=4010, ge=0, le=65535)
@@ -210,13 +206,13 @@ class SimulatorConfig(_Frozen):
     models: dict[str, SimModelConfig] = {}
 
 
-class TelemetryConfig(_Frozen):
+class TelemetryConfig(Frozen):
     # Standard OTEL_* environment variables take precedence; this only names the service when
     # OTEL_SERVICE_NAME is not set.
     service_name: str = "podium"
 
 
-class GatewayConfig(_Frozen):
+class GatewayConfig(Frozen):
     model_list: tuple[ModelEntry, ...] = Field(min_length=1)
     keys: tuple[KeyEntry, ...] = ()
     teams: tuple[TeamConfig, ...] = ()
@@ -236,55 +232,6 @@ class GatewayConfig(_Frozen):
     server: ServerConfig = ServerConfig()
     simulator: SimulatorConfig = SimulatorConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
-
-
-# ---- environment expansion ------------------------------------------------------------------
-
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_LITELLM_ENV = "os.environ/"
-
-
-def expand_env(raw: Any, env: Mapping[str, str], path: str = "") -> tuple[Any, list[str]]:
-    """Replace ``${VAR}``, ``${VAR:-default}`` and ``os.environ/VAR`` in every string."""
-    problems: list[str] = []
-    if isinstance(raw, dict):
-        out: Any = {}
-        for k, v in raw.items():
-            out[k], found = expand_env(v, env, _join(path, str(k)))
-            problems += found
-        return out, problems
-    if isinstance(raw, list):
-        items = [expand_env(v, env, f"{path}[{i}]") for i, v in enumerate(raw)]
-        return [v for v, _ in items], [p for _, found in items for p in found]
-    if not isinstance(raw, str):
-        return raw, problems
-    if raw.startswith(_LITELLM_ENV):
-        name = raw[len(_LITELLM_ENV):]
-        if name not in env:
-            return raw, [f"{path}: environment variable {name} is not set"]
-        return env[name], problems
-
-    def sub(m: re.Match[str]) -> str:
-        name, default = m.group(1), m.group(2)
-        if name in env:
-            return env[name]
-        if default is not None:
-            return default
-        problems.append(f"{path}: environment variable {name} is not set")
-        return ""
-
-    return _ENV_REF.sub(sub, raw), problems
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def format_loc(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out = f"{out}[{part}]" if isinstance(part, int) else _join(out, str(part))
-    return out or "(root)"
 
 
 # ---- cross references -----------------------------------------------------------------------
@@ -324,8 +271,6 @@ def check_references(cfg: GatewayConfig) -> list[str]:
     if model is not None and groups.get(model) != "embedding":
         problems.append(f"cache.semantic.embedding_model: unknown embedding model {model!r}"
                         + (f" (a {groups[model]} model group)" if model in groups else ""))
-    from plugins.registry import unknown_plugins  # plugins build on config: import late
-
     problems += unknown_plugins(cfg.plugins)
     return problems
 

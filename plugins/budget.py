@@ -6,7 +6,7 @@ cascade escalations included) is added. A request is refused (429 `budget_exceed
 spent + reserved + its own maximum would pass the budget, so concurrent requests can never
 together spend more than the budget by more than one request's underestimate. Check-and-reserve
 is atomic in the shared state (one process, or Redis for a fleet). Spend is durable in the
-ledger (SQLite or PostgreSQL) and re-read per period.
+ledger (`gateway/storage/`: SQLite or PostgreSQL) and re-read per period.
 """
 
 from __future__ import annotations
@@ -15,29 +15,15 @@ import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import lru_cache, partial
-from typing import TYPE_CHECKING, Any
 
 from gateway.errors import BudgetExceeded
-from gateway.state import BudgetClaim, SharedState
+from gateway.storage.contracts import BudgetClaim, SharedState, SpendStore
+from gateway.storage.records import SpendRow
 from plugins.base import BasePlugin, Outcome, RequestContext
-from plugins.batch import BatchedSQLiteStore
-from plugins.settings import BudgetPeriod, Limits, key_limits
+from plugins.settings import BudgetPeriod, Limits
 
-if TYPE_CHECKING:
-    from gateway.stores import SpendStore
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS spend (
-    ts REAL NOT NULL, request_id TEXT NOT NULL, key_id TEXT, key_name TEXT, team TEXT,
-    model TEXT, deployment TEXT, status INTEGER, prompt_tokens INTEGER,
-    completion_tokens INTEGER, cost_usd REAL NOT NULL
-)"""
 # A reservation lapses if never settled (a worker died mid-request); longer than any request.
 RESERVE_TTL_S = 3600.0
-_GROUPS = {"key": "key_id", "team": "team", "model": "model", "deployment": "deployment",
-           "day": "date(ts, 'unixepoch')"}
-
-
 def period_start(period: BudgetPeriod, now: float) -> float:
     """The start of the UTC day or month `now` falls in (unix seconds); 0 for "total"."""
     if period == "total":
@@ -49,35 +35,6 @@ def period_start(period: BudgetPeriod, now: float) -> float:
 @lru_cache(maxsize=64)
 def _month_start(day: int) -> float:
     return datetime.fromtimestamp(day, UTC).replace(day=1).timestamp()
-
-
-class SpendLedger(BatchedSQLiteStore[tuple[Any, ...]]):
-    _schema, _what = _SCHEMA, "spend ledger"
-
-    def _write_batch(self, rows: list[tuple[Any, ...]]) -> None:
-        db = self._conn()
-        with db:
-            db.execute("BEGIN")
-            db.executemany("INSERT INTO spend VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
-
-    async def spent_since(self, column: str, value: str, since: float) -> float:
-        row = self._read().execute(
-            f"SELECT COALESCE(SUM(cost_usd), 0) FROM spend WHERE {column} = ? AND ts >= ?",
-            (value, since)).fetchone()
-        return float(row[0])
-
-    async def report(self, group_by: str, since: float | None,
-                     until: float | None) -> list[dict[str, Any]]:
-        await self._writer.flush()
-        expr = _GROUPS[group_by]
-        rows = self._read().execute(
-            f"SELECT {expr}, COUNT(*), SUM(status = 200), SUM(prompt_tokens), "
-            f"SUM(completion_tokens), SUM(cost_usd) FROM spend WHERE ts >= ? AND ts < ? "
-            f"GROUP BY 1 ORDER BY 6 DESC", (since or 0.0, until or 1e12)).fetchall()
-        return [{group_by: r[0], "requests": r[1], "succeeded": r[2], "prompt_tokens": r[3],
-                 "completion_tokens": r[4], "cost_usd": round(r[5], 10)} for r in rows]
-
-
 
 
 class BudgetPlugin(BasePlugin):
@@ -92,7 +49,7 @@ class BudgetPlugin(BasePlugin):
 
     def _claims(self, ctx: RequestContext) -> list[BudgetClaim]:
         p, now, claims = ctx.principal, time.time(), []
-        scopes = (("key", "key_id", p.key_id, key_limits(p, self._keys)),
+        scopes = (("key", "key_id", p.key_id, p.own_limits(self._keys)),
                   ("team", "team", p.team, self._teams.get(p.team or "")))
         for scope, column, value, limits in scopes:
             if limits is None or limits.budget_usd is None or value is None:
@@ -108,7 +65,7 @@ class BudgetPlugin(BasePlugin):
         claims = self._claims(ctx)
         if not claims:
             return
-        full = await self._state.reserve(claims, ctx.request_id, ctx.reserve_usd, RESERVE_TTL_S)
+        full = await self._state.reserve(claims, ctx.request_id, ctx.reserved.usd, RESERVE_TTL_S)
         if full is not None:
             claim, spent, reserved = full
             kind, name, period = claim.scope.split(":", 2)
@@ -122,7 +79,8 @@ class BudgetPlugin(BasePlugin):
         if claims:
             await self._state.settle(claims, ctx.request_id, outcome.cost_usd)
         p = ctx.principal
-        self._ledger.submit((ctx.started_at, ctx.request_id, p.key_id, p.name, p.team,
-                             ctx.model, outcome.deployment, outcome.status,
-                             outcome.usage.prompt_tokens, outcome.usage.completion_tokens,
-                             outcome.cost_usd))
+        self._ledger.submit(SpendRow(
+            ts=ctx.started_at, request_id=ctx.request_id, key_id=p.key_id, key_name=p.name,
+            team=p.team, model=ctx.model, deployment=outcome.deployment, status=outcome.status,
+            prompt_tokens=outcome.usage.prompt_tokens,
+            completion_tokens=outcome.usage.completion_tokens, cost_usd=outcome.cost_usd))

@@ -25,7 +25,7 @@ from typing import Any
 from opentelemetry import trace
 
 from gateway.errors import GuardrailBlocked
-from gateway.permissions import message_texts
+from gateway.pipeline.messages import CARRIED, conversation, strings
 from plugins.base import BasePlugin, Outcome, RequestContext
 from plugins.settings import GuardrailConfig
 
@@ -51,7 +51,7 @@ def _reach(pattern: re.Pattern[str]) -> int:
     that the injection phrases are at most ~40 characters makes each streamed chunk's search
     ~40 characters long instead of OVERLAP."""
     try:
-        from re import _parser  # type: ignore[attr-defined]
+        from re import _parser
 
         width = int(_parser.parse(pattern.pattern, pattern.flags).getwidth()[1])
     except Exception:  # an unknown parser: assume the worst
@@ -70,7 +70,8 @@ class Guardrail:
     @classmethod
     def compile(cls, cfg: GuardrailConfig) -> Guardrail:
         if cfg.type == "regex":
-            assert cfg.pattern is not None
+            if cfg.pattern is None:  # the config's own check refuses this first
+                raise ValueError(f"guardrail {cfg.name!r}: a regex guardrail needs 'pattern'")
             pattern = re.compile(cfg.pattern)
         elif cfg.type == "blocklist":
             pattern = re.compile(r"\b(?:" + "|".join(re.escape(w) for w in cfg.words) + r")\b",
@@ -93,14 +94,9 @@ class Guardrail:
 
 
 def answer_texts(answer: Mapping[str, Any] | None) -> list[str]:
-    texts: list[str] = []
-    for choice in (answer or {}).get("choices") or ():
-        message = choice.get("message") or {}
-        if isinstance(message.get("content"), str):
-            texts.append(message["content"])
-        texts += [c["function"]["arguments"] for c in message.get("tool_calls") or ()
-                  if isinstance((c.get("function") or {}).get("arguments"), str)]
-    return texts
+    """The answer's text and tool-call arguments, what output rules see."""
+    return [t.value for choice in (answer or {}).get("choices") or ()
+            for t in strings(choice.get("message"), CARRIED)]
 
 
 def chunk_pieces(chunk: Mapping[str, Any]) -> Iterable[tuple[tuple[int, int], str]]:
@@ -127,7 +123,7 @@ class GuardrailPlugin(BasePlugin):
         self._tails: dict[str, dict[tuple[int, int], str]] = {}
 
     async def on_request(self, ctx: RequestContext) -> None:
-        texts = message_texts(list(ctx.body.get("messages") or ()))
+        texts = [t.value for t in conversation(ctx.body.get("messages"), CARRIED)]
         for rule in self._input:
             if await rule.hit_windowed(texts):
                 self._hit(ctx, rule, "input")

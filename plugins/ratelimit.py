@@ -4,7 +4,7 @@ A request records one entry per limited scope (the key, its team) holding its we
 rpm; the reserved tokens for tpm). It is admitted only if every scope still has room;
 otherwise 429 `rate_limit_exceeded` with a Retry-After of the time until enough of the window
 has passed. Token entries are settled to the real usage when the request completes. The
-windows live in the shared state (gateway/state.py): per process, or in Redis for a fleet;
+windows live in the shared state (gateway/storage/): per process, or in Redis for a fleet;
 either way check-and-record is atomic.
 """
 
@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from gateway.errors import RateLimited
-from gateway.state import SharedState, WindowCheck
+from gateway.storage.contracts import SharedState, WindowCheck
 from plugins.base import BasePlugin, Outcome, RequestContext
-from plugins.settings import Limits, key_limits
+from plugins.settings import Limits
 
 
 class RateLimitPlugin(BasePlugin):
@@ -29,14 +29,14 @@ class RateLimitPlugin(BasePlugin):
 
     def _checks(self, ctx: RequestContext) -> list[WindowCheck]:
         p, checks = ctx.principal, []
-        for scope, limits in ((f"key:{p.key_id}", key_limits(p, self._keys)),
+        for scope, limits in ((f"key:{p.key_id}", p.own_limits(self._keys)),
                               (f"team:{p.team}", self._teams.get(p.team or ""))):
             if limits is None:
                 continue
             if limits.rpm is not None:
                 checks.append(WindowCheck(f"{scope}:rpm", limits.rpm, 1.0))
             if limits.tpm is not None:
-                checks.append(WindowCheck(f"{scope}:tpm", limits.tpm, float(ctx.reserve_tokens)))
+                checks.append(WindowCheck(f"{scope}:tpm", limits.tpm, float(ctx.reserved.tokens)))
         return checks
 
     async def on_request(self, ctx: RequestContext) -> None:

@@ -10,25 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any
 
-from gateway.identity import key_id_for
-from gateway.state import SharedState
-from gateway.stores import AuditStore, ReviewStore, SpendStore, Stores
+from gateway.config import GatewayConfig
+from gateway.observability.telemetry import SpanFactory
+from gateway.pipeline.identity import key_id_for
+from gateway.storage.contracts import AuditStore, ReviewStore, SharedState, SpendStore, Stores
 from plugins.approval import ApprovalPlugin
 from plugins.audit import AuditPlugin
-from plugins.base import Plugin, PluginChain, SpanFactory
+from plugins.base import Plugin
 from plugins.budget import BudgetPlugin
+from plugins.chain import PluginChain
 from plugins.guardrails import GuardrailPlugin
 from plugins.ratelimit import RateLimitPlugin
-from plugins.settings import Limits, PluginRef
-
-if TYPE_CHECKING:
-    from gateway.config import GatewayConfig
-
-ENTRY_POINT_GROUP = "podium.plugins"
-BUILTIN_ORDER = ("guardrails", "rate_limit", "budget", "approval", "audit")
+from plugins.settings import BUILTIN_ORDER, Limits, plugin_ref, third_party
 
 
 @dataclass
@@ -62,7 +56,7 @@ def _limits(cfg: GatewayConfig) -> tuple[dict[str, Limits], dict[str, Limits]]:
     return keys, teams
 
 
-Builtin = Callable[["GatewayConfig", Governance], Plugin | None]
+Builtin = Callable[[GatewayConfig, Governance], Plugin | None]
 BUILTINS: dict[str, Builtin] = {
     "guardrails": lambda cfg, gov: GuardrailPlugin(cfg.guardrails) if cfg.guardrails else None,
     "rate_limit": lambda cfg, gov: RateLimitPlugin(*_limits(cfg), gov.state),
@@ -74,25 +68,8 @@ BUILTINS: dict[str, Builtin] = {
 }
 
 
-def third_party() -> dict[str, Any]:
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
-
-
-def unknown_plugins(refs: tuple[PluginRef | str, ...]) -> list[str]:
-    """Path-qualified problems for names that are neither built in nor installed."""
-    installed = third_party()
-    return [f"plugins[{i}].name: unknown plugin {name!r} (not built in, and no "
-            f"{ENTRY_POINT_GROUP!r} entry point of that name is installed)"
-            for i, name in enumerate(_ref(r).name for r in refs)
-            if name not in BUILTINS and name not in installed]
-
-
-def _ref(ref: PluginRef | str) -> PluginRef:
-    return PluginRef(name=ref) if isinstance(ref, str) else ref
-
-
 def build_chain(cfg: GatewayConfig, gov: Governance, span: SpanFactory) -> PluginChain:
-    refs = {r.name: r for r in map(_ref, cfg.plugins)}
+    refs = {r.name: r for r in map(plugin_ref, cfg.plugins)}
     order = [*refs, *(b for b in BUILTIN_ORDER if b not in refs)]
     installed = third_party() if any(n not in BUILTINS for n in refs) else {}
     plugins: list[Plugin] = []

@@ -1,26 +1,27 @@
 """Config sections of the governance chain (stage one: validated, frozen, unknown fields
-rejected). Limits and budgets live on `keys[]` and `teams[]` (see `Limits`)."""
+rejected). Limits and budgets live on `keys[]` and `teams[]` (see `Limits`).
+
+Which plugin names exist is also known here, so that the config can be checked without
+building a chain (`registry.py` builds it, from the same names).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
+from gateway.config_base import Frozen
 from routing.rules import RuleMatch, valid_regex
 
-if TYPE_CHECKING:
-    from gateway.identity import Principal
-
 BudgetPeriod = Literal["day", "month", "total"]
+ENTRY_POINT_GROUP = "podium.plugins"
+# The built-in plugins, in their default order in the chain.
+BUILTIN_ORDER = ("guardrails", "rate_limit", "budget", "approval", "audit")
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Limits(_Frozen):
+class Limits(Frozen):
     """Mixed into keys and teams."""
     rpm: int | None = Field(default=None, ge=1)          # requests per minute
     tpm: int | None = Field(default=None, ge=1)          # tokens per minute
@@ -28,13 +29,7 @@ class Limits(_Frozen):
     budget_period: BudgetPeriod = "month"
 
 
-def key_limits(principal: Principal, config_keys: Mapping[str, Limits]) -> Limits | None:
-    """A key's own limits: from `keys:` for a config key, from the store for a stored one."""
-    limits: Limits | None = principal.limits
-    return limits if limits is not None else config_keys.get(principal.key_id)
-
-
-class StorageConfig(_Frozen):
+class StorageConfig(Frozen):
     # The durable stores: spend ledger, review queue, audit trail, and (postgres only) keys.
     # sqlite: one file, `path` (audit.path and key_store.path may split it); postgres: `dsn`.
     backend: Literal["sqlite", "postgres"] = "sqlite"
@@ -48,7 +43,7 @@ class StorageConfig(_Frozen):
         return self
 
 
-class AuditConfig(_Frozen):
+class AuditConfig(Frozen):
     enabled: bool = True
     path: str | None = None                              # default: storage.path
     include_content: bool = False                        # prompts and answers in records
@@ -58,12 +53,12 @@ class ApprovalMatch(RuleMatch):
     data_class: str | list[str] | None = None
 
 
-class ApprovalRule(_Frozen):
+class ApprovalRule(Frozen):
     name: str = Field(min_length=1)
     match: ApprovalMatch = ApprovalMatch()
 
 
-class GuardrailConfig(_Frozen):
+class GuardrailConfig(Frozen):
     name: str = Field(min_length=1)
     on: Literal["input", "output"] = "input"
     type: Literal["regex", "blocklist", "prompt_injection"]
@@ -90,6 +85,24 @@ class GuardrailConfig(_Frozen):
         return self
 
 
-class PluginRef(_Frozen):
+class PluginRef(Frozen):
     name: str = Field(min_length=1)                      # built-in name or entry-point name
     options: dict[str, Any] = {}
+
+
+def third_party() -> dict[str, EntryPoint]:
+    """Installed plugins: the `podium.plugins` entry points, by name."""
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def plugin_ref(ref: PluginRef | str) -> PluginRef:
+    return PluginRef(name=ref) if isinstance(ref, str) else ref
+
+
+def unknown_plugins(refs: tuple[PluginRef | str, ...]) -> list[str]:
+    """Path-qualified problems for names that are neither built in nor installed."""
+    installed = third_party()
+    return [f"plugins[{i}].name: unknown plugin {name!r} (not built in, and no "
+            f"{ENTRY_POINT_GROUP!r} entry point of that name is installed)"
+            for i, name in enumerate(plugin_ref(r).name for r in refs)
+            if name not in BUILTIN_ORDER and name not in installed]

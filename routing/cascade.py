@@ -13,7 +13,7 @@ from typing import Any
 import jsonschema
 import orjson
 
-from gateway.provider import ChatAnswer
+from routing.providers.base import ChatAnswer
 from routing.rules import CascadeChecks
 
 # Openings of a refusal in the major models' house styles.

@@ -24,7 +24,7 @@ from gateway.errors import (
     PermissionDenied,
     UnsupportedRequest,
 )
-from gateway.identity import Principal
+from gateway.pipeline.identity import Principal
 from routing.catalog import Catalog, Deployment
 from routing.health import Health
 from routing.learned.quality import Difficulty, LearnedDecision, decide

@@ -10,8 +10,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.cache import MemoryCache
+from gateway.storage.memory_state import MemoryCache
 from tests.conftest import (
+    ADMIN,
     APP_KEY,
     LIMITED_KEY,
     GatewayFactory,
@@ -21,7 +22,6 @@ from tests.conftest import (
 )
 
 OTHER_TEAM = "sk-test-other-team-0123"
-ADMIN = "sk-admin-0123456789abcdef"
 Q = [{"role": "user", "content": "what is the capital of France?"}]
 
 

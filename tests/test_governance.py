@@ -19,10 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from plugins.budget import period_start
-from tests.conftest import APP_KEY, GatewayFactory, RunningGateway, Upstream, base_config
+from tests.conftest import ADMIN, APP_KEY, GatewayFactory, RunningGateway, Upstream, base_config
 
 ROOT = Path(__file__).resolve().parents[1]
-ADMIN = "sk-admin-0123456789abcdef"
 HI = [{"role": "user", "content": "hi"}]
 
 

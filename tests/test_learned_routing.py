@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.config import ConfigError, parse_config
-from gateway.identity import Principal
+from gateway.pipeline.identity import Principal
 from routing.catalog import Catalog
 from routing.health import Health
 from routing.learned.calibration import MIN_RECENT_SCORES, for_share

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.pii import Pseudonymizer, StreamUnmasker, detect
+from gateway.pipeline.pii import Pseudonymizer, StreamUnmasker, detect
 
 PROSE = [
     "The meeting moved to Tuesday at 10:30 in room 1204.",

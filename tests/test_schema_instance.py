@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from openai.lib._parsing._completions import type_to_response_format_param
 from pydantic import BaseModel, Field, HttpUrl
 
-from gateway.schema_instance import SchemaUnsatisfiable, instance
+from gateway.simulator.schema_instance import SchemaUnsatisfiable, instance
 
 Schema = dict[str, Any]
 FORMATS = ["date-time", "date", "time", "email", "uuid", "uri", "ipv4", "ipv6", "hostname",

@@ -24,15 +24,15 @@ import orjson
 import pytest
 
 from gateway.errors import BadRequest
-from gateway.identity import Principal, digest_of, key_id_for
-from gateway.keystore import KeyStore
-from gateway.pg_stores import PgAuditLog, PgKeyStore, PgReviewQueue, PgSpendLedger
-from gateway.stores import AuditStore, KeyStoreBackend, ReviewStore, SpendStore, Store
-from plugins.approval import ReviewQueue
-from plugins.audit import AuditLog, VerifyResult
-from plugins.base import RequestContext
-from plugins.budget import SpendLedger
+from gateway.pipeline.identity import digest_of, key_id_for
+from gateway.storage.audit_chain import VerifyResult
+from gateway.storage.contracts import AuditStore, KeyStoreBackend, ReviewStore, SpendStore, Store
+from gateway.storage.keystore import KeyStore
+from gateway.storage.postgres import PgAuditLog, PgKeyStore, PgReviewQueue, PgSpendLedger
+from gateway.storage.records import AuditRecord, Review, SpendRow
+from gateway.storage.sqlite import AuditLog, ReviewQueue, SpendLedger
 from plugins.settings import Limits
+from tests.support.waiting import until
 
 _DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 PG_DSN = os.environ.get("PODIUM_TEST_PG_DSN", _DEFAULT_DSN)
@@ -225,7 +225,7 @@ EXPECTED_REPORTS = {
 async def test_spend_report(backend: Backend, group_by: str) -> None:
     spend = await backend.spend()
     for row in SPEND_ROWS:
-        spend.submit(row)
+        spend.submit(SpendRow(*row))
     # report flushes first: read-your-writes without an explicit flush
     assert await spend.report(group_by, None, None) == EXPECTED_REPORTS[group_by]
 
@@ -233,7 +233,7 @@ async def test_spend_report(backend: Backend, group_by: str) -> None:
 async def test_spend_totals_and_windows(backend: Backend) -> None:
     spend, other = await backend.spend(), await backend.spend()
     for row in SPEND_ROWS:
-        spend.submit(row)
+        spend.submit(SpendRow(*row))
     await spend.flush()
     assert await spend.spent_since("key_id", "key_a", 0.0) == 0.75
     assert await spend.spent_since("key_id", "key_b", DAY + 86400) == 1.125  # ts >= since
@@ -250,13 +250,12 @@ async def test_spend_totals_and_windows(backend: Backend) -> None:
 
 async def test_spend_batches_in_the_background_and_on_close(backend: Backend) -> None:
     spend, reader = await backend.spend(), await backend.spend()
-    spend.submit(SPEND_ROWS[0])
-    for _ in range(50):  # the writer flushes by itself every 0.2 s
-        if await reader.spent_since("key_id", "key_a", 0.0) == 0.5:
-            break
-        await asyncio.sleep(0.05)
-    assert await reader.spent_since("key_id", "key_a", 0.0) == 0.5
-    spend.submit(SPEND_ROWS[1])
+    spend.submit(SpendRow(*SPEND_ROWS[0]))
+
+    async def written() -> bool:  # the writer flushes by itself every 0.2 s
+        return await reader.spent_since("key_id", "key_a", 0.0) == 0.5
+    await until(written, "the background writer to flush")
+    spend.submit(SpendRow(*SPEND_ROWS[1]))
     await spend.close()  # close writes what is left
     assert await reader.spent_since("key_id", "key_a", 0.0) == 0.75
 
@@ -265,7 +264,7 @@ async def test_spend_failed_write_loses_nothing(backend: Backend) -> None:
     spend = await backend.spend()
     await backend.sql("ALTER TABLE {t}spend RENAME TO {t}spend_away")
     for row in SPEND_ROWS:
-        spend.submit(row)
+        spend.submit(SpendRow(*row))
     with pytest.raises(Exception):  # noqa: B017 - sqlite3 or asyncpg error
         await spend.flush()
     await backend.sql("ALTER TABLE {t}spend_away RENAME TO {t}spend")
@@ -295,7 +294,7 @@ async def test_audit_chain_from_two_processes_appending_at_once(backend: Backend
         for log in (first, second, first, second):
             for _ in range(5):
                 n += 1
-                log.submit(_record(n, key=f"key_{n % 3}"))
+                log.submit(AuditRecord.from_json(_record(n, key=f"key_{n % 3}")))
         await asyncio.gather(first.flush(), second.flush(), first.flush(), second.flush())
     for log in (first, second):
         result = await log.verify()
@@ -311,7 +310,7 @@ async def test_audit_query_filters(backend: Backend) -> None:
     records = [_record(1, "key_a", "x", 200), _record(2, "key_b", "y", 429),
                _record(3, "key_a", "y", 200), _record(4, "key_a", None, 500)]
     for record in records:
-        log.submit(record)
+        log.submit(AuditRecord.from_json(record))
 
     async def ids(filters: dict[str, str], limit: int = 100) -> list[str]:
         return [r["request_id"] for r in await log.query(filters, limit)]
@@ -349,7 +348,7 @@ TAMPERING = {
 async def test_audit_verify_names_the_first_bad_record(backend: Backend, tampering: str) -> None:
     log = await backend.audit()
     for i in range(1, 5):
-        log.submit(_record(i))
+        log.submit(AuditRecord.from_json(_record(i)))
     assert await log.verify() == VerifyResult(True, 4)
     statements, problem = TAMPERING[tampering]
     await backend.sql(*statements)
@@ -359,7 +358,7 @@ async def test_audit_verify_names_the_first_bad_record(backend: Backend, tamperi
 
 async def test_audit_record_text_is_the_hashed_canonical_json(backend: Backend) -> None:
     log = await backend.audit()
-    log.submit(_record(1))
+    log.submit(AuditRecord.from_json(_record(1)))
     await log.flush()
     # Rewriting the record as equivalent but differently formatted JSON breaks the chain: the
     # stored text is exactly what was hashed, byte for byte.
@@ -369,13 +368,13 @@ async def test_audit_record_text_is_the_hashed_canonical_json(backend: Backend) 
 
 # --- reviews ------------------------------------------------------------------------------
 
-def _ctx(request_id: str) -> RequestContext:
-    principal = Principal(key_id="key_abc", name="app", team="search", user="ana",
-                          allowed_models=None)
-    return RequestContext(request_id=request_id, trace_id="0" * 32, principal=principal,
-                          model="chat", body={"model": "chat", "messages": [
-                              {"role": "user", "content": "wire 10k€ to ✓"}]},
-                          stream=False, facts=None, data_class="confidential")
+REQUEST = {"model": "chat", "messages": [{"role": "user", "content": "wire 10k€ to ✓"}]}
+
+
+def _held(request_id: str) -> Review:
+    return Review.pending(rule="payments", request_id=request_id, key_id="key_abc",
+                          team="search", model="chat", data_class="confidential",
+                          request=REQUEST, answer=ANSWER)
 
 
 ANSWER = {"id": "chatcmpl-1", "object": "chat.completion",
@@ -384,9 +383,12 @@ ANSWER = {"id": "chatcmpl-1", "object": "chat.completion",
 
 async def test_reviews_hold_get_list_decide(backend: Backend) -> None:
     queue = await backend.reviews()
-    first = await queue.hold(_ctx("req-1"), "payments", ANSWER)
+    held = _held("req-1")
+    await queue.hold(held)
     await asyncio.sleep(0.002)
-    second = await queue.hold(_ctx("req-2"), "payments", ANSWER)
+    later = _held("req-2")
+    await queue.hold(later)
+    first, second = held.id, later.id
     assert first.startswith("rev_") and first != second
 
     review = await queue.get(first)
@@ -394,7 +396,7 @@ async def test_reviews_hold_get_list_decide(backend: Backend) -> None:
     assert (review.id, review.status, review.rule, review.request_id, review.key_id,
             review.team, review.model, review.data_class) == (
         first, "pending", "payments", "req-1", "key_abc", "search", "chat", "confidential")
-    assert review.request == dict(_ctx("req-1").body) and review.answer == ANSWER
+    assert review.request == REQUEST and review.answer == ANSWER
     assert (review.reviewer, review.comment, review.decided_at) == (None, None, None)
     assert await queue.get("rev_unknown") is None
 
@@ -421,7 +423,9 @@ async def test_reviews_hold_get_list_decide(backend: Backend) -> None:
 
 async def test_reviews_across_processes_decided_once(backend: Backend) -> None:
     first, second = await backend.reviews(), await backend.reviews()
-    review_id = await first.hold(_ctx("req-1"), "payments", ANSWER)
+    held = _held("req-1")
+    await first.hold(held)
+    review_id = held.id
     seen = await second.get(review_id)
     assert seen is not None and seen.status == "pending"
     assert [r.id for r in await second.list("pending")] == [review_id]
@@ -441,14 +445,14 @@ async def test_a_gateway_runs_on_this_backend(backend: Backend, upstream: Any,
     """End to end: admin key creation, a model call, spend and audit, on each backend."""
     import aiohttp
 
-    from tests.conftest import base_config
+    from tests.conftest import ADMIN, base_config
 
     cfg = base_config(upstream.url)
-    cfg["admin_keys"] = [{"key": "sk-admin-0123456789abcdef", "name": "ops"}]
+    cfg["admin_keys"] = [{"key": ADMIN, "name": "ops"}]
     if backend.name == "postgres":
         cfg["storage"] = {"backend": "postgres", "dsn": backend.dsn}
     gw = await make_gateway(cfg)
-    admin = {"Authorization": "Bearer sk-admin-0123456789abcdef"}
+    admin = {"Authorization": f"Bearer {ADMIN}"}
     base = gw.url.removesuffix("/v1")
     async with aiohttp.ClientSession() as session:
         async with session.post(base + "/admin/keys", json={"name": "e2e"},

@@ -15,9 +15,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
-from gateway import telemetry
 from gateway.app import build_app
 from gateway.config import parse_config
+from gateway.observability import telemetry
 from tests.conftest import (
     APP_KEY,
     UPSTREAM_KEY,

@@ -33,7 +33,7 @@ from gateway.errors import (
     ReviewPending,
     UnsupportedRequest,
 )
-from gateway.ingress import ChatCompletionRequest
+from gateway.pipeline.ingress import ChatCompletionRequest
 from gateway.translate import sse
 from gateway.translate.anthropic import (
     count_tokens,

@@ -22,8 +22,8 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from gateway.errors import InternalError, PodiumError
-from gateway.ingress import ChatCompletionRequest
-from gateway.schema_instance import instance
+from gateway.pipeline.ingress import ChatCompletionRequest
+from gateway.simulator.schema_instance import instance
 from gateway.translate import sse
 from gateway.translate.responses import conversation_items, from_completion, to_chat
 from gateway.translate.responses_models import ResponsesRequest

@@ -57,7 +57,8 @@ def routing_curve(scores: Sequence[float] | np.ndarray, weak: np.ndarray, strong
 
 def oracle_scores(weak: np.ndarray, strong: np.ndarray) -> np.ndarray:
     """What an all-knowing router would score: strong-only wins, then ties, then weak-only."""
-    return np.sign(np.asarray(strong, float) - np.asarray(weak, float))
+    scores: np.ndarray = np.sign(np.asarray(strong, float) - np.asarray(weak, float))
+    return scores
 
 
 def apgr(curve: Curve, weak_quality: float, strong_quality: float) -> float:

@@ -20,7 +20,7 @@ import openai
 import orjson
 import pytest
 
-from gateway.pii import detect
+from gateway.pipeline.pii import detect
 from tests.conftest import APP_KEY, GatewayFactory, RunningGateway, Upstream, base_config
 from tests.support.scripted import ScriptedUpstream, start_scripted
 
@@ -46,7 +46,7 @@ def test_every_detector_is_linear(unit: str) -> None:
 
 
 def test_findings_across_window_boundaries_are_whole() -> None:
-    from gateway.pii import WINDOW
+    from gateway.pipeline.pii import WINDOW
 
     filler = "x " * (WINDOW // 2 - 10)
     text = filler + "mail jane.doe@example.com now " + filler + "card 4111 1111 1111 1111"

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from gateway.pii import Pseudonymizer, detect
+from gateway.pipeline.pii import Pseudonymizer, detect
 from tests.security.data.pii_corpus import POSITIVES, PROSE
 
 

@@ -1,0 +1,104 @@
+"""`/admin/...`: operators' endpoints, behind an admin key (`admin_keys:` in the config).
+
+Keys: `POST /admin/keys` returns the raw key once (only its digest is stored) and may give the
+key its own rpm, tpm and budget, `GET /admin/keys` lists them, `DELETE /admin/keys/{id}` revokes
+one, effective on the next request.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from pydantic import ConfigDict, Field
+
+from gateway.errors import BadRequest, RouteNotFound
+from gateway.pipeline.egress import json_response
+from gateway.pipeline.ingress import read_json, validate
+from gateway.runtime import GATEWAY
+from plugins.settings import Limits
+
+SPEND_GROUPS = ("key", "team", "model", "deployment", "day")
+
+
+class NewKey(Limits):
+    """A key to create, with its own limits (as on `keys:` in the config; its team's apply as
+    well)."""
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    name: str = Field(min_length=1, max_length=200)
+    team: str | None = None
+    user: str | None = None
+    models: list[str] | None = None
+
+    def limits(self) -> Limits | None:
+        if self.rpm is None and self.tpm is None and self.budget_usd is None:
+            return None
+        return Limits(rpm=self.rpm, tpm=self.tpm, budget_usd=self.budget_usd,
+                      budget_period=self.budget_period)
+
+
+
+def _float(request: web.Request, name: str) -> float | None:
+    value = request.query.get(name)
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise BadRequest(f"Query parameter {name!r} must be a number (unix seconds).",
+                         param=name) from None
+
+
+async def spend(request: web.Request) -> web.Response:
+    """Spend grouped by key, team, model, deployment or day; `since`/`until` in unix seconds."""
+    await require_admin(request)
+    group_by = request.query.get("group_by", "key")
+    if group_by not in SPEND_GROUPS:
+        raise BadRequest(f"group_by must be one of {', '.join(SPEND_GROUPS)}.",
+                         param="group_by")
+    rows = await request.app[GATEWAY].governance.ledger.report(
+        group_by, _float(request, "since"), _float(request, "until"))
+    return json_response({"object": "list", "group_by": group_by, "data": rows})
+
+
+async def audit(request: web.Request) -> web.Response:
+    """Audit records, newest first; filters: key_id, team, status, request_id, since, until."""
+    await require_admin(request)
+    log = request.app[GATEWAY].governance.audit
+    if log is None:
+        raise RouteNotFound("The audit trail is disabled (audit.enabled: false).")
+    limit = int(_float(request, "limit") or 100)
+    records = await log.query(request.query, limit=max(1, min(limit, 1000)))
+    return json_response({"object": "list", "data": records})
+
+
+async def require_admin(request: web.Request) -> str:
+    rt = request.app[GATEWAY].runtime
+    return await rt.auth.admin(request.headers.get("Authorization"))
+
+
+async def create_key(request: web.Request) -> web.Response:
+    await require_admin(request)
+    gw = request.app[GATEWAY]
+    rt = gw.runtime
+    new = validate(NewKey, await read_json(request, rt.config.server.max_body_bytes)).typed
+    if not rt.auth.team_exists(new.team):
+        raise BadRequest(f"Unknown team {new.team!r}.", param="team")
+    unknown = [m for m in new.models or () if m not in rt.catalog.groups]
+    if unknown:
+        raise BadRequest(f"Unknown model(s): {', '.join(unknown)}.", param="models")
+    key, raw = await gw.keystore.create(new.name, new.team, new.user, new.models,
+                                        new.limits())
+    return json_response({**key.public(), "key": raw}, status=201)
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    await require_admin(request)
+    keys = await request.app[GATEWAY].keystore.list()
+    return json_response({"object": "list", "data": [k.public() for k in keys]})
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    await require_admin(request)
+    key_id = request.match_info["key_id"]
+    if not await request.app[GATEWAY].keystore.revoke(key_id):
+        raise RouteNotFound(f"No active key with id {key_id!r}.")
+    return json_response({"id": key_id, "object": "key", "revoked": True})

@@ -1,0 +1,350 @@
+"""`/dashboard`: a live operations page, served by the gateway itself, behind an admin key.
+
+Routes:
+    GET  /dashboard                the page, or a login form without a valid session
+    POST /dashboard/login          form field `key`: an admin key → session cookie, 303 back
+    POST /dashboard/logout         clears the cookie
+    GET  /dashboard/static/{name}  the page's own CSS/JS (no CDN, nothing from the internet)
+    GET  /admin/dashboard/data     the JSON snapshot the page polls (cookie or admin bearer)
+
+Browsers cannot send a bearer header when navigating, so a correct admin key typed into the
+form is exchanged for a cookie `podium_dashboard` = `<name>.<expiry>.<hmac>`: `name` is the admin
+key's name (base64url), the HMAC-SHA256 is keyed with that admin key's sha256 digest from the
+config. Any worker with the same config verifies it; removing or rotating the key ends every
+session made with it. The key itself is never in a cookie, a URL, a log or the page.
+
+The snapshot is cumulative (counters since the process started, summed over workers through
+`Metrics.exposition()`); the page keeps its own history and draws rates and time series.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import html
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.config import AdminKeyEntry
+from gateway.errors import AuthenticationFailed, PermissionDenied, RouteNotFound
+from gateway.pipeline.egress import json_response
+from gateway.runtime import GATEWAY, Gateway
+
+SESSION_COOKIE = "podium_dashboard"
+SESSION_TTL_S = 12 * 3600
+REVIEWS_SHOWN = 5
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+       "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+       "frame-ancestors 'none'")
+_PAGE_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
+                 "X-Frame-Options": "DENY", "Referrer-Policy": "same-origin",
+                 "Cache-Control": "no-store"}
+_TYPES = {".html": "text/html", ".css": "text/css", ".js": "text/javascript",
+          ".svg": "image/svg+xml"}
+_BREAKER_NAMES = {0: "closed", 1: "half_open", 2: "open"}
+
+
+@dataclass(frozen=True)
+class Asset:
+    body: bytes
+    content_type: str
+    etag: str
+
+
+ASSETS: web.AppKey[dict[str, Asset]] = web.AppKey("podium.dashboard_assets", dict)
+
+
+def load_assets() -> dict[str, Asset]:
+    """Every file of `gateway/http/static/`, read once."""
+    assets = {}
+    for entry in (resources.files("gateway.http") / "static").iterdir():
+        suffix = "." + entry.name.rsplit(".", 1)[-1]
+        if entry.is_file() and suffix in _TYPES:
+            body = entry.read_bytes()
+            assets[entry.name] = Asset(body, _TYPES[suffix],
+                                       '"' + hashlib.sha256(body).hexdigest()[:16] + '"')
+    return assets
+
+
+
+# ---- sessions -------------------------------------------------------------------------------
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _mac(digest: str, message: str) -> str:
+    return hmac.new(bytes.fromhex(digest), message.encode(), hashlib.sha256).hexdigest()
+
+
+def sign_session(name: str, digest: str, now: float | None = None) -> str:
+    """A session value for admin `name`, whose key has sha256 `digest`, valid for 12 h."""
+    expiry = int((time.time() if now is None else now) + SESSION_TTL_S)
+    message = f"{_b64(name.encode())}.{expiry}"
+    return f"{message}.{_mac(digest, message)}"
+
+
+def verify_session(value: str, admins: Iterable[AdminKeyEntry],
+                   now: float | None = None) -> str | None:
+    """The admin name a session value was made for, or None if forged, expired or revoked."""
+    now = time.time() if now is None else now
+    parts = value.split(".")
+    if len(parts) != 3 or not parts[1].isdigit():
+        return None
+    encoded, expiry, mac = parts
+    if not now < int(expiry) <= now + SESSION_TTL_S + 60:
+        return None
+    try:
+        name = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+    except ValueError:
+        return None
+    message = f"{encoded}.{expiry}"
+    valid = [hmac.compare_digest(_mac(e.digest(), message), mac)
+             for e in admins if e.name == name]
+    return name if any(valid) else None
+
+
+def _digest_for(admins: Iterable[AdminKeyEntry], name: str, key: str) -> str:
+    presented = hashlib.sha256(key.encode()).hexdigest()
+    for entry in admins:
+        if entry.name == name and hmac.compare_digest(entry.digest(), presented):
+            return entry.digest()
+    raise AuthenticationFailed("Incorrect admin key provided.")
+
+
+def session_admin(request: web.Request) -> str | None:
+    value = request.cookies.get(SESSION_COOKIE)
+    if not value:
+        return None
+    return verify_session(value, request.app[GATEWAY].runtime.config.admin_keys)
+
+
+async def dashboard_admin(request: web.Request) -> str:
+    """The admin behind a request: `Authorization: Bearer` first, else the session cookie."""
+    authorization = request.headers.get("Authorization")
+    if authorization:
+        return await request.app[GATEWAY].runtime.auth.admin(authorization)
+    name = session_admin(request)
+    if name is None:
+        raise AuthenticationFailed("No dashboard session: log in at /dashboard, or send "
+                                   "'Authorization: Bearer <admin key>'.")
+    return name
+
+
+def _same_origin(request: web.Request) -> bool:
+    origin = request.headers.get("Origin")
+    return origin is None or urlsplit(origin).netloc == request.host
+
+
+def _cookie_attrs(request: web.Request) -> dict[str, Any]:
+    return {"path": "/", "httponly": True, "samesite": "Strict",
+            "secure": request.scheme == "https"}
+
+
+# ---- pages ----------------------------------------------------------------------------------
+
+def _html(request: web.Request, name: str, status: int = 200, error: str = "") -> web.Response:
+    body = request.app[ASSETS][name].body
+    if error:
+        body = body.replace(b"<!--error-->", f'<p class="error" role="alert">'
+                            f"{html.escape(error)}</p>".encode())
+    return web.Response(body=body, status=status, content_type="text/html", charset="utf-8",
+                        headers={**_PAGE_HEADERS})
+
+
+async def page(request: web.Request) -> web.Response:
+    if session_admin(request) is None:
+        return _html(request, "login.html")
+    return _html(request, "dashboard.html")
+
+
+def _see_dashboard(request: web.Request) -> web.Response:
+    return web.Response(status=303, headers={**_PAGE_HEADERS, "Location": "/dashboard"})
+
+
+async def login(request: web.Request) -> web.Response:
+    if not _same_origin(request):
+        return _html(request, "login.html", 403, "Log in from this gateway's own page.")
+    form = await request.post()
+    key = form.get("key")
+    if not isinstance(key, str) or not key.strip():
+        return _html(request, "login.html", 401, "Enter an admin key.")
+    rt = request.app[GATEWAY].runtime
+    try:
+        name = await rt.auth.admin(f"Bearer {key.strip()}")
+    except AuthenticationFailed:
+        return _html(request, "login.html", 401, "That is not a valid admin key.")
+    except PermissionDenied:
+        return _html(request, "login.html", 403,
+                     "That key is valid, but it is not an admin key.")
+    digest = _digest_for(rt.config.admin_keys, name, key.strip())
+    response = _see_dashboard(request)
+    response.set_cookie(SESSION_COOKIE, sign_session(name, digest), max_age=SESSION_TTL_S,
+                        **_cookie_attrs(request))
+    return response
+
+
+async def logout(request: web.Request) -> web.Response:
+    if not _same_origin(request):
+        return _html(request, "login.html", 403, "Log out from this gateway's own page.")
+    response = _see_dashboard(request)
+    response.del_cookie(SESSION_COOKIE, **_cookie_attrs(request))
+    return response
+
+
+async def asset(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    found = request.app[ASSETS].get(name)
+    if found is None or name.endswith(".html"):  # pages go through /dashboard only
+        raise RouteNotFound(f"Unknown endpoint GET {request.path}.")
+    headers = {"ETag": found.etag, "Cache-Control": "no-cache",
+               "X-Content-Type-Options": "nosniff", "Content-Security-Policy": CSP}
+    if request.headers.get("If-None-Match") == found.etag:
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=found.body, content_type=found.content_type, charset="utf-8",
+                        headers=headers)
+
+
+# ---- data -----------------------------------------------------------------------------------
+
+async def data(request: web.Request) -> web.Response:
+    await dashboard_admin(request)
+    gw = request.app[GATEWAY]
+    body = await snapshot(gw)
+    return json_response(body, {"Cache-Control": "no-store"})
+
+
+Samples = dict[str, list[tuple[dict[str, str], float]]]
+
+
+def parse_exposition(text: str) -> Samples:
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if not s.name.endswith("_created"):
+                samples.setdefault(s.name, []).append((s.labels, s.value))
+    return samples
+
+
+def sum_by(samples: Samples, name: str, label: str, skip: Iterable[str] = ()) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for labels, value in samples.get(name, ()):
+        key = labels.get(label, "")
+        if key not in skip:
+            out[key] = out.get(key, 0.0) + value
+    return {k: round(v, 10) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
+
+
+def buckets(samples: Samples, name: str) -> list[tuple[float, float]]:
+    """Cumulative (upper bound, count) pairs of a histogram, summed over its label sets."""
+    by_le: dict[float, float] = {}
+    for labels, value in samples.get(name + "_bucket", ()):
+        le = float(labels["le"])
+        by_le[le] = by_le.get(le, 0.0) + value
+    return sorted(by_le.items())
+
+
+def quantile(q: float, cumulative: list[tuple[float, float]]) -> float | None:
+    """Prometheus' histogram_quantile: linear interpolation inside the bucket."""
+    if not cumulative or cumulative[-1][1] <= 0:
+        return None
+    rank, lower, below = q * cumulative[-1][1], 0.0, 0.0
+    for upper, count in cumulative:
+        if count >= rank:
+            if upper == float("inf"):
+                return lower
+            inside = count - below
+            return lower + (upper - lower) * ((rank - below) / inside if inside else 1.0)
+        lower, below = upper, count
+    return lower
+
+
+def _feedback(samples: Samples, label: str) -> dict[str, dict[str, float]]:
+    """Count and mean of the `podium_feedback_score` histogram (scores 0 bad … 1 good)."""
+    counts = sum_by(samples, "podium_feedback_score_count", label)
+    scores = sum_by(samples, "podium_feedback_score_sum", label)
+    return {k: {"count": n, "mean": round(scores.get(k, 0.0) / n, 4)}
+            for k, n in counts.items() if n > 0}
+
+
+async def snapshot(gw: Gateway) -> dict[str, Any]:
+    """Everything the page shows, as cumulative counters plus current state."""
+    await gw.sync_breakers()
+    samples = parse_exposition(gw.metrics.exposition().decode())
+    catalog = gw.runtime.catalog.deployments
+    requests = "podium_requests_total"
+    spend_dep = sum_by(samples, "podium_cost_usd_total", "deployment")
+    by_model: dict[str, float] = {}
+    groups = {d.id: d.group for d in catalog}
+    for dep_id, usd in spend_dep.items():
+        group = groups.get(dep_id, dep_id)
+        by_model[group] = by_model.get(group, 0.0) + usd
+    latency = buckets(samples, "podium_request_duration_seconds")
+    overhead = buckets(samples, "podium_gateway_overhead_seconds")
+    breaker_metric = {labels["deployment"]: value
+                      for labels, value in samples.get("podium_breaker_state", ())}
+    answering = sum_by(samples, requests, "deployment", skip=("none",))
+    upstream_sum = sum_by(samples, "podium_upstream_duration_seconds_sum", "deployment")
+    upstream_n = sum_by(samples, "podium_upstream_duration_seconds_count", "deployment")
+    failures = sum_by(samples, "podium_fallbacks_total", "deployment")
+    feedback_dep = _feedback(samples, "deployment")
+    now, deployments = time.time(), []
+    for dep in catalog:
+        health = gw.health.snapshot(dep.id)
+        state = max(health.state, _BREAKER_NAMES.get(int(breaker_metric.get(dep.id, 0)),
+                                                      "closed"), key=_severity)
+        opens_in = gw.health.wall_open_until(dep.id) - now if state == "open" else 0.0
+        n = upstream_n.get(dep.id, 0.0)
+        deployments.append({
+            "id": dep.id, "group": dep.group, "mode": dep.mode, "breaker": state,
+            "consecutive_failures": health.consecutive_failures,
+            "retry_in_s": round(max(0.0, opens_in), 1),
+            "latency_s": health.latency_s,
+            "mean_upstream_s": round(upstream_sum.get(dep.id, 0.0) / n, 6) if n else None,
+            "requests": answering.get(dep.id, 0.0), "failed_attempts": failures.get(dep.id, 0.0),
+            "spend_usd": spend_dep.get(dep.id, 0.0), "feedback": feedback_dep.get(dep.id)})
+    pending = await gw.governance.reviews.list("pending")
+    statuses = sum_by(samples, requests, "status")
+    return {
+        "object": "dashboard.snapshot", "server_time": now,
+        "config_loaded_at": gw.runtime.loaded_at,
+        "requests": {
+            "total": sum(statuses.values()),
+            "errors": sum(v for k, v in statuses.items() if k.startswith("5")),
+            "rejected": sum(v for k, v in statuses.items() if k.startswith("4")),
+            "by_status": statuses,
+            "by_endpoint": sum_by(samples, requests, "endpoint"),
+            "by_route": sum_by(samples, requests, "route", skip=("none",)),
+            "by_deployment": answering,
+            "by_team": sum_by(samples, requests, "team"),
+        },
+        "latency": {"buckets": latency, "p50_s": quantile(0.5, latency),
+                    "p95_s": quantile(0.95, latency),
+                    "overhead_buckets": overhead, "overhead_p50_s": quantile(0.5, overhead),
+                    "overhead_p95_s": quantile(0.95, overhead)},
+        "cache": sum_by(samples, "podium_cache_requests_total", "result"),
+        "escalations": sum_by(samples, "podium_cascade_escalations_total", "route"),
+        "fallbacks": failures,
+        "rejections": sum_by(samples, "podium_rejections_total", "code"),
+        "spend": {"by_team": sum_by(samples, "podium_cost_usd_total", "team"),
+                  "by_deployment": spend_dep,
+                  "by_model": dict(sorted(by_model.items(), key=lambda kv: -kv[1]))},
+        "tokens": sum_by(samples, "podium_tokens_total", "direction"),
+        "deployments": deployments,
+        "reviews": {"pending": len(pending), "oldest": [
+            {"id": r.id, "rule": r.rule, "team": r.team, "model": r.model,
+             "created_at": int(r.created_at)} for r in pending[:REVIEWS_SHOWN]]},
+        "feedback": {"by_deployment": feedback_dep, "by_route": _feedback(samples, "route")},
+    }
+
+
+def _severity(state: str) -> int:
+    return {"closed": 0, "half_open": 1, "open": 2}.get(state, 0)

@@ -1,0 +1,40 @@
+"""`GET /v1/models` (the models this caller may use), and the endpoints for probes and
+scrapers: `/healthz`, `/readyz`, `/metrics`."""
+
+from __future__ import annotations
+
+import os
+
+from aiohttp import web
+
+from gateway.http.governed import identify
+from gateway.observability.metrics import CONTENT_TYPE
+from gateway.pipeline.egress import json_response, model_list
+from gateway.runtime import GATEWAY
+from routing.router import AUTO
+
+
+async def list_models(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    rt = gw.runtime
+    principal = await identify(request, gw, rt)
+    ids = rt.router.visible_groups(principal)
+    if any(d.mode == "chat" and principal.may_use(d.group) for d in rt.catalog.deployments):
+        ids.append(AUTO)
+    return json_response(model_list(ids, rt.loaded_at))
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok", "pid": os.getpid()})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ready, parts = request.app[GATEWAY].ready()
+    return json_response({"status": "ready" if ready else "not_ready", **parts},
+                         status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format; open like /healthz (put it behind your network policy)."""
+    return web.Response(body=request.app[GATEWAY].metrics.exposition(),
+                        headers={"Content-Type": CONTENT_TYPE})

@@ -1,0 +1,191 @@
+"""What storage promises, as contracts; the backends are elsewhere in this package.
+
+Durable stores (key store, spend ledger, audit trail, review queue): SQLite is the embedded
+default (one file, nothing to run), PostgreSQL (`storage.backend: postgres`) serves several
+workers or machines. Both pass one contract suite (`tests/test_store_contract.py`). Every
+method is async, so a networked backend never blocks the event loop; the SQLite ones are fast
+enough to answer inline.
+
+Shared state (rate-limit windows, budget reservations and spend, the response cache, breaker
+state): what workers and machines must agree on. `MemoryState` keeps it in the process,
+`RedisState` in Redis for a fleet. `backends.py` opens whichever the config names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from gateway.storage.audit_chain import VerifyResult
+from gateway.storage.records import AuditRecord, Review, SpendRow, StoredKey
+from plugins.settings import Limits
+
+WINDOW_S = 60.0                      # the length of every rate-limit window
+
+
+class Store(Protocol):
+    async def start(self) -> None:
+        """Connect and create the schema if missing; called once at startup."""
+        ...
+
+    async def close(self) -> None:
+        """Flush anything buffered and disconnect; called once at shutdown."""
+        ...
+
+
+class KeyStoreBackend(Store, Protocol):
+    async def find(self, digest: str) -> StoredKey | None:
+        """The active key with this sha256 digest; a revocation is seen on the next call."""
+        ...
+
+    async def create(self, name: str, team: str | None, user: str | None,
+                     models: list[str] | None,
+                     limits: Limits | None = None) -> tuple[StoredKey, str]:
+        """A new key and its raw value (returned once; only the digest is stored), with its
+        own rate limits and budget, if any."""
+        ...
+
+    async def list(self) -> list[StoredKey]:
+        """Every key, revoked ones included, oldest first."""
+        ...
+
+    async def revoke(self, key_id: str) -> bool:
+        """Revoke an active key; False if there is none with this id."""
+        ...
+
+
+class SpendStore(Store, Protocol):
+    def submit(self, row: SpendRow) -> None:
+        """Queue one spend row; written in batches."""
+        ...
+
+    async def flush(self) -> None:
+        """Write every queued row now."""
+        ...
+
+    async def spent_since(self, column: str, value: str, since: float) -> float:
+        """Total cost where `column` ("key_id" or "team") = value and ts >= since."""
+        ...
+
+    async def report(self, group_by: str, since: float | None,
+                     until: float | None) -> list[dict[str, Any]]:
+        """Spend grouped by key, team, model, deployment or day (flushes first)."""
+        ...
+
+
+class AuditStore(Store, Protocol):
+    def submit(self, record: AuditRecord) -> None:
+        """Queue one record; appended to the hash chain in batches."""
+        ...
+
+    async def flush(self) -> None:
+        """Append every queued record now."""
+        ...
+
+    async def query(self, filters: Mapping[str, str], limit: int = 100) -> list[dict[str, Any]]:
+        """Records newest first, filtered by key_id, team, status, request_id, since, until."""
+        ...
+
+    async def verify(self) -> VerifyResult:
+        """Walk the chain from the first record; name the first one that does not fit."""
+        ...
+
+
+class ReviewStore(Store, Protocol):
+    async def hold(self, review: Review) -> None:
+        """Store a held answer durably, before the caller is told."""
+        ...
+
+    async def get(self, review_id: str) -> Review | None:
+        """One review, or None."""
+        ...
+
+    async def list(self, status: str | None) -> list[Review]:
+        """Reviews with this status (None: all), oldest first."""
+        ...
+
+    async def decide(self, review_id: str, approve: bool, reviewer: str,
+                     comment: str | None) -> Review | None:
+        """Approve or reject a pending review; None if unknown; BadRequest if decided."""
+        ...
+
+
+@dataclass
+class Stores:
+    """The durable stores of one process, as the config names them (not yet started)."""
+    keys: KeyStoreBackend
+    spend: SpendStore
+    audit: AuditStore | None
+    reviews: ReviewStore
+
+
+class CacheStore(Protocol):
+    async def get(self, key: str) -> bytes | None:
+        """The stored answer for `key`, or None (absent or expired)."""
+        ...
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
+        """Store `value` for `ttl_s` seconds; may evict older entries to stay within bounds."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class WindowCheck:
+    key: str                 # e.g. "key:key_ab12:rpm"
+    limit: float
+    amount: float            # 1 for requests, reserved tokens for tokens
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetClaim:
+    scope: str               # e.g. "team:support"
+    budget_usd: float
+    period_start: float      # unix seconds
+    load_spent: Callable[[], Awaitable[float]]  # durable spend since period_start
+
+
+class SharedState(Protocol):
+    @property
+    def cache(self) -> CacheStore:
+        """The response cache that lives where this state does."""
+        ...
+
+    async def admit(self, checks: list[WindowCheck],
+                    request_id: str) -> tuple[float, str | None]:
+        """Record the request in every window if all have room: (0.0, None); otherwise
+        nothing is recorded and the result is the seconds until it would fit and the key of
+        the window that is full."""
+        ...
+
+    async def settle_windows(self, keys: list[str], request_id: str, amount: float) -> None:
+        """Replace this request's reserved amount in these windows with what it used."""
+        ...
+
+    async def reserve(self, claims: list[BudgetClaim], request_id: str, amount: float,
+                      ttl_s: float) -> tuple[BudgetClaim, float, float] | None:
+        """Reserve `amount` under every claim if all have room (None); otherwise reserve
+        nothing and return the claim that is full, with its spent and reserved totals.
+        A reservation not settled within `ttl_s` (a crashed worker) lapses."""
+        ...
+
+    async def settle(self, claims: list[BudgetClaim], request_id: str, cost: float) -> None:
+        """Release this request's reservations and add its real cost to spent."""
+        ...
+
+    async def breaker_updates(self) -> dict[str, tuple[str, float]]:
+        """Breaker states published by other processes: deployment id → (state, open until
+        as unix seconds)."""
+        ...
+
+    async def publish_breaker(self, dep_id: str, state: str, open_until: float) -> None:
+        """Tell other processes a breaker changed."""
+        ...
+
+    def status(self) -> tuple[bool, str]:
+        """(healthy, description) for /readyz."""
+        ...
+
+    async def close(self) -> None:
+        """Disconnect; called once at shutdown."""
+        ...

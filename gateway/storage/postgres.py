@@ -1,0 +1,341 @@
+"""The durable stores in PostgreSQL (`storage.backend: postgres`), on asyncpg.
+
+They behave exactly like the SQLite stores (`keystore.py`, `sqlite.py`): the same records
+(`records.py`), the same hash chain (`audit_chain.py`); both pass
+`tests/test_store_contract.py`. Each store owns one small `asyncpg.Pool`, opened by `start()`
+(which also creates its tables, serialized across processes by an advisory lock) and closed by
+`close()`. Tables are prefixed `podium_`, so they can share a database; pick a schema through
+the DSN, e.g. `postgresql://host/db?options=-csearch_path%3Dpodium`. Needs PostgreSQL 14 or
+newer (CREATE OR REPLACE TRIGGER). Times are unix seconds in DOUBLE PRECISION; JSON is TEXT
+written by orjson, so it round-trips byte for byte.
+
+Key revocation. `find` answers from an in-memory `DigestIndex`. A statement trigger on
+`podium_keys` bumps the one row of `podium_keys_version` in the same transaction as any change to
+the keys (create, revoke, or an operator's own SQL). Every `find` reads that row (one round trip
+on a pooled connection, a prepared single-row SELECT) and reloads the index when it moved, so a
+revocation committed by any process is refused by the very next `find` in every process.
+LISTEN/NOTIFY was not chosen: notifications arrive asynchronously, so a `find` just after a
+revoke elsewhere could still accept the key, and a dropped listener connection loses them.
+
+Audit chain. An append runs in one READ COMMITTED transaction that first takes
+`pg_advisory_xact_lock(_AUDIT_LOCK)`, then reads the last hash and inserts the batch in order
+(`seq` is a BIGSERIAL, drawn under the lock). The lock is released only at COMMIT, and the next
+appender reads the last hash in a statement after it got the lock, so it always sees the rows
+just committed: any number of writers in any number of processes form one chain in `seq` order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import asyncpg
+import orjson
+
+from gateway.errors import BadRequest
+from gateway.pipeline.identity import DigestIndex
+from gateway.storage.audit_chain import GENESIS, ChainCheck, VerifyResult, chain_hash
+from gateway.storage.batch import BatchWriter
+from gateway.storage.records import AuditRecord, Review, SpendRow, StoredKey
+from plugins.settings import Limits
+
+T = TypeVar("T")
+
+_DDL_LOCK = 0x706F_6469_756D_0001    # "podium" + 1: one process creates the schema at a time
+_AUDIT_LOCK = 0x706F_6469_756D_0002  # "podium" + 2: one audit append at a time, database-wide
+_POOL_MAX = 4
+
+_KEYS_DDL = """
+CREATE TABLE IF NOT EXISTS podium_keys (
+    id TEXT PRIMARY KEY, digest TEXT NOT NULL UNIQUE, name TEXT NOT NULL, team TEXT,
+    user_name TEXT, models TEXT, created_at DOUBLE PRECISION NOT NULL,
+    revoked_at DOUBLE PRECISION);
+ALTER TABLE podium_keys ADD COLUMN IF NOT EXISTS limits TEXT;
+CREATE TABLE IF NOT EXISTS podium_keys_version (
+    one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one), version BIGINT NOT NULL);
+INSERT INTO podium_keys_version VALUES (TRUE, 0) ON CONFLICT DO NOTHING;
+CREATE OR REPLACE FUNCTION podium_keys_bump() RETURNS trigger LANGUAGE plpgsql
+    SET search_path FROM CURRENT AS $$
+    BEGIN UPDATE podium_keys_version SET version = version + 1; RETURN NULL; END $$;
+CREATE OR REPLACE TRIGGER podium_keys_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON podium_keys
+    FOR EACH STATEMENT EXECUTE FUNCTION podium_keys_bump();
+"""
+# In the order of `StoredKey.row` and `StoredKey.from_row`.
+_KEY_COLUMNS = "id, digest, name, team, user_name, models, created_at, revoked_at, limits"
+
+_SPEND_DDL = """
+CREATE TABLE IF NOT EXISTS podium_spend (
+    ts DOUBLE PRECISION NOT NULL, request_id TEXT NOT NULL, key_id TEXT, key_name TEXT,
+    team TEXT, model TEXT, deployment TEXT, status INTEGER, prompt_tokens INTEGER,
+    completion_tokens INTEGER, cost_usd DOUBLE PRECISION NOT NULL);
+CREATE INDEX IF NOT EXISTS podium_spend_ts ON podium_spend (ts);
+"""
+_SPEND_GROUPS = {"key": "key_id", "team": "team", "model": "model", "deployment": "deployment",
+                 "day": "to_char(to_timestamp(ts) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"}
+_SPEND_COLUMNS = {"key_id": "key_id", "team": "team"}
+
+_AUDIT_DDL = """
+CREATE TABLE IF NOT EXISTS podium_audit (
+    seq BIGSERIAL PRIMARY KEY, ts DOUBLE PRECISION NOT NULL, request_id TEXT NOT NULL,
+    key_id TEXT, team TEXT, status INTEGER, record TEXT NOT NULL, prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL);
+"""
+# Filter values arrive as strings (query parameters); SQLite compares them with numeric
+# affinity, PostgreSQL needs them typed. A value that does not convert matches nothing.
+_AUDIT_FILTERS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "key_id": ("key_id = ${}", str), "team": ("team = ${}", str),
+    "status": ("status = ${}", int), "request_id": ("request_id = ${}", str),
+    "since": ("ts >= ${}", float), "until": ("ts < ${}", float),
+    "trace_id": ("(record::jsonb ->> 'trace_id') = ${}", str),
+    "event": ("(record::jsonb ->> 'event') = ${}", str)}
+
+_REVIEWS_DDL = """
+CREATE TABLE IF NOT EXISTS podium_reviews (
+    id TEXT PRIMARY KEY, created_at DOUBLE PRECISION NOT NULL, status TEXT NOT NULL, rule TEXT,
+    request_id TEXT, key_id TEXT, team TEXT, model TEXT, data_class TEXT,
+    request TEXT NOT NULL, answer TEXT NOT NULL,
+    reviewer TEXT, comment TEXT, decided_at DOUBLE PRECISION);
+CREATE INDEX IF NOT EXISTS podium_reviews_status ON podium_reviews (status, created_at);
+"""
+_REVIEW_SELECT = ", ".join(Review.COLUMNS)
+
+
+class _PgStore:
+    """One pool per store; the schema is created on start."""
+
+    _ddl = ""
+    _what = "store"
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._pool: asyncpg.Pool | None = None
+
+    async def start(self) -> None:
+        pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=_POOL_MAX)
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute(f"SELECT pg_advisory_xact_lock({_DDL_LOCK})")
+                await conn.execute(self._ddl)
+        except BaseException:
+            await pool.close()
+            raise
+        self._pool = pool
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    def _db(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError(f"the {self._what} is not open")
+        return self._pool
+
+
+class PgKeyStore(_PgStore):
+    _ddl, _what = _KEYS_DDL, "key store"
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(dsn)
+        self._version: int | None = -1
+        self._index = DigestIndex()
+        self._reloading = asyncio.Lock()
+
+    async def start(self) -> None:
+        await super().start()
+        await self._reload()
+
+    async def find(self, digest: str) -> StoredKey | None:
+        if self._pool is None:
+            return None
+        version = await self._pool.fetchval("SELECT version FROM podium_keys_version")
+        if version != self._version:
+            async with self._reloading:
+                if version != self._version:  # not already reloaded by a concurrent find
+                    await self._reload()
+        found = self._index.find(digest)
+        return found if isinstance(found, StoredKey) else None
+
+    async def create(self, name: str, team: str | None, user: str | None,
+                     models: list[str] | None,
+                     limits: Limits | None = None) -> tuple[StoredKey, str]:
+        key, raw, digest = StoredKey.new(name, team, user, models, limits)
+        await self._db().execute(
+            f"INSERT INTO podium_keys ({_KEY_COLUMNS}) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", *key.row(digest))
+        return key, raw
+
+    async def list(self) -> list[StoredKey]:
+        rows = await self._db().fetch(
+            f"SELECT {_KEY_COLUMNS} FROM podium_keys ORDER BY created_at")
+        return [StoredKey.from_row(tuple(r)) for r in rows]
+
+    async def revoke(self, key_id: str) -> bool:
+        status = await self._db().execute(
+            "UPDATE podium_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+            time.time(), key_id)
+        return bool(status == "UPDATE 1")
+
+    async def _reload(self) -> None:
+        # One snapshot for the version and the rows: the index is never newer than its version.
+        async with self._db().acquire() as conn, \
+                conn.transaction(isolation="repeatable_read", readonly=True):
+            version = await conn.fetchval("SELECT version FROM podium_keys_version")
+            rows = await conn.fetch(
+                f"SELECT {_KEY_COLUMNS} FROM podium_keys WHERE revoked_at IS NULL")
+        self._index = DigestIndex((r["digest"], StoredKey.from_row(tuple(r))) for r in rows)
+        self._version = version
+
+
+class _BatchedStore(_PgStore, ABC):
+    _name = "batch"
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(dsn)
+        self._writer: BatchWriter[Any] = BatchWriter(self._write, name=self._name)
+
+    async def start(self) -> None:
+        await super().start()
+        self._writer.start()
+
+    async def close(self) -> None:
+        try:
+            await self._writer.close()
+        finally:
+            await super().close()
+
+    async def flush(self) -> None:
+        await self._writer.flush()
+
+    @abstractmethod
+    async def _write(self, batch: list[Any]) -> None:
+        """Write one batch in one transaction; raise to have it retried with the next."""
+
+
+class PgSpendLedger(_BatchedStore):
+    _ddl, _what, _name = _SPEND_DDL, "spend ledger", "spend"
+
+    def submit(self, row: SpendRow) -> None:
+        self._writer.submit(row)
+
+    async def _write(self, batch: list[SpendRow]) -> None:
+        async with self._db().acquire() as conn, conn.transaction():
+            await conn.executemany(
+                "INSERT INTO podium_spend VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                [row.values() for row in batch])
+
+    async def spent_since(self, column: str, value: str, since: float) -> float:
+        spent = await self._db().fetchval(
+            f"SELECT COALESCE(SUM(cost_usd), 0) FROM podium_spend "
+            f"WHERE {_SPEND_COLUMNS[column]} = $1 AND ts >= $2", value, since)
+        return float(spent)
+
+    async def report(self, group_by: str, since: float | None,
+                     until: float | None) -> list[dict[str, Any]]:
+        await self._writer.flush()
+        rows = await self._db().fetch(
+            f"SELECT {_SPEND_GROUPS[group_by]}, COUNT(*), SUM((status = 200)::int), "
+            f"SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_usd) FROM podium_spend "
+            f"WHERE ts >= $1 AND ts < $2 GROUP BY 1 ORDER BY 6 DESC, 1",
+            since or 0.0, until or 1e12)
+        return [{group_by: r[0], "requests": r[1], "succeeded": r[2], "prompt_tokens": r[3],
+                 "completion_tokens": r[4], "cost_usd": round(r[5], 10)} for r in rows]
+
+
+class PgAuditLog(_BatchedStore):
+    _ddl, _what, _name = _AUDIT_DDL, "audit log", "audit"
+
+    def submit(self, record: AuditRecord) -> None:
+        self._writer.submit(record)
+
+    async def _write(self, batch: list[AuditRecord]) -> None:
+        texts = [r.text() for r in batch]
+        async with self._db().acquire() as conn, conn.transaction(isolation="read_committed"):
+            await conn.execute(f"SELECT pg_advisory_xact_lock({_AUDIT_LOCK})")
+            prev = await conn.fetchval(
+                "SELECT hash FROM podium_audit ORDER BY seq DESC LIMIT 1") or GENESIS
+            rows = []
+            for record, text in zip(batch, texts, strict=True):
+                digest = chain_hash(prev, text)
+                rows.append((record.time, record.request_id, record.key_id, record.team,
+                             record.status, text, prev, digest))
+                prev = digest
+            await conn.executemany(
+                "INSERT INTO podium_audit (ts, request_id, key_id, team, status, record, "
+                "prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", rows)
+
+    async def query(self, filters: Mapping[str, str], limit: int = 100) -> list[dict[str, Any]]:
+        await self.flush()
+        where, args = [], []
+        for name, value in filters.items():
+            if name in _AUDIT_FILTERS:
+                clause, convert = _AUDIT_FILTERS[name]
+                try:
+                    args.append(convert(value))
+                except (TypeError, ValueError):
+                    return []
+                where.append(clause.format(len(args)))
+        sql = "SELECT seq, record, hash FROM podium_audit"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY seq DESC LIMIT ${len(args) + 1}"
+        rows = await self._db().fetch(sql, *args, limit)
+        return [{"seq": r["seq"], **orjson.loads(r["record"]), "hash": r["hash"]} for r in rows]
+
+    async def verify(self) -> VerifyResult:
+        """Walk the chain from the first record; name the first one that does not fit."""
+        await self.flush()
+        check = ChainCheck()
+        try:
+            async with self._db().acquire() as conn, \
+                    conn.transaction(isolation="repeatable_read", readonly=True):
+                async for row in conn.cursor(
+                        "SELECT seq, request_id, record, prev_hash, hash FROM podium_audit "
+                        "ORDER BY seq", prefetch=1000):
+                    if (failed := check.add(*row)) is not None:
+                        return failed
+        except asyncpg.PostgresError as exc:
+            return VerifyResult(False, 0, f"cannot read the audit table: {exc}")
+        return check.ok()
+
+
+class PgReviewQueue(_PgStore):
+    _ddl, _what = _REVIEWS_DDL, "review queue"
+
+    async def hold(self, review: Review) -> None:
+        row = review.row()
+        # Committed before the caller hears of it, so a held answer survives a crash.
+        placeholders = ", ".join(f"${i}" for i in range(1, len(row) + 1))
+        await self._db().execute(
+            f"INSERT INTO podium_reviews ({_REVIEW_SELECT}) VALUES ({placeholders})", *row)
+
+    async def get(self, review_id: str) -> Review | None:
+        row = await self._db().fetchrow(
+            f"SELECT {_REVIEW_SELECT} FROM podium_reviews WHERE id = $1", review_id)
+        return Review.from_row(tuple(row)) if row else None
+
+    async def list(self, status: str | None) -> list[Review]:
+        sql, args = f"SELECT {_REVIEW_SELECT} FROM podium_reviews", []
+        if status:
+            sql, args = sql + " WHERE status = $1", [status]
+        rows = await self._db().fetch(sql + " ORDER BY created_at, id", *args)
+        return [Review.from_row(tuple(r)) for r in rows]
+
+    async def decide(self, review_id: str, approve: bool, reviewer: str,
+                     comment: str | None) -> Review | None:
+        # Conditional on 'pending': of two concurrent reviewers, the second updates no row.
+        row = await self._db().fetchrow(
+            f"UPDATE podium_reviews SET status = $1, reviewer = $2, comment = $3, "
+            f"decided_at = $4 WHERE id = $5 AND status = 'pending' RETURNING {_REVIEW_SELECT}",
+            "approved" if approve else "rejected", reviewer, comment, time.time(), review_id)
+        if row is None:
+            existing = await self.get(review_id)
+            if existing is not None:
+                raise BadRequest(f"Review {review_id} was already {existing.status}.",
+                                 code="review_already_decided")
+            return None
+        return Review.from_row(tuple(row))

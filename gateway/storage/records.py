@@ -1,0 +1,175 @@
+"""The typed records the durable stores keep, the same for every backend.
+
+    SpendRow      one request's spend, a row of the spend ledger
+    AuditRecord   one entry of the hash-chained audit trail (built in plugins/audit.py)
+    Review        an answer held for human approval, and its decision
+    StoredKey     a virtual key created through the admin API (never the raw key)
+
+Each knows its own row layout, so a backend only says where the rows go.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import astuple, dataclass, field
+from typing import Any
+
+import orjson
+
+from gateway.pipeline.identity import digest_of, key_id_for
+from plugins.settings import Limits
+
+
+@dataclass(frozen=True, slots=True)
+class SpendRow:
+    """In the ledger's column order."""
+    ts: float
+    request_id: str
+    key_id: str
+    key_name: str
+    team: str | None
+    model: str
+    deployment: str | None
+    status: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+
+    def values(self) -> tuple[Any, ...]:
+        return astuple(self)
+
+
+# The columns of the audit table besides the record itself: indexed, so filters are fast.
+_AUDIT_COLUMNS = ("time", "request_id", "key_id", "team", "status")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditRecord:
+    """One audit entry: the indexed fields, typed, and everything else the event records.
+    What is hashed and stored is `json()` in canonical form (sorted keys)."""
+    time: float
+    request_id: str
+    key_id: str | None
+    team: str | None
+    status: int | None                   # None for an event that is not a request's answer
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def json(self) -> dict[str, Any]:
+        return {"time": self.time, "request_id": self.request_id, "key_id": self.key_id,
+                "team": self.team, "status": self.status, **self.details}
+
+    def text(self) -> str:
+        """The canonical JSON that the hash chain covers, byte for byte."""
+        return orjson.dumps(self.json(), option=orjson.OPT_SORT_KEYS).decode()
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> AuditRecord:
+        return cls(time=record["time"], request_id=record["request_id"],
+                   key_id=record.get("key_id"), team=record.get("team"),
+                   status=record.get("status"),
+                   details={k: v for k, v in record.items() if k not in _AUDIT_COLUMNS})
+
+
+@dataclass(frozen=True)
+class Review:
+    id: str
+    created_at: float
+    status: str                          # pending | approved | rejected
+    rule: str
+    request_id: str
+    key_id: str
+    team: str | None
+    model: str
+    data_class: str
+    request: dict[str, Any]
+    answer: dict[str, Any]
+    reviewer: str | None
+    comment: str | None
+    decided_at: float | None
+
+    # The table's columns, in the order of the fields above.
+    COLUMNS = ("id", "created_at", "status", "rule", "request_id", "key_id", "team", "model",
+               "data_class", "request", "answer", "reviewer", "comment", "decided_at")
+
+    @classmethod
+    def pending(cls, *, rule: str, request_id: str, key_id: str, team: str | None, model: str,
+                data_class: str, request: Mapping[str, Any], answer: dict[str, Any]) -> Review:
+        return cls(id=f"rev_{uuid.uuid4().hex}", created_at=time.time(), status="pending",
+                   rule=rule, request_id=request_id, key_id=key_id, team=team, model=model,
+                   data_class=data_class, request=dict(request), answer=answer, reviewer=None,
+                   comment=None, decided_at=None)
+
+    def row(self) -> tuple[Any, ...]:
+        """The review as a row in `COLUMNS` order, JSON as text (every backend stores it so)."""
+        values = [getattr(self, name) for name in self.COLUMNS]
+        values[9], values[10] = (orjson.dumps(self.request).decode(),
+                                 orjson.dumps(self.answer).decode())
+        return tuple(values)
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> Review:
+        values = dict(zip(cls.COLUMNS, row, strict=True))
+        values["request"] = orjson.loads(values["request"])
+        values["answer"] = orjson.loads(values["answer"])
+        return cls(**values)
+
+    def public(self) -> dict[str, Any]:
+        return {"id": self.id, "object": "review", "status": self.status, "rule": self.rule,
+                "request_id": self.request_id, "key_id": self.key_id, "team": self.team,
+                "model": self.model, "data_class": self.data_class,
+                "created_at": int(self.created_at), "messages": self.request.get("messages"),
+                "answer": self.answer, "reviewer": self.reviewer, "comment": self.comment,
+                "decided_at": int(self.decided_at) if self.decided_at else None}
+
+
+@dataclass(frozen=True, slots=True)
+class StoredKey:
+    id: str
+    name: str
+    team: str | None
+    user: str | None
+    models: tuple[str, ...] | None
+    created_at: float
+    revoked_at: float | None
+    limits: Limits | None = None     # the key's own rpm, tpm and budget, as in `keys:`
+
+    def public(self) -> dict[str, Any]:
+        limits = self.limits or Limits()
+        return {"id": self.id, "object": "key", "name": self.name, "team": self.team,
+                "user": self.user, "models": list(self.models) if self.models else None,
+                "rpm": limits.rpm, "tpm": limits.tpm, "budget_usd": limits.budget_usd,
+                "budget_period": limits.budget_period if limits.budget_usd is not None
+                else None,
+                "created_at": int(self.created_at),
+                "revoked_at": int(self.revoked_at) if self.revoked_at else None}
+
+    @classmethod
+    def new(cls, name: str, team: str | None, user: str | None, models: list[str] | None,
+            limits: Limits | None = None) -> tuple[StoredKey, str, str]:
+        """A fresh key: its record, the raw key (shown once) and the digest (stored)."""
+        raw = f"sk-podium-{secrets.token_urlsafe(32)}"
+        digest = digest_of(raw)
+        key = cls(id=key_id_for(digest), name=name, team=team, user=user,
+                  models=tuple(models) if models is not None else None,
+                  created_at=time.time(), revoked_at=None, limits=limits)
+        return key, raw, digest
+
+    def row(self, digest: str) -> tuple[Any, ...]:
+        """As stored, in the order of `from_row`: id, digest, name, team, user, models,
+        created_at, revoked_at, limits."""
+        models = orjson.dumps(list(self.models)).decode() if self.models is not None else None
+        limits = (self.limits.model_dump_json(exclude_defaults=True)
+                  if self.limits is not None else None)
+        return (self.id, digest, self.name, self.team, self.user, models, self.created_at,
+                self.revoked_at, limits)
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> StoredKey:
+        models = orjson.loads(row[5]) if row[5] else None
+        return cls(id=row[0], name=row[2], team=row[3], user=row[4],
+                   models=tuple(models) if models is not None else None,
+                   created_at=row[6], revoked_at=row[7],
+                   limits=Limits.model_validate_json(row[8]) if row[8] else None)

@@ -1,0 +1,253 @@
+"""The embedded durable stores, in SQLite: spend ledger, audit trail, review queue.
+
+One file (`storage.path`; the audit trail may have its own, `audit.path`) that several worker
+processes share. The ledger and the audit trail are appended to in batches by a writer thread
+(`BatchWriter`) and read on the event loop, each through its own connection; the audit chain
+is extended inside one `BEGIN IMMEDIATE` transaction, so concurrent appenders in several
+processes still form one chain. A held review is written at once, before the caller hears of it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Mapping
+from typing import Any, Generic, TypeVar
+
+import orjson
+
+from gateway.errors import BadRequest
+from gateway.storage.audit_chain import GENESIS, ChainCheck, VerifyResult, chain_hash
+from gateway.storage.batch import BatchWriter
+from gateway.storage.records import AuditRecord, Review, SpendRow
+
+T = TypeVar("T")
+
+def sqlite_connect(path: str, schema: str) -> sqlite3.Connection:
+    """The embedded stores' connection: autocommit (transactions are explicit), WAL so readers
+    never wait for the writer, usable from the writer thread, and the schema in place."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(schema)
+    return db
+
+
+
+class BatchedSQLiteStore(Generic[T]):
+    """An embedded store appended to in batches by a writer thread and read on the event loop,
+    each through its own connection (so a query never shares the writer's transaction)."""
+
+    _schema = ""
+    _what = "store"
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._db: sqlite3.Connection | None = None      # the writer thread's
+        self._reader: sqlite3.Connection | None = None  # the event loop's, for queries
+        self._writer: BatchWriter[T] = BatchWriter(self._write_batch, name=self._what)
+
+    async def start(self) -> None:
+        self._db = sqlite_connect(self._path, self._schema)
+        self._reader = sqlite_connect(self._path, self._schema)
+        self._writer.start()
+
+    async def close(self) -> None:
+        await self._writer.close()
+        for db in (self._db, self._reader):
+            if db is not None:
+                db.close()
+        self._db = self._reader = None
+
+    def submit(self, item: T) -> None:
+        self._writer.submit(item)
+
+    async def flush(self) -> None:
+        await self._writer.flush()
+
+    def _write_batch(self, items: list[T]) -> None:
+        raise TypeError(f"{type(self).__name__} must define _write_batch")
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError(f"the {self._what} is not open")
+        return self._db
+
+    def _read(self) -> sqlite3.Connection:
+        if self._reader is None:
+            raise RuntimeError(f"the {self._what} is not open")
+        return self._reader
+
+
+# ---- spend ledger -------------------------------------------------------------------------
+
+_SPEND_SCHEMA = """
+CREATE TABLE IF NOT EXISTS spend (
+    ts REAL NOT NULL, request_id TEXT NOT NULL, key_id TEXT, key_name TEXT, team TEXT,
+    model TEXT, deployment TEXT, status INTEGER, prompt_tokens INTEGER,
+    completion_tokens INTEGER, cost_usd REAL NOT NULL
+)"""
+_SPEND_GROUPS = {"key": "key_id", "team": "team", "model": "model",
+                 "deployment": "deployment", "day": "date(ts, 'unixepoch')"}
+
+
+class SpendLedger(BatchedSQLiteStore[SpendRow]):
+    _schema, _what = _SPEND_SCHEMA, "spend ledger"
+
+    def _write_batch(self, rows: list[SpendRow]) -> None:
+        db = self._conn()
+        with db:
+            db.execute("BEGIN")
+            db.executemany("INSERT INTO spend VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                           [r.values() for r in rows])
+
+    async def spent_since(self, column: str, value: str, since: float) -> float:
+        row = self._read().execute(
+            f"SELECT COALESCE(SUM(cost_usd), 0) FROM spend WHERE {column} = ? AND ts >= ?",
+            (value, since)).fetchone()
+        return float(row[0])
+
+    async def report(self, group_by: str, since: float | None,
+                     until: float | None) -> list[dict[str, Any]]:
+        await self._writer.flush()
+        expr = _SPEND_GROUPS[group_by]
+        rows = self._read().execute(
+            f"SELECT {expr}, COUNT(*), SUM(status = 200), SUM(prompt_tokens), "
+            f"SUM(completion_tokens), SUM(cost_usd) FROM spend WHERE ts >= ? AND ts < ? "
+            f"GROUP BY 1 ORDER BY 6 DESC", (since or 0.0, until or 1e12)).fetchall()
+        return [{group_by: r[0], "requests": r[1], "succeeded": r[2], "prompt_tokens": r[3],
+                 "completion_tokens": r[4], "cost_usd": round(r[5], 10)} for r in rows]
+
+
+# ---- audit trail --------------------------------------------------------------------------
+
+_AUDIT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    request_id TEXT NOT NULL,
+    key_id TEXT, team TEXT, status INTEGER,
+    record TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+)"""
+_FILTERS = {"key_id": "key_id = ?", "team": "team = ?", "status": "status = ?",
+            "request_id": "request_id = ?", "since": "ts >= ?", "until": "ts < ?",
+            "trace_id": "json_extract(record, '$.trace_id') = ?",
+            "event": "json_extract(record, '$.event') = ?"}
+
+
+class AuditLog(BatchedSQLiteStore[AuditRecord]):
+    _schema, _what = _AUDIT_SCHEMA, "audit log"
+
+    def _write_batch(self, records: list[AuditRecord]) -> None:
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+            prev = row[0] if row else GENESIS
+            for record in records:
+                text = record.text()
+                digest = chain_hash(prev, text)
+                db.execute("INSERT INTO audit (ts, request_id, key_id, team, status, record, "
+                           "prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           (record.time, record.request_id, record.key_id, record.team,
+                            record.status, text, prev, digest))
+                prev = digest
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    async def query(self, filters: Mapping[str, str], limit: int = 100) -> list[dict[str, Any]]:
+        await self.flush()
+        where = [(_FILTERS[k], v) for k, v in filters.items() if k in _FILTERS]
+        sql = "SELECT seq, record, hash FROM audit"
+        if where:
+            sql += " WHERE " + " AND ".join(w for w, _ in where)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        rows = self._read().execute(sql, [*(v for _, v in where), limit]).fetchall()
+        return [{"seq": seq, **orjson.loads(text), "hash": digest} for seq, text, digest in rows]
+
+    async def verify(self) -> VerifyResult:
+        await self.flush()
+        return verify(self._path)
+
+
+def verify(path: str) -> VerifyResult:
+    """Walk the chain from the first record; name the first one that does not fit."""
+    db = sqlite3.connect(path)
+    try:
+        rows = db.execute("SELECT seq, request_id, record, prev_hash, hash FROM audit "
+                          "ORDER BY seq").fetchall()
+    except sqlite3.OperationalError as exc:
+        return VerifyResult(False, 0, f"cannot read the audit table: {exc}")
+    finally:
+        db.close()
+    check = ChainCheck()
+    for row in rows:
+        if (failed := check.add(*row)) is not None:
+            return failed
+    return check.ok()
+
+
+# ---- review queue -------------------------------------------------------------------------
+
+_REVIEW_SCHEMA = """
+CREATE TABLE IF NOT EXISTS reviews (
+    id TEXT PRIMARY KEY, created_at REAL NOT NULL, status TEXT NOT NULL, rule TEXT,
+    request_id TEXT, key_id TEXT, team TEXT, model TEXT, data_class TEXT,
+    request TEXT NOT NULL, answer TEXT NOT NULL,
+    reviewer TEXT, comment TEXT, decided_at REAL
+)"""
+
+
+class ReviewQueue:
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._db: sqlite3.Connection | None = None
+
+    async def start(self) -> None:
+        self._db = sqlite_connect(self._path, _REVIEW_SCHEMA)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    async def hold(self, review: Review) -> None:
+        row = review.row()
+        # Written before the caller hears of it, so a held answer survives a crash; one small
+        # row in WAL mode, on the loop thread, so reads never race a writer thread.
+        self._conn().execute(f"INSERT INTO reviews VALUES ({','.join('?' * len(row))})", row)
+
+    async def get(self, review_id: str) -> Review | None:
+        row = self._conn().execute("SELECT * FROM reviews WHERE id = ?",
+                                   (review_id,)).fetchone()
+        return Review.from_row(row) if row else None
+
+    async def list(self, status: str | None) -> list[Review]:
+        sql, args = "SELECT * FROM reviews", tuple[str, ...]()
+        if status:
+            sql, args = sql + " WHERE status = ?", (status,)
+        return [Review.from_row(r)
+                for r in self._conn().execute(sql + " ORDER BY created_at", args)]
+
+    async def decide(self, review_id: str, approve: bool, reviewer: str,
+                     comment: str | None) -> Review | None:
+        status = "approved" if approve else "rejected"
+        cur = self._conn().execute(
+            "UPDATE reviews SET status = ?, reviewer = ?, comment = ?, decided_at = ? "
+            "WHERE id = ? AND status = 'pending'",
+            (status, reviewer, comment, time.time(), review_id))
+        if cur.rowcount != 1:
+            existing = await self.get(review_id)
+            if existing is not None:
+                raise BadRequest(f"Review {review_id} was already {existing.status}.",
+                                 code="review_already_decided")
+            return None
+        return await self.get(review_id)
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("the review queue is not open")
+        return self._db

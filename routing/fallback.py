@@ -1,0 +1,304 @@
+"""Hop 7, call: walk a `RoutePlan`, one fresh `Attempt` per try, one CLIENT span each.
+
+What a failure does depends on its class:
+- timeout, connection, 5xx, the deployment's credentials: next deployment; where the plan has a
+  single deployment, a few retries with jittered exponential backoff instead;
+- 429: the deployment cools down for its Retry-After and the next one is tried at once;
+- context length exceeded: the next deployment with a larger window;
+- content-policy refusal: fail, or the next deployment (`routing.on_content_policy`);
+- any other 4xx: the caller's error, so fail at once with no fallback.
+When everything failed, the error keeps every attempt's failure. A stream moves on only while
+nothing has been sent to the client. For a cascade, an answer that fails its checks escalates to
+the next deployment; the cost of every attempt is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+from gateway.errors import (
+    AllAttemptsFailed,
+    FailedAttempt,
+    NoDeploymentAvailable,
+    ProviderError,
+    UpstreamRejected,
+)
+from gateway.observability.telemetry import Telemetry
+from routing.attempts import (
+    CallEvents,
+    OpenStream,
+    aclose,
+    bounded,
+    classify_unexpected,
+    end_failed,
+    end_ok,
+    request_attributes,
+)
+from routing.catalog import Deployment
+from routing.health import Health
+from routing.providers.base import Attempt, ChatAnswer, EmbeddingAnswer, Provider, Usage
+from routing.router import RoutePlan, Scope
+from routing.rules import RoutingConfig
+
+T = TypeVar("T")
+Check = Callable[[ChatAnswer], str | None]  # None: the answer passes; else why it does not
+
+
+class Guard(Scope, Protocol):
+    """The request's permission scope, asked again right before every upstream call."""
+
+    def check(self, dep: Deployment) -> None:
+        """Raise PermissionDenied if `dep` may not receive this request."""
+        ...
+
+    def body_for(self, dep: Deployment, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The body to send to `dep`: the original, or a pseudonymized copy."""
+        ...
+
+    def masks_for(self, dep: Deployment) -> bool:
+        """Whether `body_for(dep, ...)` masks values that the answer must get back."""
+        ...
+
+
+@dataclass
+class CallResult(Generic[T]):
+    answer: T
+    deployment: Deployment
+    attempts: int
+    failures: list[FailedAttempt] = field(default_factory=list)
+    cost_usd: float = 0.0              # every successful attempt, escalated ones included
+    usage: Usage = field(default_factory=Usage)
+    escalations: list[str] = field(default_factory=list)
+    masked: bool = False               # the answer came from a pseudonymized request
+    attempted: list[str] = field(default_factory=list)
+    upstream_s: float = 0.0            # time spent waiting on upstreams, every attempt
+
+
+@dataclass
+class _Walk:
+    """The bookkeeping of one walk along a plan."""
+    failures: list[FailedAttempt] = field(default_factory=list)
+    number: int = 0
+    cost_usd: float = 0.0
+    usage: Usage = field(default_factory=Usage)
+    escalations: list[str] = field(default_factory=list)
+    larger_than: int | None = None     # after a context-length error: only larger windows
+    guard: Guard | None = None
+    attempted: list[str] = field(default_factory=list)
+    upstream_s: float = 0.0
+    probe: str | None = None           # a half-open probe this walk owes a verdict on
+
+
+class Caller:
+    def __init__(self, select: Callable[[Deployment], Provider], telemetry: Telemetry,
+                 health: Health, events: CallEvents) -> None:
+        self._select = select
+        self._telemetry = telemetry
+        self.health = health
+        self._events = events
+
+    async def chat(self, plan: RoutePlan, body: Mapping[str, Any], deadline: float,
+                   routing: RoutingConfig, check: Check | None = None,
+                   guard: Guard | None = None) -> CallResult[ChatAnswer]:
+        return await self._walk(plan, body, deadline, routing, "chat",
+                                lambda p, a: p.chat(a), check, guard)
+
+    async def embed(self, plan: RoutePlan, body: Mapping[str, Any], deadline: float,
+                    routing: RoutingConfig, guard: Guard | None = None,
+                    ) -> CallResult[EmbeddingAnswer]:
+        return await self._walk(plan, body, deadline, routing, "embeddings",
+                                lambda p, a: p.embed(a), None, guard)
+
+    async def _walk(self, plan: RoutePlan, body: Mapping[str, Any], deadline: float,
+                    routing: RoutingConfig, operation: str,
+                    send: Callable[[Provider, Attempt], Awaitable[Any]],
+                    check: Check | None, guard: Guard | None) -> CallResult[Any]:
+        walk = _Walk(guard=guard)
+        try:
+            return await self._walk_plan(plan, body, deadline, routing, operation, send, check,
+                                         walk)
+        finally:
+            self._release_probe(walk)
+
+    async def _walk_plan(self, plan: RoutePlan, body: Mapping[str, Any], deadline: float,
+                         routing: RoutingConfig, operation: str,
+                         send: Callable[[Provider, Attempt], Awaitable[Any]],
+                         check: Check | None, walk: _Walk) -> CallResult[Any]:
+        escalated, guard = None, walk.guard
+        async for dep, span, attempt in self._tries(plan, body, deadline, routing, walk,
+                                                    operation):
+            started = asyncio.get_running_loop().time()
+            try:
+                answer = await bounded(send(self._select(dep), attempt), attempt.timeout_s)
+            except Exception as exc:  # any failure of an attempt is classified
+                err = classify_unexpected(exc)
+                self._timed(walk, dep, operation, started, err.kind, Usage(), None)
+                await self._failed(dep, span, err, walk, routing)
+                continue
+            self._timed(walk, dep, operation, started, "ok", answer.usage, answer.response_model)
+            await self._succeeded(dep, span, started, walk)
+            walk.cost_usd += dep.cost(answer.usage.prompt_tokens, answer.usage.completion_tokens)
+            walk.usage += answer.usage
+            verdict = check(answer) if check else None
+            if verdict is not None:
+                span.add_event("cascade.escalate", {"deployment": dep.id, "reason": verdict})
+                walk.escalations.append(f"{dep.id}: {verdict}")
+            end_ok(span, answer.usage, answer.response_model,
+                    getattr(answer, "finish_reasons", ()))
+            result = CallResult(answer, dep, walk.number, walk.failures, walk.cost_usd,
+                                walk.usage, walk.escalations,
+                                masked=bool(guard and guard.masks_for(dep)),
+                                attempted=walk.attempted, upstream_s=walk.upstream_s)
+            if verdict is None:
+                return result
+            escalated = result
+        if escalated is not None:  # every answer failed its checks: the last is the best we have
+            escalated.cost_usd, escalated.usage = walk.cost_usd, walk.usage
+            escalated.upstream_s = walk.upstream_s
+            return escalated
+        raise _exhausted(walk)
+
+    async def open_stream(self, plan: RoutePlan, body: Mapping[str, Any], deadline: float,
+                          routing: RoutingConfig, guard: Guard | None = None) -> OpenStream:
+        walk = _Walk(guard=guard)
+        try:
+            return await self._open_first(plan, body, deadline, routing, walk)
+        finally:
+            self._release_probe(walk)
+
+    async def _open_first(self, plan: RoutePlan, body: Mapping[str, Any], deadline: float,
+                          routing: RoutingConfig, walk: _Walk) -> OpenStream:
+        guard = walk.guard
+        async for dep, span, attempt in self._tries(plan, body, deadline, routing, walk, "chat"):
+            started = asyncio.get_running_loop().time()
+            chunks = self._select(dep).chat_stream(attempt)
+            try:
+                first = await bounded(anext(chunks), attempt.timeout_s)
+            except Exception as exc:  # any failure of an attempt is classified
+                err = classify_unexpected(exc) if not isinstance(exc, StopAsyncIteration) else \
+                    ProviderError("server", "the upstream closed the stream without sending "
+                                  "anything")
+                self._timed(walk, dep, "chat", started, err.kind, Usage(), None)
+                await self._failed(dep, span, err, walk, routing)
+                await aclose(chunks)
+                continue
+            await self._succeeded(dep, span, started, walk)
+            return OpenStream(dep, walk.number, walk.failures, first, chunks, span,
+                              masked=bool(guard and guard.masks_for(dep)),
+                              attempted=walk.attempted, started=started,
+                              upstream_s=walk.upstream_s, events=self._events)
+        raise _exhausted(walk)
+
+    async def _tries(self, plan: RoutePlan, body: Mapping[str, Any], deadline: float,
+                     routing: RoutingConfig, walk: _Walk, operation: str,
+                     ) -> AsyncIterator[tuple[Deployment, trace.Span, Attempt]]:
+        """Yield each attempt to make, skipping what became unusable since the plan was made."""
+        for dep, retry in _schedule(plan, routing):
+            if walk.larger_than is not None and (dep.max_input_tokens or 0) <= walk.larger_than:
+                continue
+            if walk.number and self.health.unavailable_reason(dep.id):
+                continue
+            if retry and not await _backoff(retry, routing, deadline):
+                return
+            if walk.guard is not None:
+                walk.guard.check(dep)  # the final guard: nothing leaves for an uncleared model
+            walk.number += 1
+            walk.attempted.append(dep.id)
+            span = self._start_span(operation, dep, body, walk.number)
+            if self.health.begin(dep.id):
+                walk.probe = dep.id
+                span.add_event("breaker.half_open", {"deployment": dep.id})
+            sent = walk.guard.body_for(dep, body) if walk.guard is not None else body
+            yield dep, span, self._attempt(dep, sent, deadline, walk.number, span)
+
+    def _release_probe(self, walk: _Walk) -> None:
+        """A probe whose attempt ended without a verdict (cancelled, or an error raised past
+        the loop) must not keep the deployment half-open for ever: let the next request probe."""
+        if walk.probe is not None:
+            self.health.abandon(walk.probe)
+
+    async def _failed(self, dep: Deployment, span: trace.Span, err: ProviderError,
+                      walk: _Walk, routing: RoutingConfig) -> None:
+        walk.probe = None if walk.probe == dep.id else walk.probe
+        change = self.health.failed(dep.id, err, routing.breaker)
+        if change:
+            span.add_event(f"breaker.{change}", {"deployment": dep.id})
+            await self._share(dep.id, change)
+        end_failed(span, err)
+        failed = FailedAttempt(dep.id, err)
+        walk.failures.append(failed)
+        if err.kind == "context_length":
+            walk.larger_than = max(walk.larger_than or 0, dep.max_input_tokens or 0)
+        if err.kind == "content_policy" and routing.on_content_policy == "next":
+            return
+        if not err.moves_on:
+            raise UpstreamRejected(failed)
+
+    async def _succeeded(self, dep: Deployment, span: trace.Span, started: float,
+                         walk: _Walk) -> None:
+        walk.probe = None if walk.probe == dep.id else walk.probe
+        elapsed = asyncio.get_running_loop().time() - started
+        change = self.health.succeeded(dep.id, elapsed)
+        if change:
+            span.add_event(f"breaker.{change}", {"deployment": dep.id})
+            await self._share(dep.id, change)
+
+    async def _share(self, dep_id: str, state: str) -> None:
+        await self._events.breaker_changed(dep_id, state, self.health.wall_open_until(dep_id))
+
+    def _timed(self, walk: _Walk, dep: Deployment, operation: str, started: float,
+               outcome: str, usage: Usage, model: str | None) -> None:
+        seconds = asyncio.get_running_loop().time() - started
+        walk.upstream_s += seconds
+        self._events.attempt_done(dep, operation, seconds, outcome, usage, model)
+
+    def _start_span(self, operation: str, dep: Deployment, body: Mapping[str, Any],
+                    number: int) -> trace.Span:
+        span = self._telemetry.tracer.start_span(
+            f"{operation} {dep.upstream_model}", kind=SpanKind.CLIENT)
+        if span.is_recording():
+            span.set_attributes(request_attributes(operation, dep, body, number))
+        return span
+
+    def _attempt(self, dep: Deployment, body: Mapping[str, Any], deadline: float, number: int,
+                 span: trace.Span) -> Attempt:
+        headers: dict[str, str] = {}
+        self._telemetry.propagator.inject(headers, context=trace.set_span_in_context(span))
+        remaining = max(0.001, deadline - asyncio.get_running_loop().time())
+        return Attempt(deployment=dep, body={**body, "model": dep.upstream_model},
+                       headers=headers, timeout_s=min(dep.timeout_s, remaining), number=number)
+
+
+def _schedule(plan: RoutePlan, routing: RoutingConfig) -> Iterator[tuple[Deployment, int]]:
+    """The chain in order; a single-deployment plan gets retries instead of fallbacks."""
+    if len(plan.chain) == 1:
+        for retry in range(routing.retries.attempts + 1):
+            yield plan.chain[0], retry
+        return
+    for dep in plan.chain:
+        yield dep, 0
+
+
+async def _backoff(retry: int, routing: RoutingConfig, deadline: float) -> bool:
+    """Sleep before retry number `retry` (jittered, exponential); False if past the deadline."""
+    delay = routing.retries.backoff_s * (2 ** (retry - 1)) * random.uniform(0.5, 1.5)
+    if asyncio.get_running_loop().time() + delay >= deadline:
+        return False
+    await asyncio.sleep(delay)
+    return True
+
+
+def _exhausted(walk: _Walk) -> Exception:
+    if not walk.failures:
+        return NoDeploymentAvailable("Every deployment in the plan became unavailable "
+                                     "(open circuit or rate limit) before it could be tried.")
+    return AllAttemptsFailed(walk.failures)
+
+
