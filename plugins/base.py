@@ -22,6 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 from opentelemetry import trace
 
 from gateway.pipeline.identity import Principal
+from gateway.storage.contracts import Reservation
 from routing.providers.base import Usage
 from routing.router import RoutePlan
 from routing.rules import RequestFacts
@@ -46,6 +47,10 @@ class RequestContext:
     prompt_tokens: int = 0
     reserve_tokens: int = 0            # what tpm limits reserve before the call
     reserve_usd: float = 0.0           # what budgets reserve before the call (the maximum)
+    # Where the rate limits counted this request and what the budgets hold for it: settling
+    # corrects exactly those buckets, so the state keeps no entry per request.
+    window_bucket: int | None = None
+    reservation: Reservation | None = None
     hold: str | None = None            # the approval rule holding this answer, if any
     decisions: list[dict[str, Any]] = field(default_factory=list)
     span_id: str = ""                  # the request's SERVER span, for links from feedback
