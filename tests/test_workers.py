@@ -60,16 +60,18 @@ async def pool(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
 
 
 @contextlib.asynccontextmanager
-async def running_pool(config: dict[str, Any], tmp_path: Path,
+async def running_pool(config: dict[str, Any], tmp_path: Path, log: Path | None = None,
                        ) -> AsyncIterator[tuple[subprocess.Popen[bytes], str]]:
-    """`podium serve --workers 2` on `config`, ready; the whole process group stopped after."""
+    """`podium serve --workers 2` on `config`, ready; the whole process group stopped after.
+    Its stderr (the logs) goes to `log` when given."""
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))
     port = closed_port()
-    proc = subprocess.Popen(  # noqa: ASYNC220 - Popen returns at once; the wait is async
-        [sys.executable, "-m", "gateway", "serve", "--config", str(path), "--port", str(port),
-         "--workers", "2"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)  # its own process group: teardown stops the workers too
+    with (log or Path(os.devnull)).open("wb") as stderr:
+        proc = subprocess.Popen(  # noqa: ASYNC220 - Popen returns at once; the wait is async
+            [sys.executable, "-m", "gateway", "serve", "--config", str(path), "--port",
+             str(port), "--workers", "2"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr,
+            start_new_session=True)  # its own process group: teardown stops the workers too
     base = f"http://127.0.0.1:{port}"
     try:
         await until(lambda: get_json(base + "/readyz"), "the pool to be ready")
@@ -169,3 +171,16 @@ async def test_workers_do_not_outlive_a_killed_supervisor(pool: dict[str, Any]) 
         return not any(os.path.exists(f"/proc/{pid}") for pid in workers)  # noqa: ASYNC240
 
     await until(all_gone, "the orphaned workers to stop by themselves")
+
+
+async def test_workers_with_memory_state_warn_that_limits_multiply(tmp_path: Path) -> None:
+    config = base_config("http://127.0.0.1:9/v1")
+    config["storage"] = {"path": str(tmp_path / "podium.sqlite3")}
+    config["key_store"] = {"path": str(tmp_path / "keys.sqlite3")}
+    log = tmp_path / "stderr.log"
+    async with running_pool(config, tmp_path, log):
+        pass
+    lines = [line for line in log.read_text().splitlines() if "state.backend is memory" in line]
+    assert len(lines) == 1, log.read_text()[-2000:]  # once, from the supervisor
+    assert "every rpm, tpm and budget is effectively multiplied by 2" in lines[0]
+    assert "state.backend: redis" in lines[0]
