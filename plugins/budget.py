@@ -5,8 +5,10 @@ key's, its team's); after it, the reservation is released and the real cost (eve
 cascade escalations included) is added. A request is refused (429 `budget_exceeded`) when
 spent + reserved + its own maximum would pass the budget, so concurrent requests can never
 together spend more than the budget by more than one request's underestimate. Check-and-reserve
-is atomic in the shared state (one process, or Redis for a fleet). Spend is durable in the
-ledger (`gateway/storage/`: SQLite or PostgreSQL) and re-read per period.
+is atomic in the shared state (one process, or Redis for a fleet), which counts reservations in
+minute buckets: the request keeps what it holds (`ctx.reservation`) and settling releases
+exactly that. Spend is durable in the ledger (`gateway/storage/`: SQLite or PostgreSQL), which
+seeds each period's counter (and reconciles it after a Redis outage).
 """
 
 from __future__ import annotations

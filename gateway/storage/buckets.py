@@ -81,10 +81,6 @@ class SlidingWindow:
                 return max(0.001, (b + self._n) * self._width - now)
         return self._n * self._width
 
-    @property
-    def empty(self) -> bool:
-        return not any(self._counts)
-
 
 class IdleMap(Generic[V]):
     """Values by scope, each forgotten once untouched for `idle_s` (lazily, oldest first)."""

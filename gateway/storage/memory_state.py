@@ -121,7 +121,7 @@ class MemoryState:
         for claim, ring in zip(claims, rings, strict=True):
             spent = self._spent.touch(claim.scope, now)[1]
             if spent + ring.total + amount > claim.budget_usd:
-                return BudgetRefusal(claim, spent, ring.total)
+                return BudgetRefusal(claim, spent, max(0.0, ring.total))
         for ring in rings:
             ring.add(amount)
         return Reservation(head, amount)
@@ -152,7 +152,8 @@ class MemoryState:
         now = self.clock()
         ring = self._reserved.touch(claim.scope, now)
         ring.advance(now)
-        return self._spent.touch(claim.scope, now)[1], ring.total
+        # Adding and releasing float amounts can leave a residue around 1e-18: never below 0.
+        return self._spent.touch(claim.scope, now)[1], max(0.0, ring.total)
 
     async def breaker_updates(self, dep_ids: Sequence[str]) -> dict[str, tuple[str, float]]:
         return {}

@@ -3,7 +3,7 @@
 Every check-and-update is one Lua script (`redis_scripts.py`), run atomically by Redis with
 Redis's own clock, so concurrent requests on different machines can neither both squeeze into
 the last slot of a window nor both take the last dollar of a budget. A window is one hash of at
-most 61 one-second buckets and a budget is a counter plus one hash of minute buckets of
+most 60 one-second buckets and a budget is a counter plus one hash of minute buckets of
 reservations: constant keys, memory and work per scope, whatever the traffic.
 
 Keys (`<prefix>` is `state.key_prefix`):
@@ -193,7 +193,8 @@ class RedisState:
             if which == 0:
                 return Reservation(int(result[1]), amount)
             if which > 0:
-                return BudgetRefusal(claims[which - 1], float(result[1]), float(result[2]))
+                return BudgetRefusal(claims[which - 1], float(result[1]),
+                                     max(0.0, float(result[2])))
             await self._seed(keys[2 * int(result[1]) - 2], claims[int(result[1]) - 1])
         raise StateUnavailable("Budget counters could not be seeded from the ledger.")
 
@@ -266,9 +267,11 @@ class RedisState:
         result = await self.call(lambda r: self._scripts["standing"](keys=keys, args=args))
         if result is None:
             raise StateUnavailable("Shared state (Redis) is unreachable.")
+        # Adding and releasing float amounts can leave a residue around 1e-18: never below 0.
+        reserved = max(0.0, float(result[1]))
         if result[0] is None:  # not used yet this period: the ledger knows
-            return await claim.load_spent(), float(result[1])
-        return float(result[0]), float(result[1])
+            return await claim.load_spent(), reserved
+        return float(result[0]), reserved
 
     def _breaker_key(self, dep_id: str) -> str:
         return f"{self._prefix}breaker:{dep_id}"
