@@ -30,9 +30,9 @@ def patch(name: str) -> Callable[[Callable[[], None]], Callable[[], None]]:
 
 @patch("requestid")
 def _cheap_request_ids() -> None:
-    from gateway import app
+    from gateway.http import middleware
 
-    app.new_request_id = lambda: f"req_{random.getrandbits(128):032x}"
+    middleware.new_request_id = lambda: f"req_{random.getrandbits(128):032x}"
 
 
 @patch("switchinterval")

@@ -1,4 +1,8 @@
-"""The `podium` command: serve, check."""
+"""The `podium` command: serve, check, route --explain, audit verify.
+
+Each command imports what it needs when it runs, so that `podium check` does not pay for
+loading the server (aiohttp, OpenTelemetry, the stores' drivers).
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,19 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.errors import AuthenticationFailed, PodiumError
 from gateway.observability import logs
+from gateway.pipeline.identity import (
+    KeyRing,
+    Principal,
+    digest_of,
+    make_principal,
+    principal_for,
+    teams_by_name,
+)
+from gateway.storage.audit_chain import VerifyResult
 
 DEFAULT_CONFIG = "config/gateway.yaml"
 
@@ -29,20 +42,31 @@ def _config_path(arg: str | None) -> Path:
     return Path(__file__).resolve().parent.parent / DEFAULT_CONFIG
 
 
-def _load(arg: str | None) -> tuple[Path, GatewayConfig | None, list[str]]:
+def _loaded(arg: str | None, command: str) -> tuple[Path, GatewayConfig | None]:
+    """The config at --config (or the default), or None once its problems are on stderr:
+    listed in full by `check` and `serve`, counted with a pointer to `podium check` by the
+    other commands."""
     path = _config_path(arg)
     try:
-        return path, load_config(path), []
+        return path, load_config(path)
     except ConfigError as err:
-        return path, None, err.problems
+        problems = err.problems
+    if command in _LISTS_PROBLEMS:
+        print(_LISTS_PROBLEMS[command].format(path=path, n=len(problems)), file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+    else:
+        print(f"{path}: {len(problems)} problem(s); run 'podium check'", file=sys.stderr)
+    return path, None
+
+
+_LISTS_PROBLEMS = {"check": "{path}: {n} problem(s)",
+                   "serve": "{path}: cannot serve, {n} problem(s):"}
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    path, cfg, problems = _load(args.config)
+    path, cfg = _loaded(args.config, "check")
     if cfg is None:
-        print(f"{path}: {len(problems)} problem(s)", file=sys.stderr)
-        for problem in problems:
-            print(f"  {problem}", file=sys.stderr)
         return 1
     groups = {e.model_name for e in cfg.model_list}
     print(f"{path}: OK ({len(cfg.model_list)} deployments in {len(groups)} groups, "
@@ -51,39 +75,27 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_route(args: argparse.Namespace) -> int:
-    """Print the routing decision for an OpenAI request read from stdin; calls no model."""
+    """Print the routing decision for an OpenAI request read from stdin; calls no model.
+    The decision is made by the same hops as live traffic (`Planner.chat`)."""
     import orjson
 
-    from gateway.errors import PodiumError
-    from gateway.pipeline.ingress import ChatCompletionRequest, validate_call
-    from gateway.pipeline.route import explain, render_text
-
-    path, cfg, problems = _load(args.config)
-    if cfg is None:
-        print(f"{path}: {len(problems)} problem(s); run 'podium check'", file=sys.stderr)
-        return 1
-    from gateway.app import Runtime
     from gateway.observability.telemetry import disabled
-    from gateway.pipeline.permissions import resolve_scope
-    from gateway.pipeline.route import chat_route_request
-    from gateway.storage.backends import open_stores
-    from gateway.storage.memory_state import MemoryState
-    from plugins.registry import Governance
+    from gateway.pipeline.ingress import ChatCompletionRequest, validate_call
+    from gateway.pipeline.route import Planner, explain, render_text
+    from routing.catalog import Catalog
     from routing.health import Health
+    from routing.router import Router
 
-    stores = open_stores(cfg)  # built, never started: explaining touches no store
-    governance = Governance.from_stores(stores, MemoryState.with_cache(1, 1))
-    rt = Runtime.compile(cfg, stores.keys, governance, disabled().span)
+    _, cfg = _loaded(args.config, "route")
+    if cfg is None:
+        return 1
+    planner = Planner(Router(Catalog.from_config(cfg), cfg.routing), cfg.pii, Health(),
+                      disabled().span)
     try:
-        principal = _principal(rt, cfg, args)
-        body = orjson.loads(sys.stdin.buffer.read())
-        parsed = validate_call(ChatCompletionRequest, body)
-        headers = dict(args.header or [])
-        scope = resolve_scope(principal, parsed.typed, parsed.body, headers, cfg.pii)
-        req = chat_route_request(parsed.typed, parsed.body, principal, headers,
-                                 rt.router.tokens, scope)
-        health = Health()
-        decision = explain(rt.router.plan(req, principal, health), req, health)
+        principal = _principal(cfg, args)
+        parsed = validate_call(ChatCompletionRequest, orjson.loads(sys.stdin.buffer.read()))
+        decision = explain(planner.chat(principal, parsed, dict(args.header or [])),
+                           planner.health)
     except (PodiumError, orjson.JSONDecodeError) as err:
         print(f"error: {getattr(err, 'message', err)}", file=sys.stderr)
         return 2
@@ -92,17 +104,8 @@ def cmd_route(args: argparse.Namespace) -> int:
     return 0
 
 
-def _principal(rt: Any, cfg: GatewayConfig, args: argparse.Namespace) -> Any:
+def _principal(cfg: GatewayConfig, args: argparse.Namespace) -> Principal:
     """--key (a key's name or the key itself), --team, or an unrestricted caller."""
-    from gateway.errors import AuthenticationFailed
-    from gateway.pipeline.identity import (
-        KeyRing,
-        digest_of,
-        make_principal,
-        principal_for,
-        teams_by_name,
-    )
-
     teams = teams_by_name(cfg)
     if args.key:
         for entry in cfg.keys:
@@ -118,9 +121,8 @@ def _principal(rt: Any, cfg: GatewayConfig, args: argparse.Namespace) -> Any:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """Walk the hash-chained audit trail; exit 1 naming the first bad record."""
-    path, cfg, problems = _load(args.config)
+    _, cfg = _loaded(args.config, "audit")
     if cfg is None:
-        print(f"{path}: {len(problems)} problem(s); run 'podium check'", file=sys.stderr)
         return 2
     where = (cfg.audit.path or cfg.storage.path) if cfg.storage.backend == "sqlite" \
         else "postgres audit trail"
@@ -136,7 +138,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _verify(cfg: GatewayConfig) -> Any:
+async def _verify(cfg: GatewayConfig) -> VerifyResult:
     from gateway.storage.backends import open_stores
 
     audit = open_stores(cfg).audit
@@ -150,11 +152,8 @@ async def _verify(cfg: GatewayConfig) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    path, cfg, problems = _load(args.config)
+    path, cfg = _loaded(args.config, "serve")
     if cfg is None:
-        print(f"{path}: cannot serve, {len(problems)} problem(s):", file=sys.stderr)
-        for problem in problems:
-            print(f"  {problem}", file=sys.stderr)
         return 1
     from aiohttp import web
 

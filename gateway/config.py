@@ -2,7 +2,8 @@
 
 Every model forbids unknown fields (a typo is an error, not a silently ignored setting), and every
 problem is reported with its path, e.g. ``model_list[2].model_info.quality: ...``. Stage two,
-compiling these models into runtime objects, lives in ``routing/catalog.py`` and ``gateway/app.py``.
+compiling these models into runtime objects, lives in ``routing/catalog.py`` and
+``gateway/runtime.py``.
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ class PIIConfig(Frozen):
 
 
 class SemanticCacheConfig(Frozen):
-    # Reuse an answer for a near-identical prompt (gateway/semantic_cache.py); off by default.
+    # Reuse an answer for a near-identical prompt (pipeline/semantic_cache.py); off by default.
     enabled: bool = False
     embedding_model: str | None = None            # a model group of mode `embedding`
     threshold: float = Field(default=0.95, ge=0, le=1)  # cosine similarity for a hit

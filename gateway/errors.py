@@ -57,8 +57,12 @@ class PodiumError(Exception):
         self.headers = headers or {}
 
     def body(self) -> dict[str, object]:
-        return {"error": {"message": self.message, "type": self.type,
-                          "param": self.param, "code": self.code}}
+        return {"error": self.fields()}
+
+    def fields(self) -> dict[str, object]:
+        """The members of OpenAI's `error` object."""
+        return {"message": self.message, "type": self.type, "param": self.param,
+                "code": self.code}
 
 
 class BadRequest(PodiumError):
@@ -133,10 +137,8 @@ class ReviewPending(PodiumError):
                          headers={"x-podium-review-id": review_id})
         self.review_id = review_id
 
-    def body(self) -> dict[str, object]:
-        body = super().body()
-        body["error"]["review_id"] = self.review_id  # type: ignore[index]
-        return body
+    def fields(self) -> dict[str, object]:
+        return {**super().fields(), "review_id": self.review_id}
 
 
 class ReviewRejected(PodiumError):
@@ -255,11 +257,9 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
-def render(err: PodiumError, request_id: str | None = None) -> web.Response:
-    headers = dict(err.headers)
-    if request_id:
-        headers["x-request-id"] = request_id
+def render(err: PodiumError) -> web.Response:
+    """The client's answer for `err` (the middleware adds `x-request-id` to every response)."""
     return web.Response(
         status=err.status, body=orjson.dumps(err.body()),
-        content_type="application/json", headers=headers,
+        content_type="application/json", headers=dict(err.headers),
     )

@@ -22,11 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from aiohttp import web
 from prometheus_client import multiprocess
 
 from gateway.config import GatewayConfig
 from gateway.observability.metrics import MULTIPROC_ENV
+from gateway.simulator import start_from_config
 
 log = logging.getLogger("podium.workers")
 WORKER_ENV = "PODIUM_WORKER_INDEX"     # set in workers; the simulator runs in the supervisor
@@ -47,7 +47,7 @@ async def supervise(config_path: Path, cfg: GatewayConfig, host: str, port: int,
     warning = unshared_state_warning(cfg, workers)
     if warning:
         log.warning("%s", warning)
-    simulator = await _start_simulator(cfg)
+    simulator = await start_from_config(cfg.simulator)
     # Every worker writes its Prometheus samples here; any worker's /metrics sums them all.
     metrics_dir = tempfile.TemporaryDirectory(prefix="podium-metrics-")
     os.environ[MULTIPROC_ENV] = metrics_dir.name
@@ -99,7 +99,8 @@ async def _keep_alive(index: int, config_path: Path, host: str, port: int,
             log.info("worker %d (pid %d) exited with %s", index, proc.pid, code)
             return code
         stopping.cancel()
-        multiprocess.mark_process_dead(proc.pid)  # its live gauges no longer count
+        # Its live gauges no longer count (prometheus_client leaves this function untyped).
+        multiprocess.mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]
         failures = 0 if time.monotonic() - started > _STABLE_S else failures + 1
         delay = _BACKOFF_S[min(failures, len(_BACKOFF_S) - 1)]
         log.warning("worker %d (pid %d) died with %s; restarting in %.1fs",
@@ -126,17 +127,3 @@ async def watch_supervisor(parent: int) -> None:
         await asyncio.sleep(_PARENT_CHECK_S)
     log.warning("worker %d: supervisor %d is gone; shutting down", os.getpid(), parent)
     os.kill(os.getpid(), signal.SIGTERM)
-
-
-async def _start_simulator(cfg: GatewayConfig) -> web.AppRunner | None:
-    sim = cfg.simulator
-    if not sim.enabled:
-        return None
-    from gateway.simulator import SimModel, start_simulator
-
-    models = {n: SimModel(latency_ms=m.latency_ms, fail_rate=m.fail_rate)
-              for n, m in sim.models.items()}
-    key = sim.api_key.get_secret_value() if sim.api_key else None
-    runner, bound = await start_simulator(sim.host, sim.port, models, api_key=key)
-    log.info("simulator (not a real model) listening on http://%s:%d/v1", sim.host, bound)
-    return runner

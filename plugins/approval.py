@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from gateway.errors import ReviewPending
 from gateway.storage.contracts import ReviewStore
 from gateway.storage.records import Review
-from plugins.base import BasePlugin, Outcome, RequestContext
+from plugins.base import BasePlugin, Hold, Outcome, RequestContext
 from plugins.settings import ApprovalRule
 from routing.rules import RequestFacts
 
@@ -49,20 +49,20 @@ class ApprovalPlugin(BasePlugin):
                                 if r.match.last_user_message else None) for r in rules]
         self._queue = queue
 
-    async def on_request(self, ctx: RequestContext) -> None:
+    async def on_request(self, ctx: RequestContext) -> Hold | None:
         if ctx.facts is None:
-            return
+            return None
         for matcher in self._rules:
             if matcher.matches(ctx.facts, ctx.data_class):
-                ctx.hold = matcher.rule.name
                 ctx.decide(self.name, "hold", matcher.rule.name)
-                return
+                return Hold(matcher.rule.name)
+        return None
 
     async def on_response(self, ctx: RequestContext, outcome: Outcome) -> None:
         if ctx.hold is None or outcome.answer is None:
             return
         review = Review.pending(
-            rule=ctx.hold, request_id=ctx.request_id, key_id=ctx.principal.key_id,
+            rule=ctx.hold.rule, request_id=ctx.request_id, key_id=ctx.principal.key_id,
             team=ctx.principal.team, model=ctx.model, data_class=ctx.data_class,
             request=ctx.body, answer=outcome.answer)
         await self._queue.hold(review)

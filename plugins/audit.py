@@ -29,7 +29,7 @@ def request_record(ctx: RequestContext, outcome: Outcome, include_content: bool)
         "cost_usd": round(outcome.cost_usd, 10), "data_class": ctx.data_class,
         "pii": dict(ctx.pii_counts), "decisions": ctx.decisions,
         "error_code": outcome.error_code, "review_id": outcome.review_id,
-        "cache": outcome.cache, "stream": ctx.stream,
+        "cache": ctx.cache.state if ctx.cache is not None else None, "stream": ctx.stream,
     }
     if include_content:
         details["request_messages"] = ctx.body.get("messages")

@@ -6,7 +6,7 @@ cascade escalations included) is added. A request is refused (429 `budget_exceed
 spent + reserved + its own maximum would pass the budget, so concurrent requests can never
 together spend more than the budget by more than one request's underestimate. Check-and-reserve
 is atomic in the shared state (one process, or Redis for a fleet), which counts reservations in
-minute buckets: the request keeps what it holds (`ctx.reservation`) and settling releases
+minute buckets: the request keeps what it holds (`ctx.earmark`) and settling releases
 exactly that. Spend is durable in the ledger (`gateway/storage/`: SQLite or PostgreSQL), which
 seeds each period's counter (and reconciles it after a Redis outage).
 """
@@ -110,18 +110,18 @@ class BudgetPlugin(BasePlugin):
         claims = self._claims(ctx)
         if not claims:
             return
-        held = await self._state.reserve(home_of(ctx), claims, ctx.reserve_usd)
+        held = await self._state.reserve(home_of(ctx), claims, ctx.reserved.usd)
         if isinstance(held, BudgetRefusal):
             kind, name, _ = held.claim.scope.split(":", 2)
             ctx.decide(self.name, "rejected", f"{kind}:{name} budget")
             who = f"{ctx.principal.name!r} ({name})" if kind == "key" else repr(name)
-            raise BudgetExceeded(refusal_message(held, f"{kind} {who}", ctx.reserve_usd))
-        ctx.reservation = held
+            raise BudgetExceeded(refusal_message(held, f"{kind} {who}", ctx.reserved.usd))
+        ctx.earmarked(held)
 
     async def on_complete(self, ctx: RequestContext, outcome: Outcome) -> None:
         claims = self._claims(ctx)
         if claims:
-            await self._state.settle(home_of(ctx), claims, ctx.reservation, outcome.cost_usd)
+            await self._state.settle(home_of(ctx), claims, ctx.earmark, outcome.cost_usd)
         p = ctx.principal
         self._ledger.submit(SpendRow(
             ts=ctx.started_at, request_id=ctx.request_id, key_id=p.key_id, key_name=p.name,

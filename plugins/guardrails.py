@@ -16,7 +16,7 @@ from typing import Any
 from opentelemetry import trace
 
 from gateway.errors import GuardrailBlocked
-from gateway.pipeline.permissions import message_texts
+from gateway.pipeline.messages import CARRIED, conversation, strings
 from plugins.base import BasePlugin, Outcome, RequestContext
 from plugins.settings import GuardrailConfig
 
@@ -43,7 +43,8 @@ class Guardrail:
     @classmethod
     def compile(cls, cfg: GuardrailConfig) -> Guardrail:
         if cfg.type == "regex":
-            assert cfg.pattern is not None
+            if cfg.pattern is None:  # the config's own check refuses this first
+                raise ValueError(f"guardrail {cfg.name!r}: a regex guardrail needs 'pattern'")
             pattern = re.compile(cfg.pattern)
         elif cfg.type == "blocklist":
             pattern = re.compile(r"\b(?:" + "|".join(re.escape(w) for w in cfg.words) + r")\b",
@@ -57,14 +58,9 @@ class Guardrail:
 
 
 def answer_texts(answer: Mapping[str, Any] | None) -> list[str]:
-    texts: list[str] = []
-    for choice in (answer or {}).get("choices") or ():
-        message = choice.get("message") or {}
-        if isinstance(message.get("content"), str):
-            texts.append(message["content"])
-        texts += [c["function"]["arguments"] for c in message.get("tool_calls") or ()
-                  if isinstance((c.get("function") or {}).get("arguments"), str)]
-    return texts
+    """The answer's text and tool-call arguments, what output rules see."""
+    return [t.value for choice in (answer or {}).get("choices") or ()
+            for t in strings(choice.get("message"), CARRIED)]
 
 
 class GuardrailPlugin(BasePlugin):
@@ -77,8 +73,8 @@ class GuardrailPlugin(BasePlugin):
         self._streamed: dict[str, str] = {}
 
     async def on_request(self, ctx: RequestContext) -> None:
-        self._apply(ctx, self._input, message_texts(list(ctx.body.get("messages") or ())),
-                    "input")
+        texts = [t.value for t in conversation(ctx.body.get("messages"), CARRIED)]
+        self._apply(ctx, self._input, texts, "input")
 
     async def on_response(self, ctx: RequestContext, outcome: Outcome) -> None:
         self._apply(ctx, self._output, answer_texts(outcome.answer), "output")

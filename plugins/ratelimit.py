@@ -5,7 +5,7 @@ A request is counted in every limited scope (the key, its team) with its weight 
 the reserved tokens for tpm), in the current one-second bucket. It is admitted only if every
 scope still has room; otherwise 429 `rate_limit_exceeded` with a Retry-After of the time until
 enough buckets have left the window. When the request completes, its tpm count is corrected to
-the real usage in the bucket it went into (`ctx.window_bucket`). The windows live in the shared
+the real usage in the bucket it went into (`ctx.counted`). The windows live in the shared
 state (`gateway/storage/`): per process, or in Redis for a fleet; either way check-and-count is
 atomic, and a window costs the same memory at 1 request a minute as at 10,000 a second.
 """
@@ -45,7 +45,7 @@ class RateLimitPlugin(BasePlugin):
             if limits.rpm is not None:
                 checks.append(WindowCheck(f"{scope}:rpm", limits.rpm, 1.0))
             if limits.tpm is not None:
-                checks.append(WindowCheck(f"{scope}:tpm", limits.tpm, float(ctx.reserve_tokens)))
+                checks.append(WindowCheck(f"{scope}:tpm", limits.tpm, float(ctx.reserved.tokens)))
         return checks
 
     async def on_request(self, ctx: RequestContext) -> None:
@@ -59,13 +59,14 @@ class RateLimitPlugin(BasePlugin):
             ctx.decide(self.name, "rejected", f"{scope} over its {noun} limit")
             raise RateLimited(f"Rate limit reached for {scope} ({noun} per minute); "
                               f"retry after {admission.wait_s:.0f}s.", admission.wait_s)
-        ctx.window_bucket = admission.bucket
+        if admission.bucket is not None:  # None: failing open, counted nowhere
+            ctx.counted(admission.bucket)
 
     async def on_complete(self, ctx: RequestContext, outcome: Outcome) -> None:
         if ctx.window_bucket is None:
             return  # never counted (refused, or no limits)
         tpm = [c.key for c in self._checks(ctx) if c.key.endswith(":tpm")]
         used = outcome.usage.prompt_tokens + outcome.usage.completion_tokens
-        if tpm and used != ctx.reserve_tokens:
+        if tpm and used != ctx.reserved.tokens:
             await self._state.settle_windows(home_of(ctx), tpm, ctx.window_bucket,
-                                             float(used - ctx.reserve_tokens))
+                                             float(used - ctx.reserved.tokens))

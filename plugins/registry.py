@@ -10,21 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from gateway.config import GatewayConfig
+from gateway.observability.telemetry import SpanFactory
 from gateway.pipeline.identity import key_id_for
 from gateway.storage.contracts import AuditStore, ReviewStore, SharedState, SpendStore, Stores
 from plugins.approval import ApprovalPlugin
 from plugins.audit import AuditPlugin
-from plugins.base import Plugin, PluginChain, SpanFactory
+from plugins.base import Plugin
 from plugins.budget import BudgetPlugin
+from plugins.chain import PluginChain
 from plugins.guardrails import GuardrailPlugin
 from plugins.ratelimit import RateLimitPlugin
 from plugins.settings import BUILTIN_ORDER, Limits, plugin_ref, third_party
-
-if TYPE_CHECKING:
-    from gateway.config import GatewayConfig
-
 
 
 @dataclass
@@ -58,7 +56,7 @@ def _limits(cfg: GatewayConfig) -> tuple[dict[str, Limits], dict[str, Limits]]:
     return keys, teams
 
 
-Builtin = Callable[["GatewayConfig", Governance], Plugin | None]
+Builtin = Callable[[GatewayConfig, Governance], Plugin | None]
 BUILTINS: dict[str, Builtin] = {
     "guardrails": lambda cfg, gov: GuardrailPlugin(cfg.guardrails) if cfg.guardrails else None,
     "rate_limit": lambda cfg, gov: RateLimitPlugin(*_limits(cfg), gov.state),

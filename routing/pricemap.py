@@ -29,7 +29,7 @@ def price_map() -> dict[str, dict[str, Any]]:
     pkg = litellm_package_dir()
     if pkg is None or not (pkg / _MAP_FILE).is_file():
         return {}
-    data = orjson.loads((pkg / _MAP_FILE).read_bytes())
+    data: dict[str, dict[str, Any]] = orjson.loads((pkg / _MAP_FILE).read_bytes())
     data.pop("sample_spec", None)
     return data
 

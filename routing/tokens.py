@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from typing import Any, NamedTuple
 
+from gateway.pipeline.messages import Kind, strings
 from routing.pricemap import litellm_package_dir
 
 # OpenAI's documented overhead per message and per reply in chat formatting.
@@ -30,6 +31,8 @@ _PER_IMAGE = 85
 _BYTES_PER_TOKEN = 4
 # A prompt whose bound is within this factor of a threshold starts loading the tokenizer.
 _PREFETCH_AT = 4
+# What a prompt is counted from: its text, its tool calls, its images (a fixed cost each).
+_COUNTED: frozenset[Kind] = frozenset({"content", "text", "tool_name", "tool_arguments", "image"})
 
 
 _load_lock = threading.Lock()
@@ -107,29 +110,14 @@ class TokenGauge:
 
 
 def _message_texts(messages: Iterable[Mapping[str, Any]]) -> tuple[list[str], int]:
+    """The prompt's strings, and the tokens it costs besides them (message framing, images)."""
     texts: list[str] = []
     fixed = _PER_REPLY
     for message in messages:
         fixed += _PER_MESSAGE
-        fixed += _PER_IMAGE * _content_texts(message.get("content"), texts)
-        for call in message.get("tool_calls") or ():
-            fn = call.get("function") or {}
-            texts.append(str(fn.get("name", "")))
-            texts.append(str(fn.get("arguments", "")))
+        for text in strings(message, _COUNTED):
+            if text.kind == "image":
+                fixed += _PER_IMAGE
+            else:
+                texts.append(text.value)
     return texts, fixed
-
-
-def _content_texts(content: Any, texts: list[str]) -> int:
-    """Appends the content's texts to `texts`; returns how many image parts it has."""
-    if isinstance(content, str):
-        texts.append(content)
-        return 0
-    images = 0
-    for part in content if isinstance(content, list) else ():
-        if not isinstance(part, Mapping):
-            continue
-        if part.get("type") == "text":
-            texts.append(str(part.get("text", "")))
-        elif part.get("type") == "image_url":
-            images += 1
-    return images

@@ -22,16 +22,25 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from gateway.app import GATEWAY, Gateway, build_app
+from gateway.app import build_app
 from gateway.config import parse_config
 from gateway.observability import telemetry
+from gateway.runtime import GATEWAY, Gateway
 from gateway.simulator import RECORDED, RecordedRequest, SimModel, start_simulator
+from tests.support import provision
 
 APP_KEY = "sk-test-app-0123456789"
 LIMITED_KEY = "sk-test-limited-0123456789"
 UPSTREAM_KEY = "sk-upstream-secret-9876543210"
+ADMIN = "sk-admin-0123456789abcdef"    # for `admin_keys:` in tests that use the admin API
 
 logging.getLogger("LiteLLM").setLevel(logging.WARNING)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start installing the tools the selected tests need (Phoenix, Chromium) now, in the
+    background, so the installs overlap the rest of the suite (tests/support/provision.py)."""
+    provision.start_needed(session.items)
 
 
 @dataclass

@@ -13,9 +13,7 @@ import pytest
 from gateway.pipeline.identity import digest_of
 from gateway.storage.keystore import KeyStore
 from plugins.settings import Limits
-from tests.conftest import APP_KEY, GatewayFactory, RunningGateway, Upstream, base_config
-
-ADMIN = "sk-admin-0123456789abcdef"
+from tests.conftest import ADMIN, APP_KEY, GatewayFactory, RunningGateway, Upstream, base_config
 
 
 async def admin_call(gw: RunningGateway, method: str, path: str, key: str | None = ADMIN,

@@ -9,9 +9,7 @@ import aiohttp
 import openai
 import pytest
 
-from tests.conftest import LIMITED_KEY, GatewayFactory, RunningGateway, Upstream, base_config
-
-ADMIN = "sk-admin-0123456789abcdef"
+from tests.conftest import ADMIN, LIMITED_KEY, GatewayFactory, RunningGateway, Upstream, base_config
 
 
 def config(url: str, tmp: Path) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import pytest
 
 from gateway.storage.memory_state import MemoryCache
 from tests.conftest import (
+    ADMIN,
     APP_KEY,
     LIMITED_KEY,
     GatewayFactory,
@@ -21,7 +22,6 @@ from tests.conftest import (
 )
 
 OTHER_TEAM = "sk-test-other-team-0123"
-ADMIN = "sk-admin-0123456789abcdef"
 Q = [{"role": "user", "content": "what is the capital of France?"}]
 
 

@@ -1,7 +1,7 @@
 """The dashboard: its login and session, its data, and the page in a real headless Chromium.
 
 The browser is Debian's `chromium`, driven directly over the Chrome DevTools Protocol
-(tests/cdp.py): no Selenium, no webdriver. Traffic comes from the official `openai`
+(tests/support/cdp.py): no Selenium, no webdriver. Traffic comes from the official `openai`
 SDK against a real gateway in front of the simulator.
 """
 
@@ -16,18 +16,17 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestServer
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from gateway.app import GATEWAY, Gateway, build_app
+from gateway.app import build_app
 from gateway.config import AdminKeyEntry, parse_config
 from gateway.http import dashboard
 from gateway.observability import telemetry
-from tests.cdp import Page, browser, open_page
-from tests.conftest import APP_KEY, Upstream, base_config, deployment
+from gateway.runtime import GATEWAY, Gateway
+from tests.conftest import ADMIN, APP_KEY, Upstream, base_config, deployment
+from tests.support.cdp import Page, browser, open_page
 
-ADMIN = "sk-admin-dashboard-0123456789abcdef"
 RESEARCH_KEY = "sk-test-research-0123456789"
 HI = [{"role": "user", "content": "hi"}]
 
@@ -67,19 +66,12 @@ class DashGateway:
         return openai.AsyncOpenAI(base_url=self.base + "/v1", api_key=key, max_retries=0)
 
 
-def with_dashboard(app: web.Application) -> web.Application:
-    # Until build_app registers the dashboard itself; add_routes is also a no-op when it has.
-    if not any(r.canonical == "/dashboard" for r in app.router.resources()):
-        dashboard.add_routes(app)
-    return app
-
-
 @pytest.fixture
 async def dash(upstream: Upstream, tmp_path: Path) -> AsyncIterator[DashGateway]:
     cfg = {"key_store": {"path": ":memory:"},
            "storage": {"path": str(tmp_path / "podium.sqlite3")}, **dashboard_config(upstream.url)}
     app = build_app(parse_config(cfg, env={}), telemetry.with_exporter(InMemorySpanExporter()))
-    server = TestServer(with_dashboard(app), host="127.0.0.1")
+    server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     yield DashGateway(base=f"http://127.0.0.1:{server.port}", server=server)
     await server.close()
@@ -224,11 +216,13 @@ async def log_in(page: Page, base: str, key: str) -> None:
                         "document.querySelector('#login button').click(); true")
 
 
-BROWSER_TIMEOUT = pytest.mark.timeout(900)  # a first run may install chromium
+# Needs Chromium (installed on first use, in the background, outside the test's timeout).
+BROWSER_TIMEOUT = pytest.mark.timeout(300, func_only=True)
 DATA_STATUS = "fetch('/admin/dashboard/data').then(r => r.status)"
 
 
 @BROWSER_TIMEOUT
+@pytest.mark.provisioned("chromium")
 async def test_browser_without_a_session_sees_the_login(dash: DashGateway, page: Page,
                                                         tmp_path: Path) -> None:
     await page.navigate(dash.base + "/dashboard")
@@ -247,6 +241,7 @@ async def test_browser_without_a_session_sees_the_login(dash: DashGateway, page:
 
 
 @BROWSER_TIMEOUT
+@pytest.mark.provisioned("chromium")
 async def test_browser_dashboard_shows_live_data(dash: DashGateway, page: Page,
                                                  tmp_path: Path) -> None:
     await log_in(page, dash.base, ADMIN)
@@ -302,6 +297,7 @@ async def test_browser_dashboard_shows_live_data(dash: DashGateway, page: Page,
 
 
 @BROWSER_TIMEOUT
+@pytest.mark.provisioned("chromium")
 async def test_browser_session_cookie_is_httponly(dash: DashGateway, page: Page) -> None:
     await log_in(page, dash.base, ADMIN)
     await page.wait_for("Number(document.body.dataset.polls) >= 1", "the dashboard")

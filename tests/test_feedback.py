@@ -8,10 +8,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import APP_KEY, LIMITED_KEY, GatewayFactory, Upstream, base_config
-from tests.test_metrics import scrape, total
-
-ADMIN = "sk-admin-0123456789abcdef"
+from tests.conftest import ADMIN, APP_KEY, LIMITED_KEY, GatewayFactory, Upstream, base_config
+from tests.support.metrics import scrape, total
 
 
 async def post(url: str, body: Any, key: str = APP_KEY) -> tuple[int, Any]:
@@ -45,7 +43,7 @@ async def test_feedback_is_stored_linked_and_counted(upstream: Upstream,
     assert fb.links[0].context.trace_id == root.context.trace_id
     assert fb.links[0].context.span_id == root.context.span_id
     assert fb.events[0].attributes["score"] == 0.25
-    samples = await scrape(gw)
+    samples = await scrape(gw.url)
     assert total(samples, "podium_feedback_score_count", deployment="sim-cheap") == 1
     assert total(samples, "podium_feedback_score_sum", route="default") == 0.25
     # By trace id too.

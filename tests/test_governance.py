@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from plugins.budget import period_end, period_start
 from tests.conftest import (
+    ADMIN,
     APP_KEY,
     GatewayFactory,
     RunningGateway,
@@ -28,10 +29,9 @@ from tests.conftest import (
     base_config,
     deployment,
 )
-from tests.test_workers import until
+from tests.support.waiting import until
 
 ROOT = Path(__file__).resolve().parents[1]
-ADMIN = "sk-admin-0123456789abcdef"
 HI = [{"role": "user", "content": "hi"}]
 
 

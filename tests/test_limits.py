@@ -17,7 +17,7 @@ from gateway.storage.contracts import (
     RESERVATION_TTL_S,
     BudgetClaim,
     BudgetRefusal,
-    Reservation,
+    BudgetReservation,
     WindowCheck,
 )
 from gateway.storage.memory_state import MemoryState
@@ -124,13 +124,13 @@ async def test_a_reservation_lapses_at_its_ttl_without_being_settled() -> None:
     clock = Clock(5000.0)
     state = state_at(clock)
     claim = budget("key:k1:total", 1.0)
-    assert isinstance(await state.reserve("k1", [claim], 0.8), Reservation)  # never settled
+    assert isinstance(await state.reserve("k1", [claim], 0.8), BudgetReservation)  # never settled
     refused = await state.reserve("k1", [claim], 0.3)
     assert isinstance(refused, BudgetRefusal) and refused.reserved == pytest.approx(0.8)
     clock.now += RESERVATION_TTL_S - 60.0                 # within the TTL, to the minute
     assert isinstance(await state.reserve("k1", [claim], 0.3), BudgetRefusal)
     clock.now += 60.0
-    assert isinstance(await state.reserve("k1", [claim], 0.3), Reservation)
+    assert isinstance(await state.reserve("k1", [claim], 0.3), BudgetReservation)
 
 
 async def test_settling_releases_exactly_the_reservation_and_counts_the_cost() -> None:
@@ -138,9 +138,9 @@ async def test_settling_releases_exactly_the_reservation_and_counts_the_cost() -
     state = state_at(clock)
     claims = [budget("key:k1:total", 1.0, spent=0.1), budget("team:t:total", 5.0)]
     held = await state.reserve("t", claims, 0.5)
-    assert isinstance(held, Reservation)
+    assert isinstance(held, BudgetReservation)
     other = await state.reserve("t", claims, 0.3)
-    assert isinstance(other, Reservation)
+    assert isinstance(other, BudgetReservation)
     await state.settle("t", claims, held, 0.2)
     assert await state.standing("t", claims[0]) == (pytest.approx(0.3), pytest.approx(0.3))
     assert await state.standing("t", claims[1]) == (pytest.approx(0.2), pytest.approx(0.3))
@@ -162,7 +162,7 @@ async def drive(state: MemoryState, clock: Clock, rate: float, seconds: float) -
         clock.now += 1.0 / rate
         admitted = await state.admit("t", checks)
         held = await state.reserve("t", claims, 0.01)
-        assert admitted.bucket is not None and isinstance(held, Reservation)
+        assert admitted.bucket is not None and isinstance(held, BudgetReservation)
         await state.settle_windows("t", ["key:k1:tpm", "team:t:tpm"], admitted.bucket, -180.0)
         await state.settle("t", claims, held, 0.004)
     return n
@@ -218,7 +218,8 @@ async def test_a_new_budget_period_replaces_the_old_one() -> None:
 
         claim = BudgetClaim("key:k1:day", 1.0, day * 86400.0, (day + 1) * 86400.0, load)
         held = await state.reserve("k1", [claim], 0.1)
-        await state.settle("k1", [claim], held if isinstance(held, Reservation) else None, 0.05)
+        assert isinstance(held, BudgetReservation)
+        await state.settle("k1", [claim], held, 0.05)
         assert await state.standing("k1", claim) == (pytest.approx(0.05), 0.0)
     assert len(state._spent) == 1
 

@@ -19,8 +19,8 @@ import yaml
 
 from gateway.observability import logs
 from tests.conftest import APP_KEY, UPSTREAM_KEY, Upstream, base_config
-from tests.test_call import closed_port
-from tests.test_workers import get_json, until
+from tests.support.net import free_port, get_json
+from tests.support.waiting import CEILING_S, until
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET_PROMPT = "my card is 4111 1111 1111 1111, tell nobody"
@@ -33,7 +33,7 @@ async def test_access_and_event_logs_are_json_without_secrets(upstream: Upstream
     cfg["key_store"] = {"path": str(tmp_path / "keys.sqlite3")}
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    port = closed_port()
+    port = free_port()
     proc = subprocess.Popen(  # noqa: ASYNC220 - Popen returns at once
         [sys.executable, "-m", "gateway", "serve", "--config", str(path), "--port", str(port)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -50,7 +50,7 @@ async def test_access_and_event_logs_are_json_without_secrets(upstream: Upstream
             pass
     finally:
         proc.terminate()
-        output, _ = proc.communicate(timeout=30)
+        output, _ = proc.communicate(timeout=CEILING_S)
     lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
     assert lines and all({"time", "level", "logger", "message"} <= set(e) for e in lines)
     [access] = [e for e in lines if e.get("request_id") == raw.headers["x-request-id"]]
@@ -118,7 +118,7 @@ def test_workers_sharing_one_pipe_never_cut_into_each_others_lines() -> None:
         while chunk := reader.read(256):  # small reads: the pipe stays nearly full
             data += chunk
     for worker in workers:
-        assert worker.wait(timeout=60) == 0
+        assert worker.wait(timeout=CEILING_S) == 0
     entries = [json.loads(line) for line in data.decode().splitlines()]
     for w in range(3):
         assert [e["n"] for e in entries if e["worker"] == str(w)] == list(range(4000))

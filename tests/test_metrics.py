@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import aiohttp
 import openai
 import pytest
 from aiohttp.test_utils import TestServer
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import build_app
 from gateway.config import parse_config
@@ -18,44 +15,26 @@ from gateway.observability import telemetry
 from tests.conftest import (
     APP_KEY,
     GatewayFactory,
-    RunningGateway,
     Upstream,
     base_config,
     deployment,
 )
-from tests.test_call import closed_port
+from tests.support.metrics import scrape, total
+from tests.support.net import free_port
 
 HI = [{"role": "user", "content": "hi"}]
-
-
-async def scrape(gw: RunningGateway) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    async with aiohttp.ClientSession() as session, session.get(
-            gw.url.removesuffix("/v1") + "/metrics") as resp:
-        assert resp.status == 200
-        assert resp.headers["Content-Type"].startswith("text/plain")
-        text = await resp.text()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return samples
-
-
-def total(samples: dict[Any, float], name: str, **labels: str) -> float:
-    return sum(v for (n, ls), v in samples.items()
-               if n == name and all(dict(ls).get(k) == val for k, val in labels.items()))
 
 
 async def test_metrics_move_with_traffic(upstream: Upstream,
                                          make_gateway: GatewayFactory) -> None:
     cfg = base_config(upstream.url)
     cfg["model_list"].insert(0, deployment("chat", "sim-dead",
-                                           f"http://127.0.0.1:{closed_port()}/v1",
+                                           f"http://127.0.0.1:{free_port()}/v1",
                                            input_cost_per_token=0))
     cfg["routing"] = {"breaker": {"failures": 1, "cooldown_s": 60}}
     cfg["teams"] = [{"name": "support", "rpm": 4}]
     gw = await make_gateway(cfg)
-    before = await scrape(gw)
+    before = await scrape(gw.url)
     client = gw.client()
     await client.chat.completions.create(model="chat", messages=HI)   # miss, dead → cheap
     await client.chat.completions.create(model="chat", messages=HI)   # hit
@@ -72,7 +51,7 @@ async def test_metrics_move_with_traffic(upstream: Upstream,
         await client.chat.completions.create(model="no-such-model", messages=HI)
     async with aiohttp.ClientSession() as session, session.get(gw.url + "/nope") as resp:
         assert resp.status == 404
-    after = await scrape(gw)
+    after = await scrape(gw.url)
 
     def grew(name: str, **labels: str) -> float:
         return total(after, name, **labels) - total(before, name, **labels)
@@ -104,7 +83,7 @@ async def test_unknown_teams_are_bucketed(upstream: Upstream,
                                           make_gateway: GatewayFactory) -> None:
     gw = await make_gateway(base_config(upstream.url))  # "support" is not in teams:
     await gw.client().chat.completions.create(model="chat", messages=HI)
-    samples = await scrape(gw)
+    samples = await scrape(gw.url)
     assert total(samples, "podium_requests_total", team="other") == 1
     assert total(samples, "podium_requests_total", team="support") == 0
 

@@ -94,6 +94,11 @@ async def test_restricted_with_no_cleared_deployment_is_403_and_sends_nothing(
     assert info.value.body["code"] == "no_cleared_deployment"
     assert "restricted" in info.value.body["message"]
     assert list(upstream.recorded) == []
+    # The refusal is on record with the class that caused it, though no route was found.
+    audit = gw.gateway.governance.audit
+    assert audit is not None
+    [record] = await audit.query({})
+    assert (record["status"], record["data_class"], record["route"]) == (403, "restricted", None)
 
 
 async def test_pii_block_mode_names_kinds_not_values(upstream: Upstream,

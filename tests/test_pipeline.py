@@ -13,7 +13,7 @@ import pytest
 
 from plugins.base import BasePlugin, Outcome, RequestContext
 from tests.conftest import APP_KEY, LIMITED_KEY, UPSTREAM_KEY, RunningGateway, Upstream
-from tests.test_workers import until
+from tests.support.waiting import until
 
 TOOLS = [
     {"type": "function", "function": {"name": "get_weather", "parameters": {

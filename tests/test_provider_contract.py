@@ -12,7 +12,6 @@ import asyncio
 import email.utils
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -31,6 +30,7 @@ from routing.catalog import Deployment, compile_deployment
 from routing.providers.base import Attempt, Provider
 from routing.providers.litellm import LiteLLMProvider
 from routing.providers.openai import OpenAICompatibleProvider, _EventSplitter, is_openai_compatible
+from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -156,12 +156,6 @@ def stream_tool_calls(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def flat_tool_calls(message: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [{"id": c["id"], "name": c["function"]["name"], "arguments": c["function"]["arguments"]}
             for c in message.get("tool_calls") or ()]
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def litellm_gap(request: pytest.FixtureRequest, provider: Provider, reason: str,
@@ -396,7 +390,7 @@ async def test_wrong_upstream_key_is_auth(provider: Provider, sim: Sim) -> None:
 
 async def test_closed_port_is_connection(provider: Provider,
                                          request: pytest.FixtureRequest) -> None:
-    dep = deployment(f"http://127.0.0.1:{closed_port()}/v1", "sim-a")
+    dep = deployment(f"http://127.0.0.1:{free_port()}/v1", "sim-a")
     assert (await expect_error(provider.chat(attempt(dep)))).kind == "connection"
     assert (await expect_error(collect(provider, attempt(dep)))).kind == "connection"
 
@@ -549,7 +543,8 @@ def test_event_splitter_any_read_size(size: int) -> None:
 _IMPORTS = """
 import asyncio, sys
 from aiohttp import web
-from gateway.app import GATEWAY, build_app
+from gateway.app import build_app
+from gateway.runtime import GATEWAY
 from gateway.config import parse_config
 from tests.conftest import base_config
 cfg = base_config("http://127.0.0.1:9/v1")

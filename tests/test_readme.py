@@ -6,10 +6,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +16,8 @@ import pytest
 import yaml
 
 from gateway.config import parse_config
+from tests.support.net import free_port
+from tests.support.waiting import CEILING_S, until_sync
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -26,12 +26,6 @@ BLOCK = re.compile(r"<!-- readme-test: (\w+) -->\n```\w+\n(.*?)```", re.S)
 
 def blocks(kind: str) -> list[str]:
     return [body for k, body in BLOCK.findall(README) if k == kind]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one() -> None:
@@ -64,41 +58,41 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         yield port
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        proc.wait(timeout=CEILING_S)
 
 
 def wait_ready(port: int, proc: subprocess.Popen[str]) -> None:
     """Poll /readyz (a real condition, bounded) until the litellm provider has loaded."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    def ready() -> bool:
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-                if r.status == 200:
-                    return
+                return r.status == 200
         except OSError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("podium serve did not become ready within 60 s")
+            return False
+    until_sync(ready, "podium serve to be ready", poll_s=0.1)
 
 
 def test_python_quick_start_runs_against_the_default_config(served: int) -> None:
+    """Twice: the second run is answered from the cache, and still says who answered."""
     [code] = blocks("python")
     code = code.replace("127.0.0.1:4000", f"127.0.0.1:{served}")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=60)
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert lines[0] == "Simulated answer from sim-small: Hello!"
-    assert lines[1].startswith("answered by sim-small for $ 0.0000")
-    assert lines[2] == "Simulated answer from sim-small: Stream, please"
-    assert lines[3] == "2 embeddings"
+    for _ in range(2):
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                timeout=CEILING_S)
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert lines[0] == "Simulated answer from sim-small: Hello!"
+        assert lines[1].startswith("answered by sim-small for $ 0.0000")
+        assert lines[2] == "Simulated answer from sim-small: Stream, please"
+        assert lines[3] == "2 embeddings"
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_curl_quick_start(served: int) -> None:
     [script] = blocks("sh")
     script = script.replace("127.0.0.1:4000", f"127.0.0.1:{served}")
-    result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(["sh", "-c", script], capture_output=True, text=True,
+                            timeout=CEILING_S)
     assert result.returncode == 0
     assert '"content":"Simulated answer from sim-small: Hello!"' in result.stdout

@@ -20,9 +20,9 @@ import openai
 import pytest
 import redis.asyncio as aioredis
 
-from tests.conftest import APP_KEY, GatewayFactory, RunningGateway, Upstream
-from tests.test_redis_state import ADMIN, HI, redis_up, shared
-from tests.test_workers import until
+from tests.conftest import ADMIN, APP_KEY, GatewayFactory, RunningGateway, Upstream
+from tests.support.waiting import until
+from tests.test_redis_state import HI, redis_up, shared
 
 pytestmark = pytest.mark.skipif(
     shutil.which("redis-server") is None or shutil.which("redis-cli") is None,

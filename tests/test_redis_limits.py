@@ -18,7 +18,7 @@ from gateway.storage.contracts import (
     WINDOW_BUCKETS,
     WINDOW_S,
     BudgetClaim,
-    Reservation,
+    BudgetReservation,
     WindowCheck,
 )
 from gateway.storage.redis_state import RedisState
@@ -67,7 +67,7 @@ async def one_request(st: RedisState) -> None:
     """What the rate-limit and budget plugins do for one request under key k1 of team t."""
     admitted = await st.admit("team:t", CHECKS)
     held = await st.reserve("team:t", CLAIMS, 0.01)
-    assert admitted.bucket is not None and isinstance(held, Reservation)
+    assert admitted.bucket is not None and isinstance(held, BudgetReservation)
     await st.settle_windows("team:t", ["key:k1:tpm", "team:t:tpm"], admitted.bucket, -150.0)
     await st.settle("team:t", CLAIMS, held, 0.004)
 

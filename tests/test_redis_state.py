@@ -16,12 +16,12 @@ import aiohttp
 import openai
 import pytest
 
-from tests.conftest import APP_KEY, GatewayFactory, Upstream, base_config, deployment
-from tests.test_call import closed_port
-from tests.test_workers import _two, get_json, running_pool, until
+from tests.conftest import ADMIN, APP_KEY, GatewayFactory, Upstream, base_config, deployment
+from tests.support.net import free_port, get_json
+from tests.support.pool import both_workers, running_pool
+from tests.support.waiting import CEILING_S, until
 
 ROOT = Path(__file__).resolve().parents[1]
-ADMIN = "sk-admin-0123456789abcdef"
 HI = [{"role": "user", "content": "hi"}]
 
 
@@ -56,7 +56,7 @@ async def pool_of_two(tmp_path: Path, upstream: Upstream,
     cfg["keys"][0].update(request.param)
     cfg["cache"] = {"enabled": False}
     async with running_pool(cfg, tmp_path) as (_, base):
-        await until(lambda: _two(base), "both workers to be listening")
+        await until(lambda: both_workers(base), "both workers to be listening")
         yield base
 
 
@@ -126,7 +126,7 @@ async def test_a_breaker_opened_by_one_is_respected_by_the_other(
         upstream: Upstream, make_gateway: GatewayFactory, tmp_path: Path) -> None:
     cfg = shared(upstream.url, tmp_path)
     cfg["model_list"][:2] = [
-        deployment("chat", "sim-dead", f"http://127.0.0.1:{closed_port()}/v1",
+        deployment("chat", "sim-dead", f"http://127.0.0.1:{free_port()}/v1",
                    input_cost_per_token=1e-9),
         deployment("chat", "sim-ok", upstream.url, input_cost_per_token=1e-7)]
     cfg["routing"] = {"breaker": {"failures": 1, "cooldown_s": 60}}
@@ -141,7 +141,7 @@ async def test_a_breaker_opened_by_one_is_respected_by_the_other(
             decision = await resp.json()
         return decision["chain"] == ["sim-ok"]
 
-    await until(open_on_two, "the second gateway to see the breaker open", timeout_s=5)
+    await until(open_on_two, "the second gateway to see the breaker open")
     raw = await two.client().chat.completions.with_raw_response.create(model="chat",
                                                                        messages=HI)
     assert raw.headers["x-podium-attempts"] == "1"
@@ -152,7 +152,7 @@ async def test_a_breaker_opened_by_one_is_respected_by_the_other(
 def private_redis() -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed; cannot run a private Redis to stop")
-    port = closed_port()
+    port = free_port()
     proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
                              "--save", "", "--appendonly", "no"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -160,7 +160,7 @@ def private_redis() -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
         yield port, proc
     finally:
         proc.kill()
-        proc.wait(timeout=10)
+        proc.wait(timeout=CEILING_S)
 
 
 @pytest.mark.parametrize("fail_mode", ["open", "closed"])
@@ -179,7 +179,7 @@ async def test_redis_stopped_mid_run(upstream: Upstream, make_gateway: GatewayFa
     client = gw.client()
     await client.chat.completions.create(model="chat", messages=HI)
     proc.kill()
-    proc.wait(timeout=10)
+    proc.wait(timeout=CEILING_S)
     base = gw.url.removesuffix("/v1")
     if fail_mode == "open":
         raw = await client.chat.completions.with_raw_response.create(
@@ -210,7 +210,7 @@ async def test_budget_counters_are_reconciled_from_the_ledger_after_an_outage(
         upstream: Upstream, make_gateway: GatewayFactory, tmp_path: Path) -> None:
     if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
         pytest.skip("redis-server/redis-cli are not installed; cannot restart a private Redis")
-    port, data = closed_port(), tmp_path / "redis"
+    port, data = free_port(), tmp_path / "redis"
     data.mkdir()
     procs = [start_redis(port, data)]
     try:

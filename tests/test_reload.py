@@ -20,13 +20,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from gateway.app import build_app
 from gateway.config import load_config
 from gateway.observability import telemetry
-from tests.conftest import APP_KEY, Upstream, base_config, deployment
-from tests.test_call import closed_port
-from tests.test_metrics import total
-from tests.test_workers import get_json, until
+from tests.conftest import ADMIN, APP_KEY, Upstream, base_config, deployment
+from tests.support.metrics import total
+from tests.support.net import free_port, get_json
+from tests.support.waiting import until
 
 ROOT = Path(__file__).resolve().parents[1]
-ADMIN = "sk-admin-0123456789abcdef"
 
 
 def write(path: Path, cfg: dict[str, Any]) -> None:
@@ -138,7 +137,7 @@ async def test_reload_needs_an_admin_key(served: Any) -> None:
 async def test_sighup_reloads_a_running_gateway(upstream: Upstream, tmp_path: Path) -> None:
     path = tmp_path / "gateway.yaml"
     write(path, config(upstream.url, tmp_path))
-    port = closed_port()
+    port = free_port()
     proc = subprocess.Popen(  # noqa: ASYNC220 - Popen returns at once
         [sys.executable, "-m", "gateway", "serve", "--config", str(path), "--port", str(port)],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

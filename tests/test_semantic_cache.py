@@ -15,6 +15,7 @@ from gateway.config import ConfigError, parse_config
 from gateway.pipeline import semantic_cache
 from gateway.pipeline.semantic_cache import SemanticIndex, conversation_text
 from tests.conftest import (
+    ADMIN,
     APP_KEY,
     LIMITED_KEY,
     GatewayFactory,
@@ -25,7 +26,6 @@ from tests.conftest import (
 )
 
 OTHER_TEAM = "sk-test-other-team-0123"
-ADMIN = "sk-admin-0123456789abcdef"
 FRANCE = "What is the capital of France?"
 NEAR = "what is the capital of france"
 

@@ -32,6 +32,7 @@ from gateway.storage.postgres import PgAuditLog, PgKeyStore, PgReviewQueue, PgSp
 from gateway.storage.records import AuditRecord, Review, SpendRow
 from gateway.storage.sqlite import AuditLog, ReviewQueue, SpendLedger
 from plugins.settings import Limits
+from tests.support.waiting import until
 
 _DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 PG_DSN = os.environ.get("PODIUM_TEST_PG_DSN", _DEFAULT_DSN)
@@ -250,11 +251,10 @@ async def test_spend_totals_and_windows(backend: Backend) -> None:
 async def test_spend_batches_in_the_background_and_on_close(backend: Backend) -> None:
     spend, reader = await backend.spend(), await backend.spend()
     spend.submit(SpendRow(*SPEND_ROWS[0]))
-    for _ in range(50):  # the writer flushes by itself every 0.2 s
-        if await reader.spent_since("key_id", "key_a", 0.0) == 0.5:
-            break
-        await asyncio.sleep(0.05)
-    assert await reader.spent_since("key_id", "key_a", 0.0) == 0.5
+
+    async def written() -> bool:  # the writer flushes by itself every 0.2 s
+        return await reader.spent_since("key_id", "key_a", 0.0) == 0.5
+    await until(written, "the background writer to flush")
     spend.submit(SpendRow(*SPEND_ROWS[1]))
     await spend.close()  # close writes what is left
     assert await reader.spent_since("key_id", "key_a", 0.0) == 0.75
@@ -445,14 +445,14 @@ async def test_a_gateway_runs_on_this_backend(backend: Backend, upstream: Any,
     """End to end: admin key creation, a model call, spend and audit, on each backend."""
     import aiohttp
 
-    from tests.conftest import base_config
+    from tests.conftest import ADMIN, base_config
 
     cfg = base_config(upstream.url)
-    cfg["admin_keys"] = [{"key": "sk-admin-0123456789abcdef", "name": "ops"}]
+    cfg["admin_keys"] = [{"key": ADMIN, "name": "ops"}]
     if backend.name == "postgres":
         cfg["storage"] = {"backend": "postgres", "dsn": backend.dsn}
     gw = await make_gateway(cfg)
-    admin = {"Authorization": "Bearer sk-admin-0123456789abcdef"}
+    admin = {"Authorization": f"Bearer {ADMIN}"}
     base = gw.url.removesuffix("/v1")
     async with aiohttp.ClientSession() as session:
         async with session.post(base + "/admin/keys", json={"name": "e2e"},

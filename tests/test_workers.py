@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,33 +12,13 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.simulator import RECORDED, SimModel, start_simulator
 from tests.conftest import APP_KEY, base_config, deployment
-from tests.test_call import closed_port
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-async def until(condition: Any, what: str, timeout_s: float = 30.0) -> Any:
-    """Poll a real condition (bounded) instead of sleeping for a guessed time."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while asyncio.get_running_loop().time() < deadline:
-        result = await condition()
-        if result:
-            return result
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-async def get_json(url: str) -> Any:
-    try:
-        async with aiohttp.ClientSession() as session, session.get(url) as resp:
-            return await resp.json() if resp.status == 200 else None
-    except aiohttp.ClientError:
-        return None
+from tests.support.net import get_json
+from tests.support.pool import both_workers, running_pool
+from tests.support.waiting import CEILING_S, until
 
 
 @pytest.fixture
@@ -59,51 +36,8 @@ async def pool(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
         await runner.cleanup()
 
 
-@contextlib.asynccontextmanager
-async def running_pool(config: dict[str, Any], tmp_path: Path, log: Path | None = None,
-                       ) -> AsyncIterator[tuple[subprocess.Popen[bytes], str]]:
-    """`podium serve --workers 2` on `config`, ready; the whole process group stopped after.
-    Its stderr (the logs) goes to `log` when given."""
-    path = tmp_path / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config))
-    port = closed_port()
-    with (log or Path(os.devnull)).open("wb") as stderr:
-        proc = subprocess.Popen(  # noqa: ASYNC220 - Popen returns at once; the wait is async
-            [sys.executable, "-m", "gateway", "serve", "--config", str(path), "--port",
-             str(port), "--workers", "2"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr,
-            start_new_session=True)  # its own process group: teardown stops the workers too
-    base = f"http://127.0.0.1:{port}"
-    try:
-        await until(lambda: get_json(base + "/readyz"), "the pool to be ready")
-        yield proc, base
-    finally:
-        await asyncio.to_thread(stop_group, proc)
-
-
-def stop_group(proc: subprocess.Popen[bytes]) -> None:
-    """Stop the supervisor and every worker it started, whatever state they are in."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        pass
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)  # anything that did not drain in time
-    proc.wait(timeout=30)
-
-
-async def pids(base: str, n: int = 40) -> set[int]:
-    seen = set()
-    for _ in range(n):  # a fresh connection each time: the kernel picks a worker per connection
-        health = await get_json(base + "/healthz")
-        if health:
-            seen.add(health["pid"])
-    return seen
-
-
 async def test_two_workers_share_the_port(pool: dict[str, Any]) -> None:
-    workers = await until(lambda: _two(pool["base"]), "both workers to answer")
+    workers = await until(lambda: both_workers(pool["base"]), "both workers to answer")
     assert len(workers) == 2 and pool["proc"].pid not in workers
     client = openai.AsyncOpenAI(base_url=pool["base"] + "/v1", api_key=APP_KEY, max_retries=0)
     answers = await asyncio.gather(*(client.chat.completions.create(
@@ -120,18 +54,13 @@ async def test_two_workers_share_the_port(pool: dict[str, Any]) -> None:
         assert counted == 10
 
 
-async def _two(base: str) -> set[int] | None:
-    seen = await pids(base)
-    return seen if len(seen) == 2 else None
-
-
 async def test_a_crashed_worker_is_restarted(pool: dict[str, Any]) -> None:
-    first = await until(lambda: _two(pool["base"]), "both workers to answer")
+    first = await until(lambda: both_workers(pool["base"]), "both workers to answer")
     victim = min(first)
     os.kill(victim, signal.SIGKILL)
 
     async def replaced() -> set[int] | None:
-        seen = await _two(pool["base"])
+        seen = await both_workers(pool["base"])
         return seen if seen and victim not in seen else None
 
     now = await until(replaced, "a new worker to replace the killed one")
@@ -155,17 +84,17 @@ async def test_sigterm_drains_an_in_flight_stream(pool: dict[str, Any]) -> None:
 
     await until(arrived, "the slow request to reach the upstream")
     pool["proc"].send_signal(signal.SIGTERM)
-    text = await asyncio.wait_for(pending, 30)
+    text = await asyncio.wait_for(pending, CEILING_S)
     assert text == "Simulated answer from sim-slow: take your time"
-    code = await asyncio.to_thread(pool["proc"].wait, 30)
+    code = await asyncio.to_thread(pool["proc"].wait, CEILING_S)
     assert code == 0
     assert await get_json(pool["base"] + "/healthz") is None, "nothing listens any more"
 
 
 async def test_workers_do_not_outlive_a_killed_supervisor(pool: dict[str, Any]) -> None:
-    workers = await until(lambda: _two(pool["base"]), "both workers to answer")
+    workers = await until(lambda: both_workers(pool["base"]), "both workers to answer")
     pool["proc"].kill()  # SIGKILL: the supervisor cannot pass anything on
-    await asyncio.to_thread(pool["proc"].wait, 30)
+    await asyncio.to_thread(pool["proc"].wait, CEILING_S)
 
     async def all_gone() -> bool:
         return not any(os.path.exists(f"/proc/{pid}") for pid in workers)  # noqa: ASYNC240
@@ -178,7 +107,7 @@ async def test_workers_with_memory_state_warn_that_limits_multiply(tmp_path: Pat
     config["storage"] = {"path": str(tmp_path / "podium.sqlite3")}
     config["key_store"] = {"path": str(tmp_path / "keys.sqlite3")}
     log = tmp_path / "stderr.log"
-    async with running_pool(config, tmp_path, log):
+    async with running_pool(config, tmp_path, log=log):
         pass
     lines = [line for line in log.read_text().splitlines() if "state.backend is memory" in line]
     assert len(lines) == 1, log.read_text()[-2000:]  # once, from the supervisor

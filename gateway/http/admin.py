@@ -14,11 +14,11 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import ConfigDict, Field
 
-from gateway.app import GATEWAY, REQUEST_ID, Gateway
 from gateway.errors import BadRequest, RouteNotFound
 from gateway.pipeline.egress import json_response
 from gateway.pipeline.identity import key_id_for
 from gateway.pipeline.ingress import read_json, validate
+from gateway.runtime import GATEWAY, Gateway
 from plugins.budget import BudgetPlugin
 from plugins.settings import Limits
 
@@ -41,14 +41,6 @@ class NewKey(Limits):
                       budget_period=self.budget_period)
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/admin/keys", create_key)
-    app.router.add_get("/admin/keys", list_keys)
-    app.router.add_delete("/admin/keys/{key_id}", revoke_key)
-    app.router.add_get("/admin/spend", spend)
-    app.router.add_get("/admin/spend/budgets", budgets)
-    app.router.add_get("/admin/audit", audit)
-
 
 def _float(request: web.Request, name: str) -> float | None:
     value = request.query.get(name)
@@ -70,8 +62,7 @@ async def spend(request: web.Request) -> web.Response:
                          param="group_by")
     rows = await request.app[GATEWAY].governance.ledger.report(
         group_by, _float(request, "since"), _float(request, "until"))
-    return json_response({"object": "list", "group_by": group_by, "data": rows},
-                         {"x-request-id": request[REQUEST_ID]})
+    return json_response({"object": "list", "group_by": group_by, "data": rows})
 
 
 async def budgets(request: web.Request) -> web.Response:
@@ -92,7 +83,7 @@ async def budgets(request: web.Request) -> web.Response:
         if standing is not None:
             rows.append({"object": "budget", "scope": kind, "id": ident, "name": name,
                          "team": team, **standing})
-    return json_response({"object": "list", "data": rows}, {"x-request-id": request[REQUEST_ID]})
+    return json_response({"object": "list", "data": rows})
 
 
 Holder = tuple[str, str, str, str | None, Limits | None]
@@ -116,8 +107,7 @@ async def audit(request: web.Request) -> web.Response:
         raise RouteNotFound("The audit trail is disabled (audit.enabled: false).")
     limit = int(_float(request, "limit") or 100)
     records = await log.query(request.query, limit=max(1, min(limit, 1000)))
-    return json_response({"object": "list", "data": records},
-                         {"x-request-id": request[REQUEST_ID]})
+    return json_response({"object": "list", "data": records})
 
 
 async def require_admin(request: web.Request) -> str:
@@ -137,15 +127,13 @@ async def create_key(request: web.Request) -> web.Response:
         raise BadRequest(f"Unknown model(s): {', '.join(unknown)}.", param="models")
     key, raw = await gw.keystore.create(new.name, new.team, new.user, new.models,
                                         new.limits())
-    return json_response({**key.public(), "key": raw},
-                         {"x-request-id": request[REQUEST_ID]}, status=201)
+    return json_response({**key.public(), "key": raw}, status=201)
 
 
 async def list_keys(request: web.Request) -> web.Response:
     await require_admin(request)
     keys = await request.app[GATEWAY].keystore.list()
-    return json_response({"object": "list", "data": [k.public() for k in keys]},
-                         {"x-request-id": request[REQUEST_ID]})
+    return json_response({"object": "list", "data": [k.public() for k in keys]})
 
 
 async def revoke_key(request: web.Request) -> web.Response:
@@ -153,5 +141,4 @@ async def revoke_key(request: web.Request) -> web.Response:
     key_id = request.match_info["key_id"]
     if not await request.app[GATEWAY].keystore.revoke(key_id):
         raise RouteNotFound(f"No active key with id {key_id!r}.")
-    return json_response({"id": key_id, "object": "key", "revoked": True},
-                         {"x-request-id": request[REQUEST_ID]})
+    return json_response({"id": key_id, "object": "key", "revoked": True})

@@ -1,301 +1,164 @@
 """`POST /v1/chat/completions`: every hop in order, with the governance chain around the call.
 
-    ingress → identity → permissions → route → plugins (request) → call → plugins (response)
-    → egress, and plugins' on_complete exactly once at the end, whatever happened.
+    ingress → identity → permissions → route → plugins (request) → cache → call
+    → plugins (response) → egress, and the plugins' on_complete exactly once at the end.
 
-Once the caller is known and the body valid, a `RequestContext` follows the request; an
-`Outcome` collects what happened, so the audit record and spend settlement see failures too.
+The hops live in `gateway/pipeline/` and fill in the request's context in turn; this module
+only sequences them. A `Runtime` is read once at the start, so the whole request sees one
+config.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any
 
 import orjson
 from aiohttp import web
-from opentelemetry import trace
 
-from gateway.app import ACCESS, ACCOUNTED, GATEWAY, REQUEST_ID, Gateway, Runtime
-from gateway.errors import AllAttemptsFailed, PodiumError
-from gateway.http.models import call_headers, deadline_for, identify, permit, route
-from gateway.pipeline.cache import CachePolicy, assemble, cache_key
-from gateway.pipeline.cache import policy as cache_policy
-from gateway.pipeline.egress import completion_chunks, send_json, sse_response
-from gateway.pipeline.identity import Principal
+from gateway.errors import PodiumError
+from gateway.http.governed import accounted, identify, new_context
+from gateway.observability.metrics import Metrics
+from gateway.pipeline.cache import CacheLookup, assemble
+from gateway.pipeline.context import RequestContext
+from gateway.pipeline.egress import completion_chunks, podium_headers, send_json, sse_response
 from gateway.pipeline.ingress import ChatCompletionRequest, Parsed, read_json, validate_call
-from gateway.pipeline.permissions import PermissionScope
-from gateway.pipeline.route import chat_route_request
-from gateway.pipeline.semantic_cache import KIND_HEADER, SemanticProbe, probe
+from gateway.pipeline.route import RouteDecision, chat_reservation
 from gateway.pipeline.unmask import unmask_completion, unmask_stream
-from gateway.storage.contracts import CacheStore
-from plugins.base import Outcome, RequestContext
+from gateway.runtime import GATEWAY, Gateway, Runtime
+from plugins.chain import PluginChain
+from routing.attempts import OpenStream
 from routing.cascade import AnswerCheck
-from routing.fallback import CallResult, OpenStream
-from routing.providers.base import ChatAnswer
-from routing.router import RoutePlan, RouteRequest
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     rt = gw.runtime
-    principal = await identify(gw, rt, request)
+    principal = await identify(request, gw, rt)
     parsed = validate_call(ChatCompletionRequest,
-                      await read_json(request, rt.config.server.max_body_bytes))
-    ctx = _context(request, principal, parsed)
-    outcome = Outcome(status=500)
-    async with accounted(request, gw, rt, ctx, outcome, "chat"):
-        response = await _serve(request, gw, rt, parsed, ctx, outcome)
-        outcome.status = response.status
+                           await read_json(request, rt.config.server.max_body_bytes))
+    ctx = new_context(request, rt, "chat", principal, parsed.typed.model, parsed.body,
+                      bool(parsed.typed.stream))
+    async with accounted(request, rt, ctx):
+        response = await _serve(request, gw, rt, ctx, parsed)
+        ctx.outcome.status = response.status
         return response
 
 
-@asynccontextmanager
-async def accounted(request: web.Request, gw: Gateway, rt: Runtime, ctx: RequestContext,
-                    outcome: Outcome, endpoint: str) -> AsyncIterator[None]:
-    """Around a governed request: the outcome learns how it failed, and the plugins'
-    accounting (spend, limits, audit) and the metrics run exactly once, whatever happened."""
-    try:
-        yield
-    except PodiumError as err:
-        outcome.status, outcome.error_code = err.status, err.code
-        if isinstance(err, AllAttemptsFailed):
-            outcome.attempted = [a.deployment_id for a in err.attempts]
-        raise
-    finally:
-        await rt.chain.on_complete(ctx, outcome)
-        observe(gw, ctx, outcome, endpoint, request)
-
-
-def observe(gw: Gateway, ctx: RequestContext, outcome: Outcome, endpoint: str,
-            request: web.Request) -> None:
-    """Metrics and the access log's fields for a finished request (after the plugins)."""
-    request[ACCOUNTED] = True
-    request[ACCESS].update(
-        key_id=ctx.principal.key_id, team=ctx.principal.team, model=ctx.model,
-        route=ctx.plan.rule if ctx.plan else None, deployment=outcome.deployment,
-        attempts=len(outcome.attempted), cost_usd=round(outcome.cost_usd, 10),
-        cache=outcome.cache, error_code=outcome.error_code)
-    gw.metrics.answered(
-        endpoint=endpoint, route=ctx.plan.rule if ctx.plan else "none",
-        deployment=outcome.deployment, team=ctx.principal.team, status=outcome.status,
-        cache=outcome.cache, error_code=outcome.error_code, usage=outcome.usage,
-        cost_usd=outcome.cost_usd, total_s=time.monotonic() - ctx.started_mono,
-        upstream_s=outcome.upstream_s)
-    escalated = sum(1 for d in ctx.decisions if d["decision"] == "escalated")
-    if escalated and ctx.plan is not None:
-        gw.metrics.escalations.labels(ctx.plan.rule).inc(escalated)
-
-
-def _context(request: web.Request, principal: Principal,
-             parsed: Parsed[ChatCompletionRequest]) -> RequestContext:
-    return RequestContext(
-        request_id=request[REQUEST_ID], principal=principal, model=parsed.typed.model,
-        body=parsed.body, stream=bool(parsed.typed.stream),
-        facts=None, **trace_ids())
-
-
-class TraceIds(TypedDict):
-    trace_id: str
-    span_id: str
-
-
-def trace_ids() -> TraceIds:
-    """The current (SERVER) span's ids, for the audit record; empty when not tracing."""
-    span_context = trace.get_current_span().get_span_context()
-    if not span_context.is_valid:
-        return {"trace_id": "", "span_id": ""}
-    return {"trace_id": format(span_context.trace_id, "032x"),
-            "span_id": format(span_context.span_id, "016x")}
-
-
-async def _serve(request: web.Request, gw: Gateway, rt: Runtime,
-                 parsed: Parsed[ChatCompletionRequest], ctx: RequestContext,
-                 outcome: Outcome) -> web.StreamResponse:
-    chat = parsed.typed
-    scope = permit(gw, rt, ctx.principal, parsed, request)
-    ctx.data_class, ctx.pii_counts = scope.data_class, scope.findings
-    route_req = chat_route_request(chat, parsed.body, ctx.principal, request.headers,
-                                   rt.router.tokens, scope)
-    ctx.facts = route_req.facts
-    plan = await route(gw, rt, route_req, ctx.principal)
-    _reserve(ctx, rt, plan, route_req, chat)
-    await rt.chain.on_request(ctx)
-    lookup = await _cache_lookup(request, gw, rt, plan, parsed, scope, ctx, outcome)
+async def _serve(request: web.Request, gw: Gateway, rt: Runtime, ctx: RequestContext,
+                 parsed: Parsed[ChatCompletionRequest]) -> web.StreamResponse:
+    await gw.sync_breakers()
+    planner = gw.planner(rt)
+    ctx.permitted(planner.permit_chat(ctx.principal, parsed, request.headers))
+    decision = planner.route_chat(ctx.principal, parsed, request.headers, ctx.permission)
+    ctx.routed(decision.request, decision.plan, chat_reservation(
+        decision, parsed.typed, rt.config.routing.expected_output_tokens))
+    ctx.held(await rt.chain.on_request(ctx))
+    lookup = await gw.cache.look_up(ctx, request.headers, rt.config, rt.router)
+    ctx.looked_up(lookup.result())
     if lookup.hit is not None:
-        return await _respond(request, rt, ctx, outcome, lookup.hit, lookup.headers(request, plan))
+        ctx.decide("cache", "hit", lookup.result().kind or "")
+        ctx.outcome.settled = True  # nothing more to pay than a semantic lookup's embedding
+        return await _deliver(request, rt, ctx, lookup.hit.answer)
     # Whole answers are needed to check a cascade or to hold one for review: those buffer.
-    if chat.stream and plan.strategy != "cascade" and ctx.hold is None:
-        return await _stream(request, gw, rt, plan, parsed, scope, ctx, outcome, lookup)
-    check = AnswerCheck(plan.checks, parsed.body) if plan.strategy == "cascade" else None
-    body = _unstreamed(parsed.body) if chat.stream else parsed.body
-    result = await gw.caller.chat(plan, body, deadline_for(rt), rt.config.routing, check, scope)
+    if ctx.stream and decision.plan.strategy != "cascade" and ctx.hold is None:
+        return await _stream(request, gw, rt, ctx, decision, lookup)
+    answer = await _call(gw, rt, ctx, decision)
+    response = await _deliver(request, rt, ctx, answer)
+    await lookup.keep(answer, ctx.outcome.deployment)
+    return response
+
+
+async def _call(gw: Gateway, rt: Runtime, ctx: RequestContext,
+                decision: RouteDecision) -> dict[str, Any]:
+    """Hop 7 for a whole answer: the plan walked, checked for a cascade, un-masked."""
+    plan, scope = decision.plan, decision.scope
+    check = AnswerCheck(plan.checks, ctx.body) if plan.strategy == "cascade" else None
+    body = _unstreamed(ctx.body) if ctx.stream else ctx.body
+    result = await gw.caller.chat(plan, body, ctx.deadline(), rt.config.routing, check, scope)
+    ctx.outcome.called(result)
+    for escalation in result.escalations:
+        ctx.decide("cascade", "escalated", escalation)
     answer = result.answer.body
     if result.masked and scope.pseudonymizer is not None:
         answer = unmask_completion(answer, scope.pseudonymizer)
-    _record(ctx, outcome, result)
-    headers = {**call_headers(request, plan, result), **lookup.headers(request, plan),
-               "x-podium-cost-usd": f"{outcome.cost_usd:.10f}"}  # with a semantic lookup's
-    response = await _respond(request, rt, ctx, outcome, answer, headers)
-    await lookup.store(answer)
-    return response
+    return answer
 
 
-async def _respond(request: web.Request, rt: Runtime, ctx: RequestContext, outcome: Outcome,
-                   answer: dict[str, Any], headers: dict[str, str]) -> web.StreamResponse:
-    outcome.answer = answer
-    await rt.chain.on_response(ctx, outcome)
+async def _deliver(request: web.Request, rt: Runtime, ctx: RequestContext,
+                   answer: dict[str, Any]) -> web.StreamResponse:
+    """A whole answer through the response-side plugins, then out as JSON, or as the chunks
+    a stream of it would have carried."""
+    ctx.outcome.answer = answer
+    await rt.chain.on_response(ctx, ctx.outcome)
+    headers = podium_headers(ctx)
     if ctx.stream:
-        return await sse_response(request, headers, _checked(rt, ctx, completion_chunks(answer),
-                                                             outcome),
-                                  include_usage=bool((ctx.body.get("stream_options") or {})
-                                                     .get("include_usage")))
+        relay = _Relay(rt.chain, ctx)
+        return await sse_response(request, headers, relay(completion_chunks(answer)),
+                                  include_usage=_wants_usage(ctx.body))
     return await send_json(request, answer, headers)
 
 
-async def _cache_lookup(request: web.Request, gw: Gateway, rt: Runtime, plan: RoutePlan,
-                        parsed: Parsed[ChatCompletionRequest], scope: PermissionScope,
-                        ctx: RequestContext, outcome: Outcome) -> CacheLookup:
-    cfg = rt.config.cache
-    with gw.telemetry.span("podium.cache") as span:
-        pol = cache_policy(request.headers, parsed.body, enabled=cfg.enabled,
-                           default_ttl_s=plan.cache_ttl_s if plan.cache_ttl_s is not None
-                           else cfg.ttl_s, nondeterministic_ok=plan.cache_any_temperature,
-                           held=ctx.hold is not None)
-        lookup = CacheLookup(gw.state.cache, pol, "")
-        # Every candidate the caller may use, not the chain: breakers and cool-downs
-        # reorder the chain, and must not change the key.
-        candidates = tuple(c.deployment.id for c in plan.candidates)
-        if pol.read or pol.write:
-            lookup.key = cache_key(parsed.body, candidates,
-                                   ctx.principal.team or ctx.principal.key_id,
-                                   scope.data_class, scope.regions)
-        if pol.read:
-            raw = await gw.state.cache.get(lookup.key)
-            lookup.hit = orjson.loads(raw) if raw is not None else None
-        if pol.read and lookup.hit is None and cfg.semantic.enabled:  # costs an embedding call
-            lookup.semantic = await probe(gw, rt, ctx.principal, scope,
-                                          parsed.body, candidates, gw.state.cache)
-            if lookup.semantic is not None:
-                outcome.cost_usd += lookup.semantic.cost_usd
-                lookup.hit = lookup.semantic.hit
-        outcome.cache = lookup.state
-        span.set_attribute("podium.cache", lookup.state)
-        if lookup.hit is not None:
-            ctx.decide("cache", "hit", lookup.kind)
-        return lookup
-
-
-@dataclass
-class CacheLookup:
-    store_to: CacheStore
-    policy: CachePolicy
-    key: str
-    hit: dict[str, Any] | None = None
-    semantic: SemanticProbe | None = None
-
-    @property
-    def kind(self) -> str:
-        semantic = self.semantic is not None and self.semantic.hit is not None
-        return "semantic" if semantic else "exact"
-
-    @property
-    def state(self) -> str:
-        if self.hit is not None:
-            return "hit"
-        return "miss" if self.policy.read or self.policy.write else "bypass"
-
-    def headers(self, request: web.Request, plan: RoutePlan) -> dict[str, str]:
-        out = {"x-podium-cache": self.state}
-        if self.hit is not None:
-            out.update(call_headers(request, plan, None))
-            cost = self.semantic.cost_usd if self.semantic is not None else 0.0
-            out.update({"x-podium-cache": "hit", "x-podium-attempts": "0",
-                        "x-podium-cost-usd": f"{cost:.10f}", KIND_HEADER: self.kind})
-            out.update(self.semantic.headers() if self.semantic is not None else {})
-        return out
-
-    async def store(self, answer: dict[str, Any] | None) -> None:
-        if self.policy.write and answer is not None and self.hit is None:
-            await self.store_to.set(self.key, orjson.dumps(answer), self.policy.ttl_s)
-            if self.semantic is not None:
-                self.semantic.remember(self.key, self.policy.ttl_s)
-
-
-async def _stream(request: web.Request, gw: Gateway, rt: Runtime, plan: RoutePlan,
-                  parsed: Parsed[ChatCompletionRequest], scope: PermissionScope,
-                  ctx: RequestContext, outcome: Outcome, lookup: CacheLookup,
-                  ) -> web.StreamResponse:
-    stream = await gw.caller.open_stream(plan, parsed.body, deadline_for(rt),
+async def _stream(request: web.Request, gw: Gateway, rt: Runtime, ctx: RequestContext,
+                  decision: RouteDecision, lookup: CacheLookup) -> web.StreamResponse:
+    """Hop 7 for a live stream: the first deployment that starts one answers."""
+    scope = decision.scope
+    stream = await gw.caller.open_stream(decision.plan, ctx.body, ctx.deadline(),
                                          rt.config.routing, scope)
-    outcome.deployment, outcome.attempted = stream.deployment.id, stream.attempted
-    # The cost is known only at the end, after the headers: it is on the span and in the audit.
-    headers = {**call_headers(request, plan, None), **lookup.headers(request, plan)}
-    headers["x-podium-deployment"] = stream.deployment.id
-    headers["x-podium-attempts"] = str(stream.attempts)
+    ctx.outcome.opened(stream)
+    headers = podium_headers(ctx)
     chunks = stream.chunks()
     if stream.masked and scope.pseudonymizer is not None:
         chunks = unmask_stream(chunks, scope.pseudonymizer)
-    seen: list[dict[str, Any]] | None = [] if lookup.policy.write else None
-    ttft = gw.metrics.ttft.labels(stream.deployment.id)
-    response = await sse_response(
-        request, headers, _checked(rt, ctx, chunks, outcome, stream, seen,
-                                   lambda: ttft.observe(time.monotonic() - ctx.started_mono)),
-        include_usage=parsed.typed.wants_usage_in_stream)
-    if seen is not None and outcome.error_code is None:
-        await lookup.store(assemble(seen))  # a streamed answer is stored once it is complete
+    relay = _Relay(rt.chain, ctx, stream, gw.metrics, [] if lookup.policy.write else None)
+    response = await sse_response(request, headers, relay(chunks),
+                                  include_usage=_wants_usage(ctx.body))
+    if relay.seen is not None and ctx.outcome.error_code is None:
+        await lookup.keep(assemble(relay.seen), stream.deployment.id)  # once it is complete
     return response
 
 
-async def _checked(rt: Runtime, ctx: RequestContext, chunks: AsyncIterator[dict[str, Any]],
-                   outcome: Outcome, stream: OpenStream | None = None,
-                   seen: list[dict[str, Any]] | None = None,
-                   first: Callable[[], None] | None = None) -> AsyncIterator[dict[str, Any]]:
-    """Chunks through the plugins' chunk hook; the outcome learns how the stream ended."""
-    try:
-        async for chunk in chunks:
-            if first is not None:
-                first()
-                first = None
-            rt.chain.on_chunk(ctx, chunk)
-            if seen is not None:
-                seen.append(orjson.loads(orjson.dumps(chunk)))  # egress edits chunks in place
-            yield chunk
-    except PodiumError as err:
-        outcome.status, outcome.error_code = err.status, err.code
-        raise
-    finally:
-        if stream is not None:
-            outcome.usage = stream.usage
-            outcome.cost_usd += stream.cost_usd  # after a semantic lookup's, if any
-            outcome.upstream_s = stream.upstream_s
+@dataclass
+class _Relay:
+    """Chunks on their way to the client, through the plugins' chunk hook; the outcome learns
+    how the stream ended. For a live stream also: the time to its first chunk, a copy of each
+    chunk for the cache (`seen`), and its usage and cost once it is over."""
+    chain: PluginChain
+    ctx: RequestContext
+    stream: OpenStream | None = None
+    metrics: Metrics | None = None
+    seen: list[dict[str, Any]] | None = None
+
+    async def __call__(self, chunks: AsyncIterator[dict[str, Any]],
+                       ) -> AsyncIterator[dict[str, Any]]:
+        first = self.stream is not None
+        try:
+            async for chunk in chunks:
+                if first:
+                    self._first_chunk()
+                    first = False
+                self.chain.on_chunk(self.ctx, chunk)
+                if self.seen is not None:
+                    self.seen.append(orjson.loads(orjson.dumps(chunk)))  # egress edits chunks
+                yield chunk
+        except PodiumError as err:
+            self.ctx.outcome.failed(err)
+            raise
+        finally:
+            if self.stream is not None:
+                self.ctx.outcome.streamed(self.stream)
+
+    def _first_chunk(self) -> None:
+        if self.metrics is not None and self.stream is not None:
+            self.metrics.ttft.labels(self.stream.deployment.id).observe(
+                time.monotonic() - self.ctx.started_mono)
 
 
-def _reserve(ctx: RequestContext, rt: Runtime, plan: RoutePlan, req: RouteRequest,
-             chat: ChatCompletionRequest) -> None:
-    """What limits and budgets hold back before the call: the most it can use and cost."""
-    n = chat.n or 1
-    max_out = chat.max_completion_tokens or chat.max_tokens
-    expected = rt.config.routing.expected_output_tokens
-    costs = [d.cost(req.prompt_tokens, (max_out or d.max_output_tokens or expected) * n)
-             for d in plan.chain]
-    ctx.plan, ctx.prompt_tokens = plan, req.prompt_tokens
-    ctx.reserve_tokens = req.prompt_tokens + (max_out or expected) * n
-    # A cascade may pay for every deployment in its chain; otherwise only one answers.
-    ctx.reserve_usd = sum(costs) if plan.strategy == "cascade" else max(costs)
+def _wants_usage(body: Mapping[str, Any]) -> bool:
+    return bool((body.get("stream_options") or {}).get("include_usage"))
 
 
-def _record(ctx: RequestContext, outcome: Outcome, result: CallResult[ChatAnswer]) -> None:
-    outcome.deployment, outcome.attempted = result.deployment.id, result.attempted
-    outcome.usage = result.usage
-    outcome.cost_usd += result.cost_usd  # after a semantic lookup's, if any
-    outcome.upstream_s = result.upstream_s
-    for escalation in result.escalations:
-        ctx.decide("cascade", "escalated", escalation)
-
-
-def _unstreamed(body: dict[str, Any]) -> dict[str, Any]:
+def _unstreamed(body: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k not in ("stream", "stream_options")}

@@ -33,10 +33,10 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.app import GATEWAY, REQUEST_ID, Gateway
 from gateway.config import AdminKeyEntry
 from gateway.errors import AuthenticationFailed, PermissionDenied, RouteNotFound
 from gateway.pipeline.egress import json_response
+from gateway.runtime import GATEWAY, Gateway
 
 SESSION_COOKIE = "podium_dashboard"
 SESSION_TTL_S = 12 * 3600
@@ -73,17 +73,6 @@ def load_assets() -> dict[str, Asset]:
                                        '"' + hashlib.sha256(body).hexdigest()[:16] + '"')
     return assets
 
-
-def add_routes(app: web.Application) -> None:
-    """Register the dashboard's routes; a second call is a no-op."""
-    if any(r.canonical == "/dashboard" for r in app.router.resources()):
-        return
-    app[ASSETS] = load_assets()
-    app.router.add_get("/dashboard", page)
-    app.router.add_post("/dashboard/login", login)
-    app.router.add_post("/dashboard/logout", logout)
-    app.router.add_get("/dashboard/static/{name}", asset)
-    app.router.add_get("/admin/dashboard/data", data)
 
 
 # ---- sessions -------------------------------------------------------------------------------
@@ -168,7 +157,7 @@ def _html(request: web.Request, name: str, status: int = 200, error: str = "") -
         body = body.replace(b"<!--error-->", f'<p class="error" role="alert">'
                             f"{html.escape(error)}</p>".encode())
     return web.Response(body=body, status=status, content_type="text/html", charset="utf-8",
-                        headers={**_PAGE_HEADERS, "x-request-id": request[REQUEST_ID]})
+                        headers={**_PAGE_HEADERS})
 
 
 async def page(request: web.Request) -> web.Response:
@@ -178,8 +167,7 @@ async def page(request: web.Request) -> web.Response:
 
 
 def _see_dashboard(request: web.Request) -> web.Response:
-    return web.Response(status=303, headers={**_PAGE_HEADERS, "Location": "/dashboard",
-                                             "x-request-id": request[REQUEST_ID]})
+    return web.Response(status=303, headers={**_PAGE_HEADERS, "Location": "/dashboard"})
 
 
 async def login(request: web.Request) -> web.Response:
@@ -231,8 +219,7 @@ async def data(request: web.Request) -> web.Response:
     await dashboard_admin(request)
     gw = request.app[GATEWAY]
     body = await snapshot(gw)
-    return json_response(body, {"x-request-id": request[REQUEST_ID],
-                                "Cache-Control": "no-store"})
+    return json_response(body, {"Cache-Control": "no-store"})
 
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]

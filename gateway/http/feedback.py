@@ -14,11 +14,11 @@ from aiohttp import web
 from opentelemetry.trace import Link, SpanContext, TraceFlags
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gateway.app import GATEWAY, REQUEST_ID
 from gateway.errors import RouteNotFound
-from gateway.http.models import identify
+from gateway.http.governed import identify
 from gateway.pipeline.egress import json_response
 from gateway.pipeline.ingress import read_json, validate
+from gateway.runtime import GATEWAY
 from plugins.audit import feedback_record
 
 
@@ -36,14 +36,11 @@ class FeedbackIn(BaseModel):
         return self
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/feedback", feedback)
-
 
 async def feedback(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     rt = gw.runtime
-    principal = await identify(gw, rt, request)
+    principal = await identify(request, gw, rt)
     fb = validate(FeedbackIn, await read_json(request, rt.config.server.max_body_bytes)).typed
     audit = gw.governance.audit
     if audit is None:
@@ -60,8 +57,7 @@ async def feedback(request: web.Request) -> web.Response:
     gw.metrics.feedback.labels(*labels).observe(fb.score)
     return json_response({"object": "feedback", "request_id": original["request_id"],
                           "score": fb.score, "deployment": original.get("deployment"),
-                          "route": original.get("route")},
-                         {"x-request-id": request[REQUEST_ID]}, status=201)
+                          "route": original.get("route")}, status=201)
 
 
 def _trace(gw: Any, original: dict[str, Any], fb: FeedbackIn) -> None:

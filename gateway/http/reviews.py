@@ -6,12 +6,12 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.app import GATEWAY, REQUEST_ID
 from gateway.errors import ReviewPending, ReviewRejected, RouteNotFound
 from gateway.http.admin import require_admin
-from gateway.http.models import identify
+from gateway.http.governed import identify
 from gateway.pipeline.egress import json_response
 from gateway.pipeline.ingress import read_json, validate
+from gateway.runtime import GATEWAY
 from gateway.storage.records import Review
 from plugins.audit import review_record
 
@@ -20,13 +20,6 @@ class Decision(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
     comment: str | None = Field(default=None, max_length=4000)
 
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/v1/reviews/{review_id}", review_outcome)
-    app.router.add_get("/admin/reviews", list_reviews)
-    app.router.add_get("/admin/reviews/{review_id}", show_review)
-    app.router.add_post("/admin/reviews/{review_id}/approve", approve)
-    app.router.add_post("/admin/reviews/{review_id}/reject", reject)
 
 
 async def _find(request: web.Request) -> Review:
@@ -39,7 +32,7 @@ async def _find(request: web.Request) -> Review:
 
 async def review_outcome(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    principal = await identify(gw, gw.runtime, request)
+    principal = await identify(request, gw, gw.runtime)
     review = await _find(request)
     if review.key_id != principal.key_id:
         # Another caller's review does not exist, as far as this caller can tell.
@@ -49,8 +42,7 @@ async def review_outcome(request: web.Request) -> web.Response:
     if review.status == "rejected":
         reason = f": {review.comment}" if review.comment else ""
         raise ReviewRejected(f"The answer was rejected by a reviewer{reason}.")
-    return json_response(review.answer, {"x-request-id": request[REQUEST_ID],
-                                         "x-podium-review-id": review.id})
+    return json_response(review.answer, {"x-podium-review-id": review.id})
 
 
 async def list_reviews(request: web.Request) -> web.Response:
@@ -58,13 +50,12 @@ async def list_reviews(request: web.Request) -> web.Response:
     status = request.query.get("status", "pending")
     reviews = await request.app[GATEWAY].governance.reviews.list(
         None if status == "all" else status)
-    return json_response({"object": "list", "data": [r.public() for r in reviews]},
-                         {"x-request-id": request[REQUEST_ID]})
+    return json_response({"object": "list", "data": [r.public() for r in reviews]})
 
 
 async def show_review(request: web.Request) -> web.Response:
     await require_admin(request)
-    return json_response((await _find(request)).public(), {"x-request-id": request[REQUEST_ID]})
+    return json_response((await _find(request)).public())
 
 
 async def approve(request: web.Request) -> web.Response:
@@ -87,4 +78,4 @@ async def _decide(request: web.Request, approve: bool) -> web.Response:
         raise RouteNotFound(f"No review with id {request.match_info['review_id']!r}.")
     if gw.governance.audit is not None:
         gw.governance.audit.submit(review_record(review, reviewer, comment))
-    return json_response(review.public(), {"x-request-id": request[REQUEST_ID]})
+    return json_response(review.public())

@@ -1,0 +1,1 @@
+"""What an operator sees: traces (`telemetry`), Prometheus metrics (`metrics`), logs (`logs`)."""

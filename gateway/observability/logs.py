@@ -40,7 +40,7 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
-class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class BatchingHandler(logging.StreamHandler[Any]):
     """Formats on the caller's thread, writes in batches from a flusher thread.
 
     A few writes per batch (whole lines, at most PIPE_BUF bytes each) instead of a write and
@@ -144,7 +144,7 @@ def setup(fmt: str, level: str) -> None:
     root.handlers[:] = [handler]
     # Fields no Podium line shows; the logging HOWTO's "Optimization" section names these
     # switches. Without them every record walks the stack to find its caller.
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root.setLevel(level.upper())
     # litellm logs every call at INFO through its own handler; Podium's access log says more.

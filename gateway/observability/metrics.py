@@ -29,7 +29,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from routing.providers.base import Usage
+from gateway.pipeline.context import RequestContext
 
 _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
             60, 120)
@@ -117,30 +117,32 @@ class Metrics:
     def breaker_state(self, deployment: str, state: str) -> None:
         self.breaker.labels(deployment).set(_BREAKER.get(state, 0))
 
-    def answered(self, *, endpoint: str, route: str, deployment: str | None, team: str | None,
-                 status: int, cache: str | None, error_code: str | None, usage: Usage,
-                 cost_usd: float, total_s: float, upstream_s: float) -> None:
-        dep, team_label = deployment or "none", self.team(team)
-        self._at(self.requests, endpoint, route, dep, team_label, str(status),
+    def answered(self, ctx: RequestContext) -> None:
+        """A governed request finished, however it ended (after its plugins' accounting)."""
+        outcome = ctx.outcome
+        dep, team_label = outcome.deployment or "none", self.team(ctx.principal.team)
+        route = ctx.plan.rule if ctx.plan is not None else "none"
+        cache = ctx.cache.state if ctx.cache is not None else None
+        total_s = time.monotonic() - ctx.started_mono
+        self._at(self.requests, ctx.endpoint, route, dep, team_label, str(outcome.status),
                  cache or "none").inc()
-        self._at(self.duration, endpoint).observe(total_s)
-        self._at(self.overhead, endpoint).observe(max(0.0, total_s - upstream_s))
+        self._at(self.duration, ctx.endpoint).observe(total_s)
+        self._at(self.overhead, ctx.endpoint).observe(max(0.0, total_s - outcome.upstream_s))
         if cache:
             self._at(self.cache, cache).inc()
-        if error_code and status < 500:
-            self.rejected(error_code)
-        if deployment:
-            self._at(self.tokens, dep, "input").inc(usage.prompt_tokens)
-            self._at(self.tokens, dep, "output").inc(usage.completion_tokens)
-            self._at(self.cost, dep, team_label).inc(cost_usd)
+        if outcome.error_code and outcome.status < 500:
+            self.rejected(outcome.error_code)
+        if outcome.deployment:
+            self._at(self.tokens, dep, "input").inc(outcome.usage.prompt_tokens)
+            self._at(self.tokens, dep, "output").inc(outcome.usage.completion_tokens)
+            self._at(self.cost, dep, team_label).inc(outcome.cost_usd)
+        if ctx.escalations and ctx.plan is not None:
+            self._at(self.escalations, ctx.plan.rule).inc(ctx.escalations)
 
     def exposition(self) -> bytes:
         if self._multiproc:
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
+            # prometheus_client leaves this constructor untyped.
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return generate_latest(registry)
         return generate_latest(self.registry)
-
-
-def monotonic() -> float:
-    return time.monotonic()

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import TypedDict
 
 from opentelemetry import trace
 from opentelemetry.metrics import Histogram
@@ -34,6 +35,8 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 log = logging.getLogger("podium.telemetry")
+# Opens a hop's span by name (`Telemetry.span`): what hops and the plugin chain are given.
+SpanFactory = Callable[[str], AbstractContextManager[trace.Span]]
 _NO_SPAN: AbstractContextManager[trace.Span] = nullcontext(trace.INVALID_SPAN)
 
 
@@ -89,6 +92,21 @@ class GenAIMetrics:
         if not error_type:
             self.token_usage.record(input_tokens, {**attrs, "gen_ai.token.type": "input"})
             self.token_usage.record(output_tokens, {**attrs, "gen_ai.token.type": "output"})
+
+
+class TraceIds(TypedDict):
+    trace_id: str
+    span_id: str
+
+
+def current_trace_ids() -> TraceIds:
+    """The current span's ids (the request's SERVER span, for the audit record and feedback
+    links); empty when not tracing."""
+    span_context = trace.get_current_span().get_span_context()
+    if not span_context.is_valid:
+        return {"trace_id": "", "span_id": ""}
+    return {"trace_id": format(span_context.trace_id, "032x"),
+            "span_id": format(span_context.span_id, "016x")}
 
 
 def disabled() -> Telemetry:

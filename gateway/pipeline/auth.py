@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, JWTConfig
 from gateway.errors import AuthenticationFailed, PermissionDenied
 from gateway.pipeline.identity import (
     AdminRing,
@@ -30,14 +30,13 @@ class Authenticator:
         self._teams = teams_by_name(cfg)
         self._ring = KeyRing(cfg.keys, self._teams)
         self._admins = AdminRing(cfg.admin_keys)
-        self._jwt_cfg = cfg.auth.jwt
         self._jwt = JWTVerifier(cfg.auth.jwt) if cfg.auth.jwt else None
         self._store = store
 
     async def authenticate(self, authorization: str | None) -> Principal:
         token = bearer_token(authorization)
         if self._jwt is not None and looks_like_jwt(token):
-            return self._from_claims(await self._jwt.verify(token))
+            return self._from_claims(await self._jwt.verify(token), self._jwt.config)
         digest = digest_of(token)
         principal = self._ring.find(digest)
         if principal is not None:
@@ -64,9 +63,7 @@ class Authenticator:
     def team_exists(self, name: str | None) -> bool:
         return name is None or not self._teams or name in self._teams
 
-    def _from_claims(self, claims: dict[str, Any]) -> Principal:
-        cfg = self._jwt_cfg
-        assert cfg is not None
+    def _from_claims(self, claims: dict[str, Any], cfg: JWTConfig) -> Principal:
         subject = str(claims.get("sub") or "")
         team = claims.get(cfg.team_claim)
         team_name = str(team) if team is not None else None

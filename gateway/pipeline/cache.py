@@ -7,24 +7,99 @@ key when there is no team), the data class, and the allowed regions. A caller wi
 tenant, a narrower allow-list (other candidates) or a lower clearance computes a different
 key, so it can never read an answer it could not have received fresh.
 
-Only complete, successful answers are stored. By default only deterministic requests
-(`temperature` absent or 0) are cached; a routing rule may allow others. Request controls:
-`Cache-Control: no-cache` (do not read), `no-store` (do not write), `x-podium-cache-ttl: <s>`.
+Only complete, successful answers are stored, each with the id of the deployment that
+produced it, so a hit still names it (`x-podium-deployment`). By default only deterministic
+requests (`temperature` absent or 0) are cached; a routing rule may allow others. Request
+controls: `Cache-Control: no-cache` (do not read), `no-store` (do not write),
+`x-podium-cache-ttl: <s>`. After an exact miss, the semantic cache may find a near-identical
+prompt's answer (`semantic_cache.py`).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
+from gateway.config import GatewayConfig
 from gateway.errors import BadRequest
+from gateway.observability.telemetry import SpanFactory
+from gateway.pipeline.cache_entry import CachedAnswer, cache_key
+from gateway.pipeline.context import CacheResult, RequestContext
+from gateway.pipeline.semantic_cache import SemanticCache, SemanticProbe
+from gateway.storage.contracts import CacheStore
+from routing.router import Router
 
-_NOT_SEMANTIC = frozenset({"stream", "stream_options", "user"})
 TTL_HEADER = "x-podium-cache-ttl"
+
+
+@dataclass
+class CacheLookup:
+    """One request's cache hop: what it found, and where a fresh answer is to be stored."""
+    store: CacheStore
+    policy: CachePolicy
+    key: str
+    hit: CachedAnswer | None = None
+    semantic: SemanticProbe | None = None
+
+    def result(self) -> CacheResult:
+        if self.hit is not None:
+            semantic = self.semantic is not None and self.semantic.hit is not None
+            return CacheResult("hit", "semantic" if semantic else "exact",
+                               self.semantic.similarity if semantic and self.semantic else None,
+                               self.hit.deployment)
+        return CacheResult("miss" if self.policy.read or self.policy.write else "bypass")
+
+    async def keep(self, answer: dict[str, Any] | None, deployment: str | None) -> None:
+        """Store a fresh, complete answer (when the policy allows and it was not a hit)."""
+        if self.policy.write and answer is not None and self.hit is None:
+            entry = CachedAnswer(answer, deployment).entry()
+            await self.store.set(self.key, entry, self.policy.ttl_s)
+            if self.semantic is not None:
+                self.semantic.remember(self.key, self.policy.ttl_s)
+
+
+class Cache:
+    """The cache hop of one process: the exact cache in the shared state, and the semantic
+    cache beside it."""
+
+    def __init__(self, store: CacheStore, semantic: SemanticCache, span: SpanFactory) -> None:
+        self.store = store
+        self.semantic = semantic
+        self._span = span
+
+    async def look_up(self, ctx: RequestContext, headers: Mapping[str, str],
+                      config: GatewayConfig, router: Router) -> CacheLookup:
+        plan, scope, cfg = ctx.plan, ctx.scope, config.cache
+        if plan is None or scope is None:
+            raise RuntimeError("the cache hop needs the route hop's plan")
+        with self._span("podium.cache") as span:
+            pol = policy(headers, ctx.body, enabled=cfg.enabled,
+                         default_ttl_s=plan.cache_ttl_s if plan.cache_ttl_s is not None
+                         else cfg.ttl_s, nondeterministic_ok=plan.cache_any_temperature,
+                         held=ctx.hold is not None)
+            # Every candidate the caller may use, not the chain: breakers and cool-downs
+            # reorder the chain, and must not change the key.
+            candidates = tuple(c.deployment.id for c in plan.candidates)
+            lookup = CacheLookup(self.store, pol, "")
+            if pol.read or pol.write:
+                lookup.key = cache_key(ctx.body, candidates, _tenant(ctx), scope.data_class,
+                                       scope.regions)
+            if pol.read:
+                raw = await self.store.get(lookup.key)
+                lookup.hit = CachedAnswer.from_entry(raw) if raw is not None else None
+            if pol.read and lookup.hit is None and cfg.semantic.enabled:  # an embedding call
+                lookup.semantic = await self.semantic.probe(ctx, router, config, candidates,
+                                                            self.store)
+                if lookup.semantic is not None:
+                    ctx.outcome.cost_usd += lookup.semantic.cost_usd
+                    lookup.hit = lookup.semantic.hit
+            span.set_attribute("podium.cache", lookup.result().state)
+            return lookup
+
+
+def _tenant(ctx: RequestContext) -> str:
+    return ctx.principal.team or ctx.principal.key_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,36 +136,6 @@ def _ttl(value: str | None, default: float) -> float:
         raise BadRequest(f"Header {TTL_HEADER} must be a number of seconds >= 0.",
                          param=TTL_HEADER)
     return ttl
-
-
-def cache_key(body: Mapping[str, Any], chain: tuple[str, ...], tenant: str, data_class: str,
-              regions: frozenset[str] | None) -> str:
-    request = {k: v for k, v in body.items() if k not in _NOT_SEMANTIC}
-    scoped = {"request": request, "chain": chain, "tenant": tenant, "class": data_class,
-              "regions": sorted(regions) if regions is not None else None}
-    return hashlib.sha256(orjson.dumps(scoped, option=orjson.OPT_SORT_KEYS)).hexdigest()
-
-
-def scope_key(body: Mapping[str, Any], chain: tuple[str, ...], tenant: str, data_class: str,
-              regions: frozenset[str] | None, extra: Mapping[str, Any]) -> str:
-    """Everything in `cache_key` except the messages' text (roles, images, tool calls and
-    every parameter stay), plus `extra`: the semantic cache's scope, within which only the
-    prompt text may differ."""
-    untexted = {**body, "messages": [_untexted(m) for m in body.get("messages") or ()]}
-    return cache_key({**untexted, "podium.semantic": dict(extra)}, chain, tenant, data_class,
-                     regions)
-
-
-def _untexted(message: Any) -> Any:
-    if not isinstance(message, Mapping):
-        return message
-    content = message.get("content")
-    if isinstance(content, str):
-        content = None
-    elif isinstance(content, list):
-        content = [{k: v for k, v in p.items() if k != "text"} if isinstance(p, Mapping) else p
-                   for p in content]
-    return {**message, "content": content}
 
 
 def assemble(chunks: list[dict[str, Any]]) -> dict[str, Any] | None:

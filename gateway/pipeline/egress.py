@@ -1,4 +1,8 @@
-"""Hop 9, egress: JSON or SSE back to the client, with Podium's `x-podium-*` headers."""
+"""Hop 9, egress: JSON or SSE back to the client, with Podium's `x-podium-*` headers.
+
+The headers of a model call are built in one place, `podium_headers`, from what the hops put
+on the request's context; `x-request-id` is added to every response by the HTTP middleware.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import orjson
 from aiohttp import web
 
 from gateway.errors import PodiumError
+from gateway.pipeline.context import RequestContext
 
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                 "X-Accel-Buffering": "no"}
@@ -19,9 +24,38 @@ _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"
 
 # The answer already written to the client, on a request that `send_json` answered early.
 SENT: web.RequestKey[web.StreamResponse] = web.RequestKey("podium.sent", web.StreamResponse)
+KIND_HEADER = "x-podium-cache-kind"
+SIMILARITY_HEADER = "x-podium-cache-similarity"
 
 
-def json_response(body: Any, headers: Mapping[str, str], status: int = 200) -> web.Response:
+def podium_headers(ctx: RequestContext) -> dict[str, str]:
+    """What the client learns about how its request was served: the rule that routed it, the
+    deployment that produced the answer (on a cache hit too), the attempts made, the cache's
+    part, and the cost, once it is known (a stream's is known only at its end: it is on the
+    trace and in the audit record)."""
+    outcome, cache = ctx.outcome, ctx.cache
+    headers: dict[str, str] = {}
+    if ctx.plan is not None:
+        headers["x-podium-route"] = ctx.plan.rule
+    if cache is not None:
+        headers["x-podium-cache"] = cache.state
+        if cache.kind is not None:
+            headers[KIND_HEADER] = cache.kind
+        if cache.similarity is not None:
+            headers[SIMILARITY_HEADER] = f"{cache.similarity:.4f}"
+    deployment = cache.deployment if cache is not None and cache.hit else outcome.deployment
+    if deployment is not None:
+        headers["x-podium-deployment"] = deployment
+    headers["x-podium-attempts"] = str(len(outcome.attempted))
+    if outcome.settled:
+        headers["x-podium-cost-usd"] = f"{outcome.cost_usd:.10f}"
+    if ctx.escalations:
+        headers["x-podium-escalations"] = str(ctx.escalations)
+    return headers
+
+
+def json_response(body: Any, headers: Mapping[str, str] | None = None,
+                  status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, headers=headers,
                         content_type="application/json")
 
@@ -30,7 +64,7 @@ async def send_json(request: web.Request, body: Any, headers: Mapping[str, str],
                     status: int = 200) -> web.Response:
     """Write the answer now, so that the client has it before the request's accounting
     (spend settlement, audit record, metrics, access log) runs; the handler then returns it
-    as it is. From here on nothing may answer this request again (see gateway/app.py)."""
+    as it is. From here on nothing may answer this request again (see http/middleware.py)."""
     response = json_response(body, headers, status)
     await response.prepare(request)
     await response.write_eof()

@@ -16,6 +16,8 @@ import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from opentelemetry import trace
+
 from gateway.config import AdminKeyEntry, GatewayConfig, KeyEntry, TeamConfig
 from gateway.errors import AuthenticationFailed
 from plugins.settings import Limits
@@ -44,6 +46,15 @@ class Principal:
         return self.limits if self.limits is not None else config_keys.get(self.key_id)
 
 
+def identity_attributes(span: trace.Span, principal: Principal) -> None:
+    """The hop's decision on its span: which key, never the key itself."""
+    if span.is_recording():
+        span.set_attributes({"podium.key.id": principal.key_id,
+                             "podium.key.name": principal.name,
+                             "podium.key.source": principal.source,
+                             "podium.team": principal.team or ""})
+
+
 def key_id_for(digest: str) -> str:
     return f"key_{digest[:12]}"
 
@@ -53,10 +64,10 @@ def digest_of(token: str) -> str:
 
 
 def _narrow(team: Iterable[str] | None, key: Iterable[str] | None) -> frozenset[str] | None:
-    if team is None and key is None:
-        return None
-    if team is None or key is None:
-        return frozenset(team if key is None else key)  # type: ignore[arg-type]
+    if team is None:
+        return None if key is None else frozenset(key)
+    if key is None:
+        return frozenset(team)
     return frozenset(team) & frozenset(key)
 
 

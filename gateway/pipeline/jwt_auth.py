@@ -20,14 +20,19 @@ from gateway.errors import AuthenticationFailed
 class JWTVerifier:
     def __init__(self, cfg: JWTConfig) -> None:
         self._cfg = cfg
-        self._keys: dict[str, Any] = {}
+        self._keys: dict[str, jwt.PyJWK] = {}
         self._client: jwt.PyJWKClient | None = None
         if cfg.jwks_file:
             jwks = jwt.PyJWKSet.from_json(Path(cfg.jwks_file).read_text())
             self._keys = {k.key_id or "": k for k in jwks.keys}
-        else:
-            assert cfg.jwks_url is not None
+        elif cfg.jwks_url is not None:
             self._client = jwt.PyJWKClient(cfg.jwks_url, cache_keys=True, lifespan=300)
+        else:  # check_references refuses such a config; a config built by hand may not
+            raise ValueError("auth.jwt needs 'jwks_file' or 'jwks_url'")
+
+    @property
+    def config(self) -> JWTConfig:
+        return self._cfg
 
     async def verify(self, token: str) -> dict[str, Any]:
         try:
@@ -46,7 +51,8 @@ class JWTVerifier:
 
     async def _signing_key(self, kid: str) -> jwt.PyJWK:
         if self._client is not None:
-            return await asyncio.to_thread(self._client.get_signing_key, kid)
+            key: jwt.PyJWK = await asyncio.to_thread(self._client.get_signing_key, kid)
+            return key
         if kid in self._keys:
             return self._keys[kid]
         if not kid and len(self._keys) == 1:

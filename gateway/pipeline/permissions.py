@@ -14,16 +14,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry import trace
+
 from gateway.config import PIIConfig
 from gateway.errors import BadRequest, PermissionDenied
 from gateway.pipeline.identity import Principal
 from gateway.pipeline.ingress import ChatCompletionRequest
+from gateway.pipeline.messages import CARRIED, Kind, conversation, rewrite_conversation
 from gateway.pipeline.pii import Pseudonymizer, detect
 from routing.catalog import Deployment
 
 DATA_CLASSES = ("public", "internal", "confidential", "restricted")
 RANK = {name: i for i, name in enumerate(DATA_CLASSES)}
 DATA_CLASS_HEADER = "x-podium-data-class"
+# The strings scanned for personal data, and masked where the scope says so.
+SCANNED: frozenset[Kind] = CARRIED
 
 
 @dataclass
@@ -56,15 +61,21 @@ class PermissionScope:
                 and RANK[dep.data_clearance] < RANK[self.mask_below])
 
     def body_for(self, dep: Deployment, body: Mapping[str, Any]) -> Mapping[str, Any]:
-        if not self.masks_for(dep):
+        pseudonymizer = self.pseudonymizer
+        if pseudonymizer is None or not self.masks_for(dep):
             return body
-        assert self.pseudonymizer is not None
-        return {**body, "messages": [_mask_message(m, self.pseudonymizer)
-                                     for m in body["messages"]]}
+        return {**body, "messages": rewrite_conversation(
+            body["messages"], SCANNED, lambda text: pseudonymizer.mask(text.value))}
 
 
-def unrestricted() -> PermissionScope:
-    return PermissionScope(data_class="public", reasons=[])
+def scope_attributes(span: trace.Span, scope: PermissionScope) -> None:
+    """The hop's decision on its span: the class, why, and how much PII (counts, never values)."""
+    if span.is_recording():
+        span.set_attributes({"podium.data_class": scope.data_class,
+                             "podium.data_class.reasons": scope.reasons,
+                             "podium.pii.pseudonymize": scope.pseudonymizer is not None})
+        for kind, count in scope.findings.items():
+            span.set_attribute(f"podium.pii.{kind}", count)
 
 
 def resolve_scope(principal: Principal, chat: ChatCompletionRequest, body: Mapping[str, Any],
@@ -72,7 +83,8 @@ def resolve_scope(principal: Principal, chat: ChatCompletionRequest, body: Mappi
     check_tools(principal, chat)
     scope = _declared_scope(principal, headers)
     if pii.enabled:
-        _apply_pii(scope, message_texts(body["messages"]), pii, maskable=True)
+        texts = [t.value for t in conversation(body["messages"], SCANNED)]
+        _apply_pii(scope, texts, pii, maskable=True)
     return scope
 
 
@@ -144,40 +156,3 @@ def _apply_pii(scope: PermissionScope, texts: list[str], pii: PIIConfig, *,
         scope.reasons.append(f"pii {found} → pseudonymized below {pii.data_class}")
         scope.mask_below = pii.data_class
         scope.pseudonymizer = Pseudonymizer(kinds=pii.kinds)
-
-
-def message_texts(messages: list[Any]) -> list[str]:
-    texts: list[str] = []
-    for m in messages:
-        content = m.get("content")
-        if isinstance(content, str):
-            texts.append(content)
-        elif isinstance(content, list):
-            texts += [p["text"] for p in content
-                      if isinstance(p, dict) and isinstance(p.get("text"), str)]
-        for call in m.get("tool_calls") or ():
-            fn = call.get("function") if isinstance(call, dict) else None
-            if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
-                texts.append(fn["arguments"])
-    return texts
-
-
-def _mask_message(message: Mapping[str, Any], p: Pseudonymizer) -> dict[str, Any]:
-    out = dict(message)
-    content = message.get("content")
-    if isinstance(content, str):
-        out["content"] = p.mask(content)
-    elif isinstance(content, list):
-        out["content"] = [{**part, "text": p.mask(part["text"])}
-                          if isinstance(part, dict) and isinstance(part.get("text"), str)
-                          else part for part in content]
-    if message.get("tool_calls"):
-        out["tool_calls"] = [_mask_call(c, p) for c in message["tool_calls"]]
-    return out
-
-
-def _mask_call(call: Mapping[str, Any], p: Pseudonymizer) -> dict[str, Any]:
-    fn = call.get("function") or {}
-    if not isinstance(fn.get("arguments"), str):
-        return dict(call)
-    return {**call, "function": {**fn, "arguments": p.mask(fn["arguments"])}}

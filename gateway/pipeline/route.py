@@ -1,36 +1,152 @@
-"""The route hop's input and its explanation.
+"""Hops 3 and 5, permissions and route: a request → its scope, the router's input, its plan.
 
-`chat_route_request` turns a validated chat request into what the router needs; the live
-pipeline, `POST /v1/route/explain` and `podium route --explain` all call it and then the same
-`Router.plan`, so an explanation is the decision itself, not a re-enactment of it.
+`Planner` runs the two hops in order, each in its own span: the permission scope (data class,
+regions, PII), then the `RouteRequest` built from the request and the scope, then
+`Router.plan`. Live traffic, `POST /v1/route/explain` and `podium route --explain` all call it,
+so an explanation is the decision itself, not a re-enactment of it; `explain` turns a decision
+into data.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry import trace
+
+from gateway.config import PIIConfig
 from gateway.errors import BadRequest
+from gateway.observability.telemetry import SpanFactory
+from gateway.pipeline.context import Reservation
 from gateway.pipeline.identity import Principal
-from gateway.pipeline.ingress import ChatCompletionRequest, Message
+from gateway.pipeline.ingress import ChatCompletionRequest, EmbeddingRequest, Parsed
+from gateway.pipeline.messages import text_of
+from gateway.pipeline.permissions import (
+    PermissionScope,
+    resolve_embedding_scope,
+    resolve_scope,
+    scope_attributes,
+)
 from routing.health import Health
-from routing.router import RoutePlan, RouteRequest, Scope
+from routing.router import RoutePlan, Router, RouteRequest
 from routing.rules import RequestFacts
 from routing.tokens import TokenGauge
 
 MIN_QUALITY_HEADER = "x-podium-min-quality"
 
 
+@dataclass(frozen=True, slots=True)
+class RouteDecision:
+    scope: PermissionScope
+    request: RouteRequest
+    plan: RoutePlan
+
+
+@dataclass(frozen=True)
+class Planner:
+    """What the two hops run on: one config's router and PII settings, the process's health,
+    and where their spans go."""
+    router: Router
+    pii: PIIConfig
+    health: Health
+    span: SpanFactory
+
+    def chat(self, principal: Principal, parsed: Parsed[ChatCompletionRequest],
+             headers: Mapping[str, str]) -> RouteDecision:
+        """Both hops for a chat request."""
+        scope = self.permit_chat(principal, parsed, headers)
+        return self.route_chat(principal, parsed, headers, scope)
+
+    def permit_chat(self, principal: Principal, parsed: Parsed[ChatCompletionRequest],
+                    headers: Mapping[str, str]) -> PermissionScope:
+        with self.span("podium.permissions") as span:
+            scope = resolve_scope(principal, parsed.typed, parsed.body, headers, self.pii)
+            scope_attributes(span, scope)
+            return scope
+
+    def route_chat(self, principal: Principal, parsed: Parsed[ChatCompletionRequest],
+                   headers: Mapping[str, str], scope: PermissionScope) -> RouteDecision:
+        req = chat_route_request(parsed.typed, parsed.body, principal, headers,
+                                 self.router.tokens, scope)
+        return RouteDecision(scope, req, self._plan(req, principal))
+
+    def embedding(self, principal: Principal, emb: EmbeddingRequest,
+                  headers: Mapping[str, str]) -> RouteDecision:
+        """Both hops for an embeddings request."""
+        scope = self.permit_embedding(principal, emb, headers)
+        return self.route_embedding(principal, emb, scope)
+
+    def permit_embedding(self, principal: Principal, emb: EmbeddingRequest,
+                         headers: Mapping[str, str]) -> PermissionScope:
+        with self.span("podium.permissions") as span:
+            scope = resolve_embedding_scope(principal, _texts(emb), headers, self.pii)
+            scope_attributes(span, scope)
+            return scope
+
+    def route_embedding(self, principal: Principal, emb: EmbeddingRequest,
+                        scope: PermissionScope) -> RouteDecision:
+        inputs = emb.input if isinstance(emb.input, list) else [emb.input]
+        tokens = self.router.tokens.texts(_texts(emb)).tokens + sum(
+            len(i) if isinstance(i, list) else 1 for i in inputs if not isinstance(i, str))
+        req = RouteRequest(model=emb.model, mode="embedding", needs=frozenset(),
+                           prompt_tokens=tokens, max_output_tokens=None, scope=scope)
+        return RouteDecision(scope, req, self._plan(req, principal))
+
+    def _plan(self, req: RouteRequest, principal: Principal) -> RoutePlan:
+        with self.span("podium.route") as span:
+            plan = self.router.plan(req, principal, self.health)
+            _plan_attributes(span, req, plan)
+            return plan
+
+
+def _texts(emb: EmbeddingRequest) -> list[str]:
+    inputs = emb.input if isinstance(emb.input, list) else [emb.input]
+    return [i for i in inputs if isinstance(i, str)]
+
+
+def chat_reservation(decision: RouteDecision, chat: ChatCompletionRequest,
+                     expected_output_tokens: int) -> Reservation:
+    """The most a chat call can use and cost: every choice at its output limit (`max_tokens`,
+    else the deployment's, else the expected output), at its dearest deployment."""
+    req, plan, n = decision.request, decision.plan, chat.n or 1
+    max_out = chat.max_completion_tokens or chat.max_tokens
+    costs = [d.cost(req.prompt_tokens, (max_out or d.max_output_tokens or expected_output_tokens)
+                    * n) for d in plan.chain]
+    # A cascade may pay for every deployment in its chain; otherwise only one answers.
+    usd = sum(costs) if plan.strategy == "cascade" else max(costs)
+    return Reservation(req.prompt_tokens + (max_out or expected_output_tokens) * n, usd)
+
+
+def embedding_reservation(decision: RouteDecision) -> Reservation:
+    tokens = decision.request.prompt_tokens
+    return Reservation(tokens, max(d.cost(tokens, 0) for d in decision.plan.chain))
+
+
+def _plan_attributes(span: trace.Span, req: RouteRequest, plan: RoutePlan) -> None:
+    if not span.is_recording():
+        return
+    span.set_attributes({
+        "podium.route.rule": plan.rule, "podium.route.strategy": plan.strategy,
+        "podium.route.requested_model": req.model,
+        "podium.route.min_quality": plan.min_quality,
+        "podium.route.chain": [d.id for d in plan.chain],
+        "podium.route.prompt_tokens": req.prompt_tokens})
+    for c in plan.candidates:
+        span.add_event("candidate", {"deployment": c.deployment.id, "kept": c.kept,
+                                     "reason": c.reason, "source": c.source})
+
+
 def chat_route_request(chat: ChatCompletionRequest, body: Mapping[str, Any],
                        principal: Principal, headers: Mapping[str, str],
-                       tokens: TokenGauge, scope: Scope | None = None) -> RouteRequest:
+                       tokens: TokenGauge, scope: PermissionScope | None = None) -> RouteRequest:
     max_out = chat.max_completion_tokens or chat.max_tokens
     prompt_tokens = tokens.messages(body["messages"], headroom=max_out or 0).tokens
     lowered = {k.lower(): v for k, v in headers.items()}
     facts = RequestFacts(
         team=principal.team, key=principal.name, model=chat.model,
         has_tools=bool(chat.tools or chat.functions), prompt_tokens=prompt_tokens,
-        headers=lowered, last_user_message=_last_user_text(chat.messages))
+        headers=lowered, last_user_message=_last_user_text(body["messages"]))
     return RouteRequest(
         model=chat.model, mode="chat", needs=chat.capabilities_needed(),
         prompt_tokens=prompt_tokens,
@@ -48,17 +164,16 @@ def _header_quality(value: str | None) -> int | None:
     return int(value)
 
 
-def _last_user_text(messages: list[Message]) -> str:
+def _last_user_text(messages: list[Any]) -> str:
     for message in reversed(messages):
-        if message.role == "user":
-            if isinstance(message.content, str):
-                return message.content
-            return " ".join(p.text or "" for p in message.content or () if p.type == "text")
+        if message.get("role") == "user":
+            return text_of(message)
     return ""
 
 
-def explain(plan: RoutePlan, req: RouteRequest, health: Health) -> dict[str, Any]:
+def explain(decision: RouteDecision, health: Health) -> dict[str, Any]:
     """The decision as data: the chain, and every candidate with why it was kept or dropped."""
+    plan, req, scope = decision.plan, decision.request, decision.scope
     candidates = []
     for c in plan.candidates:
         h = health.snapshot(c.deployment.id)
@@ -71,10 +186,8 @@ def explain(plan: RoutePlan, req: RouteRequest, health: Health) -> dict[str, Any
             "health": {"breaker": h.state, "consecutive_failures": h.consecutive_failures,
                        "latency_ms": None if h.latency_s is None else round(h.latency_s * 1e3, 2)},
         })
-    scope = req.scope
     return {"object": "route.explanation", "model": req.model, "rule": plan.rule,
-            "data_class": getattr(scope, "data_class", None),
-            "data_class_reasons": getattr(scope, "reasons", []),
+            "data_class": scope.data_class, "data_class_reasons": scope.reasons,
             "strategy": plan.strategy, "min_quality": plan.min_quality,
             "prompt_tokens": req.prompt_tokens, "needs": sorted(req.needs),
             "chain": [d.id for d in plan.chain], "candidates": candidates}

@@ -31,24 +31,23 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import orjson
+from opentelemetry import trace
 
+from gateway.config import GatewayConfig, SemanticCacheConfig
 from gateway.errors import PermissionDenied, PodiumError
-from gateway.http.models import deadline_for
-from gateway.pipeline.cache import scope_key
-from gateway.pipeline.identity import Principal
+from gateway.observability.telemetry import SpanFactory
+from gateway.pipeline.cache_entry import CachedAnswer, scope_key
+from gateway.pipeline.context import RequestContext
+from gateway.pipeline.messages import text_of
 from gateway.pipeline.permissions import PermissionScope
 from gateway.storage.contracts import CacheStore
-from routing.router import RouteRequest
-
-if TYPE_CHECKING:
-    from gateway.app import Gateway, Runtime
+from routing.fallback import Caller
+from routing.health import Health
+from routing.router import Router, RouteRequest
 
 log = logging.getLogger("podium.cache")
-KIND_HEADER = "x-podium-cache-kind"
-SIMILARITY_HEADER = "x-podium-cache-similarity"
 # Comparisons (entries x dimensions) done on the event loop; more go to a thread (~3 ms here).
 _INLINE_WORK = 200_000
 
@@ -118,27 +117,10 @@ def nearest(entries: Sequence[_Entry], vector: Sequence[float]) -> tuple[str, fl
     return best
 
 
-def index_for(gw: Gateway, max_entries: int) -> SemanticIndex:
-    """The gateway's index, made on first use; it outlives config reloads (a reload may
-    change its bound)."""
-    if gw.semantic_index is None:
-        gw.semantic_index = SemanticIndex(max_entries)
-    gw.semantic_index.max_entries = max_entries
-    return gw.semantic_index
-
-
 def conversation_text(messages: Sequence[Any]) -> str:
     """What is embedded: one `role: text` line per message."""
-    lines = []
-    for m in messages:
-        if not isinstance(m, Mapping):
-            continue
-        content = m.get("content")
-        parts = [content] if isinstance(content, str) else [
-            p["text"] for p in content or () if isinstance(p, Mapping)
-            and isinstance(p.get("text"), str)] if isinstance(content, list) else []
-        lines.append(f"{m.get('role')}: {' '.join(parts)}")
-    return "\n".join(lines)
+    return "\n".join(f"{m.get('role')}: {text_of(m)}" for m in messages
+                     if isinstance(m, Mapping))
 
 
 def unit(vector: Sequence[float]) -> tuple[float, ...]:
@@ -157,42 +139,57 @@ class SemanticProbe:
     vector: tuple[float, ...]   # empty: nothing to look up or to index
     cost_usd: float
     similarity: float | None = None
-    hit: dict[str, Any] | None = None
-
-    def headers(self) -> dict[str, str]:
-        if self.hit is None or self.similarity is None:
-            return {}
-        return {KIND_HEADER: "semantic", SIMILARITY_HEADER: f"{self.similarity:.4f}"}
+    hit: CachedAnswer | None = None
 
     def remember(self, key: str, ttl_s: float) -> None:
         if self.hit is None and self.vector:
             self.index.add(self.scope, self.vector, key, ttl_s)
 
 
-async def probe(gw: Gateway, rt: Runtime, principal: Principal,
-                scope: PermissionScope, body: Mapping[str, Any], candidates: tuple[str, ...],
-                store: CacheStore) -> SemanticProbe | None:
-    """Embed the prompt and look it up; None when PII was found. A probe without a vector
-    when the embedding was not possible (a failure is logged: the request carries on)."""
-    cfg = rt.config.cache.semantic
-    assert cfg.embedding_model is not None
-    with gw.telemetry.span("podium.cache.semantic") as span:
-        if scope.findings:
-            span.set_attribute("podium.cache.semantic", "skipped: pii")
-            return None
-        text = conversation_text(body.get("messages") or ())
-        embedded = await _embed(gw, rt, principal, scope, cfg.embedding_model, text,
-                                cfg.dimensions, cfg.timeout_s)
-        tenant = principal.team or principal.key_id
-        found = SemanticProbe(
-            index_for(gw, cfg.max_entries),
-            scope_key(body, candidates, tenant, scope.data_class, scope.regions,
-                      {"model": cfg.embedding_model, "dimensions": cfg.dimensions}),
-            *embedded)
-        if not found.vector:
-            span.set_attributes({"podium.cache.semantic": "skipped",
-                                 "podium.cache.semantic.cost_usd": found.cost_usd})
+class SemanticCache:
+    """The semantic cache of one process: its index, and the embedding calls it makes through
+    the gateway's own router and attempt loop."""
+
+    def __init__(self, caller: Caller, health: Health, span: SpanFactory) -> None:
+        self._caller = caller
+        self._health = health
+        self._span = span
+        self._index: SemanticIndex | None = None
+
+    def index(self, max_entries: int) -> SemanticIndex:
+        """Made on first use; it outlives config reloads (a reload may change its bound)."""
+        if self._index is None:
+            self._index = SemanticIndex(max_entries)
+        self._index.max_entries = max_entries
+        return self._index
+
+    async def probe(self, ctx: RequestContext, router: Router, config: GatewayConfig,
+                    candidates: tuple[str, ...], store: CacheStore) -> SemanticProbe | None:
+        """Embed the prompt and look it up; None when PII was found. A probe without a vector
+        when the embedding was not possible (a failure is logged: the request carries on)."""
+        cfg, scope = config.cache.semantic, ctx.scope
+        if scope is None:
+            raise RuntimeError("the semantic cache needs the permissions hop's scope")
+        with self._span("podium.cache.semantic") as span:
+            if scope.findings:
+                span.set_attribute("podium.cache.semantic", "skipped: pii")
+                return None
+            text = conversation_text(ctx.body.get("messages") or ())
+            vector, cost = await self._embed(ctx, scope, router, config, text)
+            found = SemanticProbe(
+                self.index(cfg.max_entries),
+                scope_key(ctx.body, candidates, ctx.principal.team or ctx.principal.key_id,
+                          scope.data_class, scope.regions, _embedding_scope(cfg)),
+                vector, cost)
+            if found.vector:
+                await self._find(found, cfg, store, span)
+            else:
+                span.set_attribute("podium.cache.semantic", "skipped")
+            span.set_attribute("podium.cache.semantic.cost_usd", found.cost_usd)
             return found
+
+    async def _find(self, found: SemanticProbe, cfg: SemanticCacheConfig, store: CacheStore,
+                    span: trace.Span) -> None:
         entries = found.index.live(found.scope)
         best = (await asyncio.to_thread(nearest, entries, found.vector)
                 if len(entries) * len(found.vector) > _INLINE_WORK
@@ -205,43 +202,47 @@ async def probe(gw: Gateway, rt: Runtime, principal: Principal,
                 if raw is None:  # the exact cache let it go first
                     found.index.discard(best[0])
                 else:
-                    found.hit = orjson.loads(raw)
-        span.set_attributes({"podium.cache.semantic": "hit" if found.hit else "miss",
-                             "podium.cache.semantic.cost_usd": found.cost_usd})
-        return found
+                    found.hit = CachedAnswer.from_entry(raw)
+        span.set_attribute("podium.cache.semantic", "hit" if found.hit else "miss")
+
+    async def _embed(self, ctx: RequestContext, scope: PermissionScope, router: Router,
+                     config: GatewayConfig, text: str) -> tuple[tuple[float, ...], float]:
+        """The text's unit vector and what it cost, through the gateway's router and attempt
+        loop; no vector when the caller may not use the model or the call failed."""
+        cfg = config.cache.semantic
+        model = cfg.embedding_model
+        if model is None:
+            raise RuntimeError("the semantic cache is enabled without an embedding model")
+        try:
+            tokens = router.tokens.texts([text]).tokens
+            plan = router.plan(RouteRequest(
+                model=model, mode="embedding", needs=frozenset(), prompt_tokens=tokens,
+                max_output_tokens=None, scope=scope), ctx.principal, self._health)
+        except PermissionDenied:
+            return (), 0.0  # not this caller's to use: no semantic lookup, silently
+        except PodiumError as err:
+            log.warning("semantic cache: cannot route to %r: %s", model, err)
+            return (), 0.0
+        request: dict[str, Any] = {"model": model, "input": text}
+        if cfg.dimensions is not None:
+            request["dimensions"] = cfg.dimensions
+        deadline = min(ctx.deadline(), asyncio.get_running_loop().time() + cfg.timeout_s)
+        try:
+            result = await self._caller.embed(plan, request, deadline, config.routing)
+        except PodiumError as err:
+            log.warning("semantic cache: embedding with %r failed, carrying on without: %s",
+                        model, err)
+            return (), 0.0
+        except Exception:  # never the request's failure
+            log.warning("semantic cache: embedding with %r failed, carrying on without",
+                        model, exc_info=True)
+            return (), 0.0
+        try:
+            return unit(result.answer.body["data"][0]["embedding"]), result.cost_usd
+        except (KeyError, IndexError, TypeError, ValueError) as err:
+            log.warning("semantic cache: %r returned no usable embedding: %r", model, err)
+            return (), result.cost_usd
 
 
-async def _embed(gw: Gateway, rt: Runtime, principal: Principal, scope: PermissionScope,
-                 model: str, text: str, dimensions: int | None,
-                 timeout_s: float) -> tuple[tuple[float, ...], float]:
-    """The text's unit vector and what it cost, through the gateway's router and attempt
-    loop; no vector when the caller may not use the model or the call failed."""
-    try:
-        tokens = rt.router.tokens.texts([text]).tokens
-        plan = rt.router.plan(RouteRequest(
-            model=model, mode="embedding", needs=frozenset(), prompt_tokens=tokens,
-            max_output_tokens=None, scope=scope), principal, gw.health)
-    except PermissionDenied:
-        return (), 0.0  # not this caller's to use: no semantic lookup, silently
-    except PodiumError as err:
-        log.warning("semantic cache: cannot route to %r: %s", model, err)
-        return (), 0.0
-    request: dict[str, Any] = {"model": model, "input": text}
-    if dimensions is not None:
-        request["dimensions"] = dimensions
-    deadline = min(deadline_for(rt), asyncio.get_running_loop().time() + timeout_s)
-    try:
-        result = await gw.caller.embed(plan, request, deadline, rt.config.routing)
-    except PodiumError as err:
-        log.warning("semantic cache: embedding with %r failed, carrying on without: %s",
-                    model, err)
-        return (), 0.0
-    except Exception:  # never the request's failure
-        log.warning("semantic cache: embedding with %r failed, carrying on without",
-                    model, exc_info=True)
-        return (), 0.0
-    try:
-        return unit(result.answer.body["data"][0]["embedding"]), result.cost_usd
-    except (KeyError, IndexError, TypeError, ValueError) as err:
-        log.warning("semantic cache: %r returned no usable embedding: %r", model, err)
-        return (), result.cost_usd
+def _embedding_scope(cfg: SemanticCacheConfig) -> dict[str, Any]:
+    return {"model": cfg.embedding_model, "dimensions": cfg.dimensions}

@@ -10,26 +10,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+from gateway.pipeline.messages import rewrite
+from gateway.pipeline.permissions import SCANNED
 from gateway.pipeline.pii import Pseudonymizer, StreamUnmasker
 
 
 def unmask_completion(body: dict[str, Any], p: Pseudonymizer) -> dict[str, Any]:
-    choices = []
-    for choice in body.get("choices") or ():
-        message = dict(choice.get("message") or {})
-        if isinstance(message.get("content"), str):
-            message["content"] = p.unmask(message["content"])
-        if message.get("tool_calls"):
-            message["tool_calls"] = [_unmask_call(c, p) for c in message["tool_calls"]]
-        choices.append({**choice, "message": message})
+    """Every string the masked request could have led to, in every choice, restored."""
+    choices = [{**choice, "message": rewrite(choice.get("message") or {}, SCANNED,
+                                             lambda text: p.unmask(text.value))}
+               for choice in body.get("choices") or ()]
     return {**body, "choices": choices}
-
-
-def _unmask_call(call: dict[str, Any], p: Pseudonymizer) -> dict[str, Any]:
-    fn = call.get("function") or {}
-    if not isinstance(fn.get("arguments"), str):
-        return call
-    return {**call, "function": {**fn, "arguments": p.unmask(fn["arguments"])}}
 
 
 async def unmask_stream(chunks: AsyncIterator[dict[str, Any]],

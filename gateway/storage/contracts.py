@@ -160,7 +160,7 @@ class BudgetClaim:
 
 
 @dataclass(frozen=True, slots=True)
-class Reservation:
+class BudgetReservation:
     """What one request holds against its budgets, and where, so settling releases exactly it."""
     bucket: int
     amount: float
@@ -192,14 +192,14 @@ class SharedState(Protocol):
         ...
 
     async def reserve(self, home: str, claims: list[BudgetClaim],
-                      amount: float) -> Reservation | BudgetRefusal:
+                      amount: float) -> BudgetReservation | BudgetRefusal:
         """Reserve `amount` under every claim if all have room; otherwise reserve nothing and
         name the claim that is full. A reservation never settled (a crashed worker) lapses
         after RESERVATION_TTL_S, without a scan."""
         ...
 
     async def settle(self, home: str, claims: list[BudgetClaim],
-                     reservation: Reservation | None, cost: float) -> None:
+                     reservation: BudgetReservation | None, cost: float) -> None:
         """Release `reservation` (if any) and add the request's real cost to spent."""
         ...
 

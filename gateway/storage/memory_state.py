@@ -20,8 +20,8 @@ from gateway.storage.contracts import (
     Admission,
     BudgetClaim,
     BudgetRefusal,
+    BudgetReservation,
     CacheStore,
-    Reservation,
     WindowCheck,
 )
 
@@ -112,7 +112,7 @@ class MemoryState:
                 window.adjust(bucket, delta)
 
     async def reserve(self, home: str, claims: list[BudgetClaim],
-                      amount: float) -> Reservation | BudgetRefusal:
+                      amount: float) -> BudgetReservation | BudgetRefusal:
         for claim in claims:  # awaits only here, before the atomic check-and-reserve below
             await self._load_spent(claim)
         now = self.clock()
@@ -124,7 +124,7 @@ class MemoryState:
                 return BudgetRefusal(claim, spent, max(0.0, ring.total))
         for ring in rings:
             ring.add(amount)
-        return Reservation(head, amount)
+        return BudgetReservation(head, amount)
 
     def _bucket(self, now: float) -> int:
         return math.floor(now / (RESERVATION_TTL_S / RESERVATION_BUCKETS))
@@ -138,7 +138,7 @@ class MemoryState:
                 held[:] = [claim.period_start, spent]
 
     async def settle(self, home: str, claims: list[BudgetClaim],
-                     reservation: Reservation | None, cost: float) -> None:
+                     reservation: BudgetReservation | None, cost: float) -> None:
         for claim in claims:
             ring = self._reserved.peek(claim.scope)
             if reservation is not None and ring is not None:

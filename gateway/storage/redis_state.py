@@ -50,7 +50,7 @@ from gateway.storage.contracts import (
     Admission,
     BudgetClaim,
     BudgetRefusal,
-    Reservation,
+    BudgetReservation,
     WindowCheck,
 )
 
@@ -179,7 +179,7 @@ class RedisState:
         return [base + ":spent", base + ":res"]
 
     async def reserve(self, home: str, claims: list[BudgetClaim],
-                      amount: float) -> Reservation | BudgetRefusal:
+                      amount: float) -> BudgetReservation | BudgetRefusal:
         keys = [k for c in claims for k in self._budget_keys(home, c)]
         if not await self._reconciled(home, claims):
             return self._unreserved(keys)
@@ -191,17 +191,17 @@ class RedisState:
                 return self._unreserved(keys)
             which = int(result[0])
             if which == 0:
-                return Reservation(int(result[1]), amount)
+                return BudgetReservation(int(result[1]), amount)
             if which > 0:
                 return BudgetRefusal(claims[which - 1], float(result[1]),
                                      max(0.0, float(result[2])))
             await self._seed(keys[2 * int(result[1]) - 2], claims[int(result[1]) - 1])
         raise StateUnavailable("Budget counters could not be seeded from the ledger.")
 
-    def _unreserved(self, keys: list[str]) -> Reservation:
+    def _unreserved(self, keys: list[str]) -> BudgetReservation:
         """Failing open: nothing was reserved, and these counters miss what is spent now."""
         self._mark_stale(keys[0::2], None)
-        return Reservation(0, 0.0)
+        return BudgetReservation(0, 0.0)
 
     async def _seed(self, spent_key: str, claim: BudgetClaim, *, force: bool = False) -> bool:
         """Set a budget's counter from the durable ledger: on its first use in a period
@@ -214,7 +214,7 @@ class RedisState:
 
         return await self.call(write) is not None
 
-    def _mark_stale(self, spent_keys: Sequence[str], unreleased: Reservation | None) -> None:
+    def _mark_stale(self, spent_keys: Sequence[str], unreleased: BudgetReservation | None) -> None:
         for key in spent_keys:
             pending = self._stale.setdefault(key, [])
             if unreleased is not None and unreleased.amount > 0:
@@ -247,7 +247,7 @@ class RedisState:
         await self.call(lambda r: self._scripts["settle"](keys=keys, args=args), fail_open=True)
 
     async def settle(self, home: str, claims: list[BudgetClaim],
-                     reservation: Reservation | None, cost: float) -> None:
+                     reservation: BudgetReservation | None, cost: float) -> None:
         release = reservation.amount if reservation is not None else 0.0
         if release == 0 and cost == 0:
             return

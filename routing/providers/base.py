@@ -24,7 +24,7 @@ class Usage:
     @classmethod
     def from_openai(cls, usage: Any) -> Usage:
         """The counts of an OpenAI `usage` object; zero when it is missing or not sane (see
-        gateway/answer_shape.py), never an exception."""
+        answer_shape.py), never an exception."""
         counts = usage_counts(usage)
         return cls() if counts is None else cls(*counts)
 

@@ -50,7 +50,8 @@ class LiteLLMProvider:
     async def _lib(self) -> ModuleType:
         if self._litellm is None:
             await self.preload()
-        assert self._litellm is not None
+        if self._litellm is None:  # preload sets it or raises
+            raise RuntimeError("litellm is not loaded")
         return self._litellm
 
     async def chat(self, attempt: Attempt) -> ChatAnswer:

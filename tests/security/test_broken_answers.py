@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import GatewayFactory, RunningGateway, Upstream, deployment, via_litellm
 from tests.support.scripted import OK_COMPLETION, ScriptedUpstream, start_scripted
-from tests.test_workers import until
+from tests.support.waiting import until
 
 GARBAGE: list[Any] = [
     {**OK_COMPLETION, "choices": [1]},
@@ -99,7 +99,7 @@ async def _until_probe_possible(gw: RunningGateway) -> None:
     async def cooled() -> bool:  # the breaker's cool-down is 1 ms: wait it out, bounded
         return health.unavailable_reason("broken") is None
 
-    await until(cooled, "the breaker's cool-down", timeout_s=10)
+    await until(cooled, "the breaker's cool-down")
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -1,6 +1,6 @@
 """Debian's headless Chromium, driven directly over the Chrome DevTools Protocol (a websocket,
-with aiohttp): no Selenium, no webdriver. `browser` backs a session fixture, `open_page` gives
-a fresh tab in its own browser context."""
+with aiohttp): no Selenium, no webdriver. `browser` backs a session fixture (Chromium itself is
+provisioned by provision.py), `open_page` gives a fresh tab in its own browser context."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import asyncio
 import base64
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -21,47 +20,30 @@ from typing import Any
 import aiohttp
 import pytest
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-
-
-def _install_chromium() -> str | None:
-    """Install Debian's chromium where that is possible; the reason to skip otherwise."""
-    if all(os.path.exists(p) for p in (CHROMIUM, CHROMEDRIVER)):
-        return None
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return f"{CHROMIUM} or {CHROMEDRIVER} missing: apt-get install chromium chromium-driver"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"]
-    for command in (install, ["apt-get", "update", "-q"], install):
-        try:
-            subprocess.run(command, env=env, capture_output=True, timeout=600, check=False)
-        except (OSError, subprocess.TimeoutExpired):
-            break
-        if all(os.path.exists(p) for p in (CHROMIUM, CHROMEDRIVER)):
-            return None
-    return f"{CHROMIUM} or {CHROMEDRIVER} missing and apt-get could not install them"
+from tests.support import provision
+from tests.support.waiting import CEILING_S, until_sync
 
 
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A headless Chromium (for a session-scoped fixture); yields its DevTools websocket URL,
     or skips when Chromium cannot be installed or started."""
-    reason = _install_chromium()
-    if reason:
-        pytest.skip(reason)
+    provision.ready("chromium")  # installed in the background since collection
     profile = tmp_path_factory.mktemp("chromium-profile")
     log = (profile.parent / "chromium.log").open("wb")
     proc = subprocess.Popen(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+        [provision.CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
          "--no-first-run", "--disable-background-networking", "--disable-component-update",
          "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
          "--remote-debugging-port=0", "about:blank"],
         stdout=log, stderr=log, start_new_session=True)
-    port_file, deadline = profile / "DevToolsActivePort", time.monotonic() + 30
+    port_file = profile / "DevToolsActivePort"
+
+    def listening() -> bool:
+        if proc.poll() is not None:
+            pytest.skip(f"chromium exited with {proc.returncode} (see {log.name})")
+        return port_file.exists() and len(port_file.read_text().split()) == 2
     try:
-        while not (port_file.exists() and len(port_file.read_text().split()) == 2):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.skip(f"chromium did not start (see {log.name})")
-            time.sleep(0.05)
+        until_sync(listening, "chromium to open its DevTools port", poll_s=0.05)
         port, path = port_file.read_text().split()
         yield f"ws://127.0.0.1:{port}{path}"
     finally:
@@ -106,7 +88,7 @@ class CDP:
         future = asyncio.get_running_loop().create_future()
         self.pending[self.next_id] = future
         await self.ws.send_str(json.dumps(message))
-        reply = await asyncio.wait_for(future, 30)
+        reply = await asyncio.wait_for(future, CEILING_S)
         if "error" in reply:
             raise CDPError(f"{method}: {reply['error']}")
         return reply["result"]
@@ -126,7 +108,7 @@ class Page:
             raise CDPError(str(result["exceptionDetails"].get("exception", result)))
         return result["result"].get("value")
 
-    async def wait_for(self, expression: str, what: str, limit_s: float = 20.0) -> Any:
+    async def wait_for(self, expression: str, what: str, limit_s: float = CEILING_S) -> Any:
         """Poll a DOM condition until it holds, for at most `limit_s` seconds."""
         deadline, last = time.monotonic() + limit_s, None
         while True:

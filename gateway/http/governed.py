@@ -1,0 +1,61 @@
+"""What every model endpoint does around its hops: learn who is calling (hop 2, identity), and
+account for the request exactly once at the end, whatever happened.
+
+    identify → ... the endpoint's hops ... → plugins' on_complete → metrics, access-log fields
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from aiohttp import web
+
+from gateway.errors import PodiumError
+from gateway.pipeline.context import RequestContext
+from gateway.pipeline.identity import Principal, identity_attributes
+from gateway.runtime import ACCESS, ACCOUNTED, GATEWAY, REQUEST_ID, Gateway, Runtime
+
+
+async def identify(request: web.Request, gw: Gateway, rt: Runtime) -> Principal:
+    with gw.telemetry.span("podium.identity") as span:
+        principal = await rt.auth.authenticate(request.headers.get("Authorization"))
+        request[ACCESS].update(key_id=principal.key_id, team=principal.team)
+        identity_attributes(span, principal)
+        return principal
+
+
+def new_context(request: web.Request, rt: Runtime, endpoint: str, principal: Principal,
+                model: str, body: dict[str, object], stream: bool) -> RequestContext:
+    """The request's context, once the caller is known and the body valid."""
+    return RequestContext(request_id=request[REQUEST_ID], endpoint=endpoint,
+                          principal=principal, model=model, body=body, stream=stream,
+                          timeout_s=rt.config.server.request_timeout_s)
+
+
+@asynccontextmanager
+async def accounted(request: web.Request, rt: Runtime,
+                    ctx: RequestContext) -> AsyncIterator[None]:
+    """Around a governed request: the outcome learns how it failed, and the plugins'
+    accounting (spend, limits, audit) and the metrics run exactly once, whatever happened."""
+    try:
+        yield
+    except PodiumError as err:
+        ctx.outcome.failed(err)
+        raise
+    finally:
+        await rt.chain.on_complete(ctx, ctx.outcome)
+        _observe(request, ctx)
+
+
+def _observe(request: web.Request, ctx: RequestContext) -> None:
+    """Metrics and the access log's fields for a finished request (after the plugins)."""
+    outcome = ctx.outcome
+    request[ACCOUNTED] = True
+    request[ACCESS].update(
+        key_id=ctx.principal.key_id, team=ctx.principal.team, model=ctx.model,
+        route=ctx.plan.rule if ctx.plan else None, deployment=outcome.deployment,
+        attempts=len(outcome.attempted), cost_usd=round(outcome.cost_usd, 10),
+        cache=ctx.cache.state if ctx.cache is not None else None,
+        error_code=outcome.error_code)
+    request.app[GATEWAY].metrics.answered(ctx)

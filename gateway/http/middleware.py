@@ -1,0 +1,131 @@
+"""The edge of every request: its id, its SERVER span, its access-log line, and the one place
+where an error becomes the client's answer.
+
+`x-request-id` is set here once, on every response, when its headers are about to be sent
+(`on_response_prepare`): also on answers a handler writes early (`send_json`, streams), so no
+handler passes it by hand.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import time
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from gateway.errors import (
+    InternalError,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    PodiumError,
+    RouteNotFound,
+    render,
+)
+from gateway.pipeline.egress import SENT
+from gateway.runtime import ACCESS, ACCOUNTED, GATEWAY, REQUEST_ID
+
+log = logging.getLogger("podium")
+access_log = logging.getLogger("podium.access")
+
+# A random per-process prefix and a counter: unique across processes and restarts, and far
+# cheaper per request than uuid4 (os.urandom each time).
+_ID_PREFIX = secrets.token_hex(8)
+_ids = itertools.count(1)
+# Probes and scrapes arrive every few seconds: a trace each would drown the real ones.
+_UNTRACED = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def new_request_id() -> str:
+    return f"req_{_ID_PREFIX}{next(_ids):016x}"
+
+
+@web.middleware
+async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    request[REQUEST_ID] = new_request_id()
+    request[ACCESS] = {}
+    if request.path in _UNTRACED:
+        return await _handled(request, handler)
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else ""
+    parent = gw.telemetry.propagator.extract(request.headers)
+    with gw.telemetry.tracer.start_as_current_span(
+        f"{request.method} {route}".strip(), context=parent, kind=SpanKind.SERVER,
+        record_exception=False, set_status_on_exception=False,
+    ) as span:
+        started = time.monotonic()
+        if span.is_recording():
+            span.set_attributes({"http.request.method": request.method, "http.route": route,
+                                 "url.path": request.path,
+                                 "podium.request_id": request[REQUEST_ID]})
+        response = await _handled(request, handler)
+        if span.is_recording():
+            span.set_attribute("http.response.status_code", response.status)
+            if response.status >= 500:
+                span.set_status(Status(StatusCode.ERROR))
+        if gw.runtime.config.logging.access_log:
+            _log_access(request, response.status, started, span)
+        return response
+
+
+async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """`on_response_prepare`: every response names its request, however it was written."""
+    request_id = request.get(REQUEST_ID)
+    if request_id is not None:
+        response.headers["x-request-id"] = request_id
+
+
+def _log_access(request: web.Request, status: int, started: float, span: trace.Span) -> None:
+    context = span.get_span_context()
+    fields: dict[str, Any] = request[ACCESS]
+    access_log.info("%s %s %d", request.method, request.path, status, extra={
+        "request_id": request[REQUEST_ID], "method": request.method, "path": request.path,
+        "status": status, "latency_ms": round((time.monotonic() - started) * 1000, 3),
+        "trace_id": format(context.trace_id, "032x") if context.is_valid else None,
+        **fields})
+
+
+async def _handled(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The handler's response, or the error it raised rendered in OpenAI's shape."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except Exception as exc:
+        sent: web.StreamResponse | None = request.get(SENT)
+        if sent is not None:  # the client has its answer: a later failure can only be logged
+            log.exception("error after answering %s %s (request %s)",
+                          request.method, request.path, request[REQUEST_ID])
+            return sent
+        if isinstance(exc, PodiumError):
+            return _refused(request, exc)
+        if isinstance(exc, web.HTTPException):
+            return _refused(request, _from_http(exc, request))
+        log.exception("unhandled error in %s %s (request %s)",
+                      request.method, request.path, request[REQUEST_ID])
+        return render(InternalError(
+            f"Internal error; quote request id {request[REQUEST_ID]}."))
+
+
+def _refused(request: web.Request, err: PodiumError) -> web.Response:
+    if err.status < 500 and ACCOUNTED not in request:
+        # Refused before the governed part (bad key, body, endpoint): counted here, once.
+        request.app[GATEWAY].metrics.rejected(err.code or err.type)
+    return render(err)
+
+
+def _from_http(exc: web.HTTPException, request: web.Request) -> PodiumError:
+    if exc.status == 404:
+        return RouteNotFound(f"Unknown endpoint {request.method} {request.path}.")
+    if exc.status == 405:
+        return MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}.")
+    if exc.status == 413:
+        return PayloadTooLarge("The request body is too large.")
+    err = PodiumError(exc.reason or "HTTP error")
+    err.status, err.type = exc.status, "invalid_request_error"
+    return err

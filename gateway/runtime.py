@@ -1,0 +1,202 @@
+"""What a running gateway holds, and the typed keys it hangs on the app and the request.
+
+State is split in two. `Runtime` is everything compiled from one config (catalog, keys, router,
+plugin chain); it is immutable and read once per request, so a reload swaps it whole while
+in-flight requests finish on the one they started with. `Gateway` holds what lives as long as
+the process (telemetry, providers, health, shared state, stores, the simulator).
+
+Hot reload: `SIGHUP` or `POST /admin/reload` re-reads and re-validates the config. A valid
+config is compiled into a new `Runtime` and swapped in with one assignment, so nothing is
+dropped. An invalid config changes nothing; the problems are logged, counted in
+`podium_config_reloads_total{result="invalid"}` and returned to the caller. Sections that live
+as long as the process (storage, state, key store, simulator, telemetry, cache bounds, body
+limit) are reported as needing a restart rather than half-applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.errors import PodiumError
+from gateway.observability.metrics import Metrics
+from gateway.observability.telemetry import SpanFactory, Telemetry
+from gateway.pipeline.auth import Authenticator
+from gateway.pipeline.cache import Cache
+from gateway.pipeline.route import Planner
+from gateway.pipeline.semantic_cache import SemanticCache
+from gateway.storage.contracts import KeyStoreBackend, SharedState
+from plugins.chain import PluginChain
+from plugins.registry import Governance, build_chain
+from routing.catalog import Catalog, Deployment
+from routing.fallback import Caller
+from routing.health import Health
+from routing.providers.base import Provider, Usage
+from routing.providers.litellm import LiteLLMProvider
+from routing.providers.openai import OpenAICompatibleProvider, is_openai_compatible
+from routing.router import Router
+
+log = logging.getLogger("podium")
+BREAKER_SYNC_S = 0.25
+_PROCESS_LIFETIME = ("storage", "state", "key_store", "simulator", "telemetry")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Everything compiled from one config; never mutated."""
+    config: GatewayConfig
+    catalog: Catalog
+    auth: Authenticator
+    router: Router
+    chain: PluginChain
+    loaded_at: int
+
+    @classmethod
+    def compile(cls, config: GatewayConfig, store: KeyStoreBackend, governance: Governance,
+                span: SpanFactory) -> Runtime:
+        catalog = Catalog.from_config(config)
+        return cls(config=config, catalog=catalog, auth=Authenticator(config, store),
+                   router=Router(catalog, config.routing),
+                   chain=build_chain(config, governance, span), loaded_at=int(time.time()))
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    ok: bool
+    problems: list[str]
+    restart_required: list[str]
+
+
+@dataclass
+class Gateway:
+    runtime: Runtime
+    telemetry: Telemetry
+    keystore: KeyStoreBackend
+    governance: Governance
+    state: SharedState
+    litellm: LiteLLMProvider = field(default_factory=LiteLLMProvider)
+    native: OpenAICompatibleProvider = field(default_factory=OpenAICompatibleProvider)
+    health: Health = field(default_factory=Health)
+    caller: Caller = field(init=False)
+    cache: Cache = field(init=False)
+    preload: asyncio.Task[None] | None = None
+    simulator: web.AppRunner | None = None
+
+    metrics: Metrics = field(default_factory=Metrics)
+    config_path: Path | None = None
+    last_breaker_sync: float = 0.0
+    reloading: asyncio.Task[Any] | None = None
+
+    def __post_init__(self) -> None:
+        self.caller = Caller(self.provider_for, self.telemetry, self.health, self)
+        semantic = SemanticCache(self.caller, self.health, self.telemetry.span)
+        self.cache = Cache(self.state.cache, semantic, self.telemetry.span)
+
+    def planner(self, rt: Runtime) -> Planner:
+        """The permissions and route hops, on one config's router and this process's health."""
+        return Planner(rt.router, rt.config.pii, self.health, self.telemetry.span)
+
+    def attempt_done(self, dep: Deployment, operation: str, seconds: float, outcome: str,
+                     usage: Usage, response_model: str | None) -> None:
+        self.metrics.attempt(dep.id, seconds, outcome)
+        if self.telemetry.genai is not None:
+            attrs = {"gen_ai.operation.name": operation, "gen_ai.provider.name": dep.provider,
+                     "gen_ai.request.model": dep.upstream_model}
+            if response_model:
+                attrs["gen_ai.response.model"] = response_model
+            self.telemetry.genai.record(attrs, seconds, usage.prompt_tokens,
+                                        usage.completion_tokens,
+                                        None if outcome == "ok" else outcome)
+
+    async def breaker_changed(self, dep_id: str, state: str, open_until_wall: float) -> None:
+        self.metrics.breaker_state(dep_id, state)
+        await self.state.publish_breaker(dep_id, state, open_until_wall)
+
+    async def sync_breakers(self) -> None:
+        """Adopt breaker changes other processes published (at most every 250 ms)."""
+        now = time.monotonic()
+        if now - self.last_breaker_sync < BREAKER_SYNC_S:
+            return
+        self.last_breaker_sync = now
+        dep_ids = [d.id for d in self.runtime.catalog.deployments]
+        for dep_id, (state, until) in (await self.state.breaker_updates(dep_ids)).items():
+            self.health.apply_remote(dep_id, state, until)
+            self.metrics.breaker_state(dep_id, self.health.snapshot(dep_id).state)
+
+    def provider_for(self, deployment: Deployment) -> Provider:
+        # OpenAI-compatible upstreams need no translation: the native path costs ~0.15 ms of
+        # CPU per call against litellm's ~4 ms. Every other provider goes through litellm.
+        return self.native if is_openai_compatible(deployment) else self.litellm
+
+    def needs_litellm(self) -> bool:
+        return any(not is_openai_compatible(d) for d in self.runtime.catalog.deployments)
+
+    def start_litellm_if_needed(self) -> None:
+        """litellm's import takes seconds: only when a deployment needs it, in the background;
+        /readyz reports when it is done."""
+        if self.preload is None and self.needs_litellm():
+            self.preload = asyncio.create_task(self.litellm.preload(),
+                                               name="podium-litellm-preload")
+
+    def ready(self) -> tuple[bool, dict[str, str]]:
+        """Whether to take traffic, and each part's state (shared state, providers)."""
+        serving, state = self.state.status()
+        parts = {"state": state, "litellm": "not needed"}
+        if self.preload is not None:
+            if not self.preload.done():
+                serving, parts["litellm"] = False, "loading"
+            elif self.preload.exception() is not None:
+                serving, parts["litellm"] = False, "failed to load"
+            else:
+                parts["litellm"] = "loaded"
+        return serving, parts
+
+    async def reload(self, path: Path) -> ReloadResult:
+        """Re-read the config at `path` and swap in its runtime, or keep the current one."""
+        try:
+            cfg = await asyncio.to_thread(load_config, path)
+            runtime = Runtime.compile(cfg, self.keystore, self.governance, self.telemetry.span)
+        except ConfigError as err:
+            return self._rejected(path, err.problems)
+        except (OSError, ValueError, PodiumError) as err:  # e.g. a JWKS file that cannot be read
+            return self._rejected(path, [f"(compile): {err}"])
+        restart = _needs_restart(self.runtime.config, cfg)
+        self.runtime = runtime
+        self.metrics.teams = frozenset(t.name for t in cfg.teams)
+        self.start_litellm_if_needed()
+        self.metrics.reloads.labels("ok").inc()
+        log.info("config reloaded from %s", path, extra={"restart_required": restart})
+        return ReloadResult(True, [], restart)
+
+    def _rejected(self, path: Path, problems: list[str]) -> ReloadResult:
+        self.metrics.reloads.labels("invalid").inc()
+        log.error("config reload from %s rejected; the old config stays", path,
+                  extra={"problems": problems})
+        return ReloadResult(False, problems, [])
+
+
+def _needs_restart(old: GatewayConfig, new: GatewayConfig) -> list[str]:
+    changed = [name for name in _PROCESS_LIFETIME if getattr(old, name) != getattr(new, name)]
+    if old.server.max_body_bytes != new.server.max_body_bytes:
+        changed.append("server.max_body_bytes")
+    # The cache's bounds size the store made at start; its TTLs and the semantic settings are
+    # read per request and apply at once.
+    for bound in ("max_entries", "max_bytes"):
+        if getattr(old.cache, bound) != getattr(new.cache, bound):
+            changed.append(f"cache.{bound}")
+    return changed
+
+
+GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("podium.request_id", str)
+# What the handler learnt about the request (principal, deployment, cost) for the access log.
+ACCESS: web.RequestKey[dict[str, Any]] = web.RequestKey("podium.access", dict)
+# Set once the request's outcome was counted in the metrics (see gateway/http/chat.py).
+ACCOUNTED: web.RequestKey[bool] = web.RequestKey("podium.accounted", bool)
