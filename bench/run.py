@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile-seconds", type=int, help="default 10; quick 3")
     p.add_argument("--profile-scenario", action="append", metavar="KEY",
                    help="scenario(s) py-spy attaches to (default podium; repeatable, e.g. "
-                        "also whatif:ratelimit,requestid)")
+                        "also whatif:requestid,gc)")
     p.add_argument("--py-spy", help="path to py-spy (else $BENCH_PY_SPY, PATH, bench/out/tools)")
     p.add_argument("--install-py-spy", action="store_true",
                    help="pip-install py-spy into bench/out/tools (a separate venv) if missing")
@@ -77,7 +77,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "processes use > 0.25 cores (default 10, total <= 300; quick 0)")
     p.add_argument("--whatif", action="append", default=[], metavar="PATCHES",
                    help="also measure Podium (tracing on) with these bench.whatif patches, e.g. "
-                        "ratelimit,requestid (repeatable; one scenario each)")
+                        "requestid,gc (repeatable; one scenario each)")
     p.add_argument("--only", help="comma-separated scenario keys to measure (upstream, bare, "
                    "podium, podium-notrace, podium-cache, podium-2w, litellm); for development")
     p.add_argument("--out", type=Path, default=BENCH_DIR / "out")

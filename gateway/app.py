@@ -83,6 +83,7 @@ def _add_routes(r: web.UrlDispatcher) -> None:
     r.add_get("/admin/keys", admin.list_keys)
     r.add_delete("/admin/keys/{key_id}", admin.revoke_key)
     r.add_get("/admin/spend", admin.spend)
+    r.add_get("/admin/spend/budgets", admin.budgets)
     r.add_get("/admin/audit", admin.audit)
     r.add_get("/admin/reviews", reviews.list_reviews)
     r.add_get("/admin/reviews/{review_id}", reviews.show_review)

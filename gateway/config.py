@@ -166,7 +166,10 @@ class StateConfig(Frozen):
     # Where workers and machines share limits, budgets, the cache and breakers.
     backend: Literal["memory", "redis"] = "memory"
     url: SecretStr | None = None                  # redis://host:6379/0
-    key_prefix: str = "podium:"
+    # Redis Cluster (or clustered Valkey): `url` names any one node; the client finds the rest.
+    cluster: bool = False
+    # No braces: Podium puts its own hash tags after it (gateway/storage/redis_state.py).
+    key_prefix: str = Field(default="podium:", pattern=r"^[^{}]*$")
     # When Redis is unreachable: the cache always fails open (a miss); limits and budgets
     # fail "open" (serve, unenforced) or "closed" (503 state_unavailable).
     fail_mode: Literal["open", "closed"] = "open"
@@ -176,6 +179,8 @@ class StateConfig(Frozen):
     def _redis_needs_url(self) -> StateConfig:
         if self.backend == "redis" and self.url is None:
             raise ValueError("state.backend redis needs 'url'")
+        if self.cluster and self.backend != "redis":
+            raise ValueError("'cluster: true' needs state.backend redis")
         return self
 
 

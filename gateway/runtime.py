@@ -125,7 +125,8 @@ class Gateway:
         if now - self.last_breaker_sync < BREAKER_SYNC_S:
             return
         self.last_breaker_sync = now
-        for dep_id, (state, until) in (await self.state.breaker_updates()).items():
+        dep_ids = [d.id for d in self.runtime.catalog.deployments]
+        for dep_id, (state, until) in (await self.state.breaker_updates(dep_ids)).items():
             self.health.apply_remote(dep_id, state, until)
             self.metrics.breaker_state(dep_id, self.health.snapshot(dep_id).state)
 

@@ -44,6 +44,9 @@ async def supervise(config_path: Path, cfg: GatewayConfig, host: str, port: int,
         loop.add_signal_handler(sig, stop.set)
     # A reload is each worker's own business: pass SIGHUP on to every one of them.
     loop.add_signal_handler(signal.SIGHUP, _forward, procs, signal.SIGHUP)
+    warning = unshared_state_warning(cfg, workers)
+    if warning:
+        log.warning("%s", warning)
     simulator = await start_from_config(cfg.simulator)
     # Every worker writes its Prometheus samples here; any worker's /metrics sums them all.
     metrics_dir = tempfile.TemporaryDirectory(prefix="podium-metrics-")
@@ -61,6 +64,16 @@ async def supervise(config_path: Path, cfg: GatewayConfig, host: str, port: int,
         os.environ.pop(MULTIPROC_ENV, None)
         metrics_dir.cleanup()
     return 0 if all(c in (0, -signal.SIGTERM) for c in codes) else 1
+
+
+def unshared_state_warning(cfg: GatewayConfig, workers: int) -> str | None:
+    """What goes wrong when N workers each keep their own limits and budgets in memory."""
+    if workers < 2 or cfg.state.backend != "memory":
+        return None
+    return (f"state.backend is memory with {workers} workers: each worker keeps its own rate "
+            f"limits and budgets, so every rpm, tpm and budget is effectively multiplied by "
+            f"{workers} (and each worker has its own cache). Set state.backend: redis to "
+            f"share them across workers.")
 
 
 def _forward(procs: dict[int, asyncio.subprocess.Process], sig: signal.Signals) -> None:

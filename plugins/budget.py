@@ -5,25 +5,29 @@ key's, its team's); after it, the reservation is released and the real cost (eve
 cascade escalations included) is added. A request is refused (429 `budget_exceeded`) when
 spent + reserved + its own maximum would pass the budget, so concurrent requests can never
 together spend more than the budget by more than one request's underestimate. Check-and-reserve
-is atomic in the shared state (one process, or Redis for a fleet). Spend is durable in the
-ledger (`gateway/storage/`: SQLite or PostgreSQL) and re-read per period.
+is atomic in the shared state (one process, or Redis for a fleet), which counts reservations in
+minute buckets: the request keeps what it holds (`ctx.earmark`) and settling releases
+exactly that. Spend is durable in the ledger (`gateway/storage/`: SQLite or PostgreSQL), which
+seeds each period's counter (and reconciles it after a Redis outage).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import lru_cache, partial
+from typing import Any
 
 from gateway.errors import BudgetExceeded
-from gateway.storage.contracts import BudgetClaim, SharedState, SpendStore
+from gateway.storage.contracts import BudgetClaim, BudgetRefusal, SharedState, SpendStore
 from gateway.storage.records import SpendRow
 from plugins.base import BasePlugin, Outcome, RequestContext
+from plugins.ratelimit import home_of
 from plugins.settings import BudgetPeriod, Limits
 
-# A reservation lapses if never settled (a worker died mid-request); longer than any request.
-RESERVE_TTL_S = 3600.0
+
 def period_start(period: BudgetPeriod, now: float) -> float:
     """The start of the UTC day or month `now` falls in (unix seconds); 0 for "total"."""
     if period == "total":
@@ -32,9 +36,24 @@ def period_start(period: BudgetPeriod, now: float) -> float:
     return day if period == "day" else _month_start(int(day))
 
 
+def period_end(period: BudgetPeriod, now: float) -> float:
+    """When the period `now` falls in ends (the next one starts); inf for "total"."""
+    if period == "total":
+        return math.inf
+    day = now - now % 86400.0
+    return day + 86400.0 if period == "day" else _next_month_start(int(day))
+
+
 @lru_cache(maxsize=64)
 def _month_start(day: int) -> float:
     return datetime.fromtimestamp(day, UTC).replace(day=1).timestamp()
+
+
+@lru_cache(maxsize=64)
+def _next_month_start(day: int) -> float:
+    first = datetime.fromtimestamp(day, UTC).replace(day=1)
+    return first.replace(year=first.year + first.month // 12,
+                         month=first.month % 12 + 1).timestamp()
 
 
 class BudgetPlugin(BasePlugin):
@@ -47,40 +66,75 @@ class BudgetPlugin(BasePlugin):
         self._state = state
         self._ledger = ledger
 
+    def claim(self, kind: str, name: str, limits: Limits | None,
+              now: float) -> BudgetClaim | None:
+        """The budget of key `name` (its id) or team `name` in the period `now` falls in."""
+        if limits is None or limits.budget_usd is None:
+            return None
+        column = "key_id" if kind == "key" else "team"
+        start = period_start(limits.budget_period, now)
+        return BudgetClaim(
+            scope=f"{kind}:{name}:{limits.budget_period}", budget_usd=limits.budget_usd,
+            period_start=start, period_end=period_end(limits.budget_period, now),
+            load_spent=partial(self._spent_since, column, name, start))
+
+    async def standing(self, kind: str, name: str, home: str,
+                       limits: Limits | None) -> dict[str, Any] | None:
+        """One key's or team's budget now, as enforcement sees it (for the spend API); None
+        when it has no budget. `home` is where its counters live (see `home_of`)."""
+        now = time.time()
+        claim = self.claim(kind, name, limits, now)
+        if claim is None or limits is None:
+            return None
+        spent, reserved = await self._state.standing(home, claim)
+        return {"budget_usd": claim.budget_usd, "period": limits.budget_period,
+                "period_start": int(claim.period_start),
+                "resets_at": None if math.isinf(claim.period_end) else int(claim.period_end),
+                "spent_usd": round(spent, 10), "reserved_usd": round(reserved, 10),
+                "remaining_usd": round(max(0.0, claim.budget_usd - spent - reserved), 10)}
+
+    async def _spent_since(self, column: str, value: str, since: float) -> float:
+        # Rows this process has queued count too: a counter is seeded (or reconciled after a
+        # Redis outage) from the ledger, and must not miss the answers just given.
+        await self._ledger.flush()
+        return await self._ledger.spent_since(column, value, since)
+
     def _claims(self, ctx: RequestContext) -> list[BudgetClaim]:
-        p, now, claims = ctx.principal, time.time(), []
-        scopes = (("key", "key_id", p.key_id, p.own_limits(self._keys)),
-                  ("team", "team", p.team, self._teams.get(p.team or "")))
-        for scope, column, value, limits in scopes:
-            if limits is None or limits.budget_usd is None or value is None:
-                continue
-            start = period_start(limits.budget_period, now)
-            claims.append(BudgetClaim(
-                scope=f"{scope}:{value}:{limits.budget_period}", budget_usd=limits.budget_usd,
-                period_start=start, load_spent=partial(self._ledger.spent_since, column, value,
-                                                       start)))
-        return claims
+        p, now = ctx.principal, time.time()
+        claims = [self.claim("key", p.key_id, p.own_limits(self._keys), now)]
+        if p.team is not None:
+            claims.append(self.claim("team", p.team, self._teams.get(p.team), now))
+        return [c for c in claims if c is not None]
 
     async def on_request(self, ctx: RequestContext) -> None:
         claims = self._claims(ctx)
         if not claims:
             return
-        full = await self._state.reserve(claims, ctx.request_id, ctx.reserved.usd, RESERVE_TTL_S)
-        if full is not None:
-            claim, spent, reserved = full
-            kind, name, period = claim.scope.split(":", 2)
+        held = await self._state.reserve(home_of(ctx), claims, ctx.reserved.usd)
+        if isinstance(held, BudgetRefusal):
+            kind, name, _ = held.claim.scope.split(":", 2)
             ctx.decide(self.name, "rejected", f"{kind}:{name} budget")
-            raise BudgetExceeded(
-                f"Budget exhausted for {kind} {name!r}: ${spent:.6f} spent and "
-                f"${reserved:.6f} reserved of ${claim.budget_usd:.6f} per {period}.")
+            who = f"{ctx.principal.name!r} ({name})" if kind == "key" else repr(name)
+            raise BudgetExceeded(refusal_message(held, f"{kind} {who}", ctx.reserved.usd))
+        ctx.earmarked(held)
 
     async def on_complete(self, ctx: RequestContext, outcome: Outcome) -> None:
         claims = self._claims(ctx)
         if claims:
-            await self._state.settle(claims, ctx.request_id, outcome.cost_usd)
+            await self._state.settle(home_of(ctx), claims, ctx.earmark, outcome.cost_usd)
         p = ctx.principal
         self._ledger.submit(SpendRow(
             ts=ctx.started_at, request_id=ctx.request_id, key_id=p.key_id, key_name=p.name,
             team=p.team, model=ctx.model, deployment=outcome.deployment, status=outcome.status,
             prompt_tokens=outcome.usage.prompt_tokens,
             completion_tokens=outcome.usage.completion_tokens, cost_usd=outcome.cost_usd))
+
+
+def refusal_message(refusal: BudgetRefusal, whose: str, this_request: float) -> str:
+    """Names all three parts of the sum that passed the budget: a budget with nothing spent
+    can still be full of other requests' reservations, or too small for this one's maximum."""
+    period = refusal.claim.scope.rsplit(":", 1)[1]
+    return (f"Budget exhausted for {whose}: ${refusal.spent:.6f} spent + "
+            f"${refusal.reserved:.6f} reserved by requests in flight + ${this_request:.6f} "
+            f"reserved for this request (its maximum cost) would pass the budget of "
+            f"${refusal.claim.budget_usd:.6f} per {period}.")

@@ -1,11 +1,13 @@
-"""Requests and tokens per minute, per key and per team: sliding 60 s windows.
+"""Requests and tokens per minute, per key and per team: sliding 60 s windows of one-second
+buckets.
 
-A request records one entry per limited scope (the key, its team) holding its weight (1 for
-rpm; the reserved tokens for tpm). It is admitted only if every scope still has room;
-otherwise 429 `rate_limit_exceeded` with a Retry-After of the time until enough of the window
-has passed. Token entries are settled to the real usage when the request completes. The
-windows live in the shared state (gateway/storage/): per process, or in Redis for a fleet;
-either way check-and-record is atomic.
+A request is counted in every limited scope (the key, its team) with its weight (1 for rpm;
+the reserved tokens for tpm), in the current one-second bucket. It is admitted only if every
+scope still has room; otherwise 429 `rate_limit_exceeded` with a Retry-After of the time until
+enough buckets have left the window. When the request completes, its tpm count is corrected to
+the real usage in the bucket it went into (`ctx.counted`). The windows live in the shared
+state (`gateway/storage/`): per process, or in Redis for a fleet; either way check-and-count is
+atomic, and a window costs the same memory at 1 request a minute as at 10,000 a second.
 """
 
 from __future__ import annotations
@@ -16,6 +18,13 @@ from gateway.errors import RateLimited
 from gateway.storage.contracts import SharedState, WindowCheck
 from plugins.base import BasePlugin, Outcome, RequestContext
 from plugins.settings import Limits
+
+
+def home_of(ctx: RequestContext) -> str:
+    """Where one request's windows and budgets are stored together: its team, else its key
+    (in Redis Cluster, one hash slot, so one script sees them all)."""
+    p = ctx.principal
+    return f"team:{p.team}" if p.team else f"key:{p.key_id}"
 
 
 class RateLimitPlugin(BasePlugin):
@@ -43,16 +52,21 @@ class RateLimitPlugin(BasePlugin):
         checks = self._checks(ctx)
         if not checks:
             return
-        wait, full = await self._state.admit(checks, ctx.request_id)
-        if wait > 0:
-            scope, what = (full or checks[0].key).rsplit(":", 1)
+        admission = await self._state.admit(home_of(ctx), checks)
+        if admission.wait_s > 0:
+            scope, what = (admission.full or checks[0].key).rsplit(":", 1)
             noun = "requests" if what == "rpm" else "tokens"
             ctx.decide(self.name, "rejected", f"{scope} over its {noun} limit")
             raise RateLimited(f"Rate limit reached for {scope} ({noun} per minute); "
-                              f"retry after {wait:.0f}s.", wait)
+                              f"retry after {admission.wait_s:.0f}s.", admission.wait_s)
+        if admission.bucket is not None:  # None: failing open, counted nowhere
+            ctx.counted(admission.bucket)
 
     async def on_complete(self, ctx: RequestContext, outcome: Outcome) -> None:
+        if ctx.window_bucket is None:
+            return  # never counted (refused, or no limits)
         tpm = [c.key for c in self._checks(ctx) if c.key.endswith(":tpm")]
-        if tpm:
-            used = outcome.usage.prompt_tokens + outcome.usage.completion_tokens
-            await self._state.settle_windows(tpm, ctx.request_id, float(used))
+        used = outcome.usage.prompt_tokens + outcome.usage.completion_tokens
+        if tpm and used != ctx.reserved.tokens:
+            await self._state.settle_windows(home_of(ctx), tpm, ctx.window_bucket,
+                                             float(used - ctx.reserved.tokens))

@@ -144,3 +144,15 @@ def test_podium_check_prints_every_problem_and_exits_1(tmp_path: Path) -> None:
     result = run_check(broken)
     assert result.returncode == 1 and "not valid YAML" in result.stderr
     assert run_check(tmp_path / "missing.yaml").returncode == 1
+
+
+def test_state_cluster_needs_redis_and_the_prefix_no_braces() -> None:
+    found = problems({**GOOD, "state": {"backend": "memory", "cluster": True}})
+    assert any(p.startswith("state") and "'cluster: true' needs state.backend redis" in p
+               for p in found), found
+    found = problems({**GOOD, "state": {"backend": "redis", "url": "redis://h:6379/0",
+                                        "key_prefix": "app{1}:"}})
+    assert any(p.startswith("state.key_prefix") for p in found), found
+    cfg = parse_config({**GOOD, "state": {"backend": "redis", "url": "redis://h:6379/0",
+                                          "cluster": True}}, env=ENV)
+    assert cfg.state.cluster

@@ -7,6 +7,7 @@ import asyncio
 import sqlite3
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,17 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from plugins.budget import period_start
-from tests.conftest import ADMIN, APP_KEY, GatewayFactory, RunningGateway, Upstream, base_config
+from plugins.budget import period_end, period_start
+from tests.conftest import (
+    ADMIN,
+    APP_KEY,
+    GatewayFactory,
+    RunningGateway,
+    Upstream,
+    base_config,
+    deployment,
+)
+from tests.support.waiting import until
 
 ROOT = Path(__file__).resolve().parents[1]
 HI = [{"role": "user", "content": "hi"}]
@@ -243,3 +253,88 @@ def test_budget_periods_start_at_utc_midnight_and_the_first_of_the_month(micros:
     assert period_start("day", now) == midnight.timestamp()
     assert period_start("month", now) == midnight.replace(day=1).timestamp()
     assert period_start("total", now) == 0.0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 4_102_444_800 * 10**6))
+def test_budget_periods_end_where_the_next_one_starts(micros: int) -> None:
+    now = micros / 1e6
+    for period in ("day", "month"):
+        end = period_end(period, now)
+        assert period_start(period, now) <= now < end
+        assert period_start(period, end) == end
+    assert period_end("total", now) == float("inf")
+
+
+async def test_tpm_refunds_make_room_for_the_next_request(
+        upstream: Upstream, tmp_path: Path, make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway(governed(upstream.url, tmp_path, tpm=500))
+    client = gw.client()
+    long = [{"role": "user", "content": "word " * 80}]
+    # Each reserves 100 prompt + 200 max_tokens = 300 and uses ~160: without the refund of
+    # the first, the second (300 + 300 > 500) would be refused.
+    first = await client.chat.completions.create(model="chat", messages=long, max_tokens=200)
+    used = first.usage.total_tokens
+    assert used + 300 <= 500 < 300 + 300
+    second = await client.chat.completions.create(model="chat", messages=long, max_tokens=200)
+    assert used + second.usage.total_tokens + 300 > 500
+    with pytest.raises(openai.RateLimitError) as info:
+        await client.chat.completions.create(model="chat", messages=long, max_tokens=200)
+    assert "tokens per minute" in info.value.body["message"]
+    assert 1 <= int(info.value.response.headers["Retry-After"]) <= 60
+
+
+async def test_budget_refusal_names_this_requests_reservation(
+        upstream: Upstream, tmp_path: Path, make_gateway: GatewayFactory) -> None:
+    # Nothing is spent, yet the request's own maximum (sim-dear at 20 output tokens, ~4.7e-5)
+    # does not fit: the message must say so, not just "$0 spent".
+    gw = await make_gateway(governed(upstream.url, tmp_path, budget_usd=0.00003,
+                                     budget_period="day"))
+    with pytest.raises(openai.RateLimitError) as info:
+        await gw.client().chat.completions.create(model="chat", messages=HI, max_tokens=20)
+    message = info.value.body["message"]
+    assert info.value.body["code"] == "budget_exceeded"
+    assert "$0.000000 spent" in message
+    assert "$0.000000 reserved by requests in flight" in message
+    assert "Budget exhausted for key 'app' (key_" in message
+    assert "$0.000047 reserved for this request" in message
+    assert "budget of $0.000030 per day" in message
+
+
+async def test_spend_api_shows_budget_period_spent_reserved_and_remaining(
+        upstream: Upstream, tmp_path: Path, make_gateway: GatewayFactory) -> None:
+    config = governed(upstream.url, tmp_path, budget_usd=1.0, budget_period="day")
+    config["teams"] = [{"name": "support", "budget_usd": 5.0}]          # per month
+    config["model_list"].append(deployment("hang", "sim-hang", upstream.url, timeout=2,
+                                           input_cost_per_token=1e-6,
+                                           output_cost_per_token=1e-6))
+    gw = await make_gateway(config)
+    client = gw.client()
+    costs = []
+    for _ in range(2):
+        raw = await client.chat.completions.with_raw_response.create(model="chat", messages=HI)
+        costs.append(float(raw.headers["x-podium-cost-usd"]))
+    rows = {r["scope"]: r for r in (await admin_get(gw, "/admin/spend/budgets"))["data"]}
+    now = time.time()
+    key, team = rows["key"], rows["team"]
+    assert (key["name"], key["budget_usd"], key["period"]) == ("app", 1.0, "day")
+    assert (key["period_start"], key["resets_at"]) == (period_start("day", now),
+                                                        period_end("day", now))
+    assert key["spent_usd"] == pytest.approx(sum(costs))
+    assert key["reserved_usd"] == 0
+    assert key["remaining_usd"] == pytest.approx(1.0 - sum(costs))
+    assert (team["id"], team["period"], team["budget_usd"]) == ("support", "month", 5.0)
+    assert team["spent_usd"] == pytest.approx(sum(costs))
+
+    # A request in flight holds its reservation until it settles.
+    hanging = asyncio.create_task(client.chat.completions.create(model="hang", messages=HI))
+
+    async def reserved() -> float:
+        data = (await admin_get(gw, f"/admin/spend/budgets?key_id={key['id']}"))["data"]
+        assert [r["scope"] for r in data] == ["key"]
+        return float(data[0]["reserved_usd"])
+
+    held = await until(reserved, "the hanging request's reservation to show")
+    with pytest.raises(openai.APIError):
+        await hanging
+    assert held > 0 and await reserved() == 0

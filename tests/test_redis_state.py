@@ -3,6 +3,7 @@ together by several gateways; and a private redis-server stopped mid-run."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import subprocess
@@ -195,3 +196,63 @@ async def test_redis_stopped_mid_run(upstream: Upstream, make_gateway: GatewayFa
         async with aiohttp.ClientSession() as session, session.get(base + "/readyz") as resp:
             assert resp.status == 503
             assert (await resp.json())["state"] == "redis unreachable, failing closed"
+
+
+def start_redis(port: int, data: Path) -> subprocess.Popen[bytes]:
+    """A redis-server that keeps its data in `data` across a SHUTDOWN SAVE and a restart."""
+    return subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                             "--dir", str(data), "--dbfilename", "dump.rdb", "--save", "",
+                             "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def test_budget_counters_are_reconciled_from_the_ledger_after_an_outage(
+        upstream: Upstream, make_gateway: GatewayFactory, tmp_path: Path) -> None:
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.skip("redis-server/redis-cli are not installed; cannot restart a private Redis")
+    port, data = free_port(), tmp_path / "redis"
+    data.mkdir()
+    procs = [start_redis(port, data)]
+    try:
+        await until(lambda: asyncio.to_thread(redis_up, port), "the private redis to start")
+        # Each request reserves ~4.7e-5 (sim-dear's price) and costs ~1.9e-6 (sim-cheap).
+        budget = 0.00006
+        cfg = shared(upstream.url, tmp_path, f"redis://127.0.0.1:{port}/0", fail_mode="open")
+        cfg["keys"][0].update(budget_usd=budget, budget_period="day")
+        cfg["cache"] = {"enabled": False}
+        gw = await make_gateway(cfg)
+        client = gw.client()
+
+        async def spend() -> float:
+            raw = await client.chat.completions.with_raw_response.create(
+                model="chat", messages=HI, max_tokens=20)
+            return float(raw.headers["x-podium-cost-usd"])
+
+        async def ledger(n: int) -> bool:
+            async with aiohttp.ClientSession() as session, session.get(
+                    gw.url.removesuffix("/v1") + "/admin/spend?group_by=key",
+                    headers={"Authorization": f"Bearer {ADMIN}"}) as resp:
+                rows = (await resp.json())["data"]
+            return bool(rows) and rows[0]["requests"] == n
+
+        before = await spend()                      # the counter in Redis: one request's cost
+        await until(lambda: ledger(1), "the first request to be settled")
+        await asyncio.to_thread(subprocess.run, ["redis-cli", "-p", str(port), "shutdown",
+                                                 "save"], check=False, capture_output=True,
+                                timeout=30)
+        await asyncio.to_thread(procs[0].wait, 30)
+        during = [await spend() for _ in range(8)]  # served open: the counter misses these
+        await until(lambda: ledger(9), "the ledger to hold every answered request")
+        procs.append(start_redis(port, data))       # back, with the counter it had
+        await until(lambda: asyncio.to_thread(redis_up, port), "the private redis to restart")
+        reserve = 0.0000470
+        assert before + reserve <= budget < before + sum(during) + reserve  # the premise
+        with pytest.raises(openai.RateLimitError) as info:
+            await spend()
+        assert info.value.body["code"] == "budget_exceeded"
+        spent = f"${before + sum(during):.6f} spent"
+        assert spent in info.value.body["message"]
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(timeout=10)

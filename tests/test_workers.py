@@ -100,3 +100,16 @@ async def test_workers_do_not_outlive_a_killed_supervisor(pool: dict[str, Any]) 
         return not any(os.path.exists(f"/proc/{pid}") for pid in workers)  # noqa: ASYNC240
 
     await until(all_gone, "the orphaned workers to stop by themselves")
+
+
+async def test_workers_with_memory_state_warn_that_limits_multiply(tmp_path: Path) -> None:
+    config = base_config("http://127.0.0.1:9/v1")
+    config["storage"] = {"path": str(tmp_path / "podium.sqlite3")}
+    config["key_store"] = {"path": str(tmp_path / "keys.sqlite3")}
+    log = tmp_path / "stderr.log"
+    async with running_pool(config, tmp_path, log=log):
+        pass
+    lines = [line for line in log.read_text().splitlines() if "state.backend is memory" in line]
+    assert len(lines) == 1, log.read_text()[-2000:]  # once, from the supervisor
+    assert "every rpm, tpm and budget is effectively multiplied by 2" in lines[0]
+    assert "state.backend: redis" in lines[0]

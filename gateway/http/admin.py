@@ -3,6 +3,10 @@
 Keys: `POST /admin/keys` returns the raw key once (only its digest is stored) and may give the
 key its own rpm, tpm and budget, `GET /admin/keys` lists them, `DELETE /admin/keys/{id}` revokes
 one, effective on the next request.
+
+Spend: `GET /admin/spend` reports the ledger grouped by key, team, model, deployment or day;
+`GET /admin/spend/budgets` shows every key's and team's budget as enforcement sees it now: the
+period, spent, reserved by requests in flight, and what remains.
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ from pydantic import ConfigDict, Field
 
 from gateway.errors import BadRequest, RouteNotFound
 from gateway.pipeline.egress import json_response
+from gateway.pipeline.identity import key_id_for
 from gateway.pipeline.ingress import read_json, validate
-from gateway.runtime import GATEWAY
+from gateway.runtime import GATEWAY, Gateway
+from plugins.budget import BudgetPlugin
 from plugins.settings import Limits
 
 SPEND_GROUPS = ("key", "team", "model", "deployment", "day")
@@ -57,6 +63,40 @@ async def spend(request: web.Request) -> web.Response:
     rows = await request.app[GATEWAY].governance.ledger.report(
         group_by, _float(request, "since"), _float(request, "until"))
     return json_response({"object": "list", "group_by": group_by, "data": rows})
+
+
+async def budgets(request: web.Request) -> web.Response:
+    """Each key's and team's budget now: `key_id` or `team` narrow the list."""
+    await require_admin(request)
+    gw = request.app[GATEWAY]
+    plugin = next((p for p in gw.runtime.chain.plugins if isinstance(p, BudgetPlugin)), None)
+    if plugin is None:
+        raise RouteNotFound("The budget plugin is not in the chain.")
+    want_key, want_team = request.query.get("key_id"), request.query.get("team")
+    rows = []
+    for kind, ident, name, team, limits in await _budget_holders(gw):
+        if (want_key or want_team) and not (
+                (kind == "key" and ident == want_key) or (team is not None and team == want_team)):
+            continue
+        home = f"team:{team}" if team else f"key:{ident}"
+        standing = await plugin.standing(kind, ident, home, limits)
+        if standing is not None:
+            rows.append({"object": "budget", "scope": kind, "id": ident, "name": name,
+                         "team": team, **standing})
+    return json_response({"object": "list", "data": rows})
+
+
+Holder = tuple[str, str, str, str | None, Limits | None]
+
+
+async def _budget_holders(gw: Gateway) -> list[Holder]:
+    """(scope, id, name, team, limits) of every config key, active stored key and team."""
+    cfg = gw.runtime.config
+    out: list[Holder] = [("key", key_id_for(k.digest()), k.name, k.team, k) for k in cfg.keys]
+    out += [("key", k.id, k.name, k.team, k.limits) for k in await gw.keystore.list()
+            if k.revoked_at is None]
+    out += [("team", t.name, t.name, t.name, t) for t in cfg.teams]
+    return out
 
 
 async def audit(request: web.Request) -> web.Response:

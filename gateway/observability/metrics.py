@@ -3,7 +3,9 @@
 One `CollectorRegistry` per gateway (no global registry, so tests and embedders can run
 several). Label values are bounded: deployments, rules and teams come from the config (a team
 not in `teams:` is reported as "other"), statuses and error codes from Podium's own set; never a
-request id or a raw user string.
+request id or a raw user string. As a backstop, each metric keeps at most `MAX_SERIES` label
+sets: past that, a new one is counted under every label "other", so a label that turns out to
+be unbounded costs counts, never memory.
 
 With `--workers N` each worker writes its samples to a shared directory
 (`PROMETHEUS_MULTIPROC_DIR`, set by the supervisor) and any worker's `/metrics` aggregates all
@@ -34,6 +36,7 @@ _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 _BREAKER = {"closed": 0, "half_open": 1, "open": 2}
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+MAX_SERIES = 1000                      # label sets per metric (see the module docstring)
 
 
 class Metrics:
@@ -44,6 +47,7 @@ class Metrics:
         reg = None if self._multiproc else self.registry
         self.teams = frozenset(teams)
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+        self._series: dict[Any, int] = {}            # label sets made, per metric
         self.requests = Counter(
             "podium_requests_total", "Requests answered, by route rule, deployment, team, "
             "HTTP status and cache result", ["endpoint", "route", "deployment", "team", "status",
@@ -84,11 +88,19 @@ class Metrics:
                                   registry=reg)
 
     def _at(self, metric: Counter | Histogram, *values: str) -> Any:
-        """`metric.labels(*values)`, remembered: labels() validates and locks on every call,
-        and the label sets are bounded (see the module docstring), so this dict is too."""
+        """`metric.labels(*values)`, remembered: labels() validates and locks on every call.
+        At most MAX_SERIES label sets per metric; later ones share the "other" set."""
         child = self._children.get((metric, values))
-        if child is None:
-            child = self._children[(metric, values)] = metric.labels(*values)
+        if child is not None:
+            return child
+        made = self._series.get(metric, 0)
+        if made >= MAX_SERIES:
+            values = ("other",) * len(values)
+            child = self._children.get((metric, values))
+            if child is not None:
+                return child
+        self._series[metric] = made + 1
+        child = self._children[(metric, values)] = metric.labels(*values)
         return child
 
     def rejected(self, code: str) -> None:

@@ -6,12 +6,16 @@ Each later hop then fills in its own part, in order, through its own method:
     permissions                 permitted(scope)
     route                       routed(route, plan, reserved)
     plugins, request side       held(hold)        from the `Hold` a plugin returned
+                                counted(bucket)   rate limits: where they counted it
+                                earmarked(...)    budgets: what they hold for it, and where
     cache                       looked_up(cache)
     call, and egress            outcome           how it ended: answer, usage, cost, status
 
 A part is set once; setting it twice, or before the hop it depends on, is a bug and raises.
-Plugins read the context and hand back decisions (`Hold`); the only thing they add to it is
-their entry in the record of decisions (`decide`), which the audit trail keeps.
+Plugins read the context and hand back decisions (`Hold`); what they add to it is their entry
+in the record of decisions (`decide`), which the audit trail keeps, and, for the limits and
+budgets, where they counted the request: settling corrects exactly that, so the shared state
+keeps nothing per request.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from gateway.errors import AllAttemptsFailed, PodiumError
 from gateway.observability.telemetry import TraceIds, current_trace_ids
 from gateway.pipeline.identity import Principal
 from gateway.pipeline.permissions import PermissionScope
+from gateway.storage.contracts import BudgetReservation
 from routing.attempts import OpenStream
 from routing.fallback import CallResult
 from routing.providers.base import Usage
@@ -118,6 +123,8 @@ class RequestContext:
     plan: RoutePlan | None = None
     reserved: Reservation = Reservation()
     hold: Hold | None = None
+    window_bucket: int | None = None   # the rate-limit bucket this request was counted in
+    earmark: BudgetReservation | None = None  # what its budgets hold for it
     cache: CacheResult | None = None
     outcome: Outcome = field(default_factory=Outcome)
     decisions: list[dict[str, Any]] = field(default_factory=list)
@@ -137,6 +144,16 @@ class RequestContext:
         self._after("plugins", self.plan)
         self._unset("hold", self.hold)
         self.hold = hold
+
+    def counted(self, bucket: int) -> None:
+        self._after("rate limit", self.plan)
+        self._unset("window bucket", self.window_bucket)
+        self.window_bucket = bucket
+
+    def earmarked(self, reservation: BudgetReservation) -> None:
+        self._after("budget", self.plan)
+        self._unset("budget reservation", self.earmark)
+        self.earmark = reservation
 
     def looked_up(self, cache: CacheResult) -> None:
         self._after("cache", self.plan)

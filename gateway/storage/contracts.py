@@ -13,7 +13,7 @@ state): what workers and machines must agree on. `MemoryState` keeps it in the p
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -21,7 +21,13 @@ from gateway.storage.audit_chain import VerifyResult
 from gateway.storage.records import AuditRecord, Review, SpendRow, StoredKey
 from plugins.settings import Limits
 
-WINDOW_S = 60.0                      # the length of every rate-limit window
+WINDOW_S = 60.0                      # the length of every rate-limit window ...
+WINDOW_BUCKETS = 60                  # ... counted in 60 one-second buckets
+# A reservation lapses if never settled (a worker died mid-request); longer than any request.
+# Reservations are counted in 60 buckets of a minute: one lapses 59 to 60 minutes after it
+# was made, with no per-request entry to scan or expire.
+RESERVATION_TTL_S = 3600.0
+RESERVATION_BUCKETS = 60
 
 
 class Store(Protocol):
@@ -138,11 +144,33 @@ class WindowCheck:
 
 
 @dataclass(frozen=True, slots=True)
+class Admission:
+    wait_s: float            # 0.0: admitted; else seconds until it would fit
+    full: str | None         # the key of the window that is full, when refused
+    bucket: int | None       # where the amounts were counted, when admitted (for settling)
+
+
+@dataclass(frozen=True, slots=True)
 class BudgetClaim:
-    scope: str               # e.g. "team:support"
+    scope: str               # e.g. "team:support:month"
     budget_usd: float
     period_start: float      # unix seconds
+    period_end: float        # unix seconds; math.inf for a "total" budget
     load_spent: Callable[[], Awaitable[float]]  # durable spend since period_start
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetReservation:
+    """What one request holds against its budgets, and where, so settling releases exactly it."""
+    bucket: int
+    amount: float
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetRefusal:
+    claim: BudgetClaim       # the budget that has no room
+    spent: float             # its spend this period
+    reserved: float          # held by other requests in flight
 
 
 class SharedState(Protocol):
@@ -151,31 +179,37 @@ class SharedState(Protocol):
         """The response cache that lives where this state does."""
         ...
 
-    async def admit(self, checks: list[WindowCheck],
-                    request_id: str) -> tuple[float, str | None]:
-        """Record the request in every window if all have room: (0.0, None); otherwise
-        nothing is recorded and the result is the seconds until it would fit and the key of
-        the window that is full."""
+    async def admit(self, home: str, checks: list[WindowCheck]) -> Admission:
+        """Count the request in every window if all have room; otherwise count nothing and
+        say how long until it would fit, and which window is full. `home` is the scope every
+        window of one request is stored with (its team, else its key): one Redis Cluster slot."""
         ...
 
-    async def settle_windows(self, keys: list[str], request_id: str, amount: float) -> None:
-        """Replace this request's reserved amount in these windows with what it used."""
+    async def settle_windows(self, home: str, keys: list[str], bucket: int,
+                             delta: float) -> None:
+        """Correct what an admission counted in these windows by `delta` (a tpm refund is
+        negative), in the bucket it went into; nothing if that bucket has left the window."""
         ...
 
-    async def reserve(self, claims: list[BudgetClaim], request_id: str, amount: float,
-                      ttl_s: float) -> tuple[BudgetClaim, float, float] | None:
-        """Reserve `amount` under every claim if all have room (None); otherwise reserve
-        nothing and return the claim that is full, with its spent and reserved totals.
-        A reservation not settled within `ttl_s` (a crashed worker) lapses."""
+    async def reserve(self, home: str, claims: list[BudgetClaim],
+                      amount: float) -> BudgetReservation | BudgetRefusal:
+        """Reserve `amount` under every claim if all have room; otherwise reserve nothing and
+        name the claim that is full. A reservation never settled (a crashed worker) lapses
+        after RESERVATION_TTL_S, without a scan."""
         ...
 
-    async def settle(self, claims: list[BudgetClaim], request_id: str, cost: float) -> None:
-        """Release this request's reservations and add its real cost to spent."""
+    async def settle(self, home: str, claims: list[BudgetClaim],
+                     reservation: BudgetReservation | None, cost: float) -> None:
+        """Release `reservation` (if any) and add the request's real cost to spent."""
         ...
 
-    async def breaker_updates(self) -> dict[str, tuple[str, float]]:
-        """Breaker states published by other processes: deployment id → (state, open until
-        as unix seconds)."""
+    async def standing(self, home: str, claim: BudgetClaim) -> tuple[float, float]:
+        """(spent, reserved) under one budget now, as enforcement sees them."""
+        ...
+
+    async def breaker_updates(self, dep_ids: Sequence[str]) -> dict[str, tuple[str, float]]:
+        """Breaker states of these deployments published by other processes: deployment id →
+        (state, open until as unix seconds)."""
         ...
 
     async def publish_breaker(self, dep_id: str, state: str, open_until: float) -> None:

@@ -4,14 +4,26 @@ not shared with other workers or machines. See `contracts.SharedState` for what 
 
 from __future__ import annotations
 
+import math
 import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from cachetools import TLRUCache
 
-from gateway.storage.contracts import WINDOW_S, BudgetClaim, CacheStore, WindowCheck
+from gateway.storage.buckets import IdleMap, SlidingWindow
+from gateway.storage.contracts import (
+    RESERVATION_BUCKETS,
+    RESERVATION_TTL_S,
+    WINDOW_BUCKETS,
+    WINDOW_S,
+    Admission,
+    BudgetClaim,
+    BudgetRefusal,
+    BudgetReservation,
+    CacheStore,
+    WindowCheck,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,107 +60,102 @@ class MemoryCache:
         return len(self._cache)
 
 
-@dataclass(slots=True)
-class _Entry:
-    at: float
-    amount: float
-    request_id: str
+# A scope's spend is kept while its budget is in use; an idle one is dropped and re-read from
+# the ledger (flushed first) on its next request, so the map holds only scopes used lately.
+_SPENT_IDLE_S = RESERVATION_TTL_S
 
 
-@dataclass
-class _Window:
-    """One sliding window: its entries oldest first, their running total, and each request's
-    entry, so admitting and settling cost O(1) however busy the window is."""
-    entries: deque[_Entry] = field(default_factory=deque)
-    total: float = 0.0
-    by_request: dict[str, _Entry] = field(default_factory=dict)
+def _minute_window() -> SlidingWindow:
+    return SlidingWindow(WINDOW_BUCKETS, WINDOW_S / WINDOW_BUCKETS)
 
-    def prune(self, horizon: float) -> None:
-        while self.entries and self.entries[0].at <= horizon:
-            gone = self.entries.popleft()
-            self.total -= gone.amount
-            self.by_request.pop(gone.request_id, None)
 
-    def add(self, entry: _Entry) -> None:
-        self.entries.append(entry)
-        self.total += entry.amount
-        self.by_request[entry.request_id] = entry
+def _reservations() -> SlidingWindow:
+    return SlidingWindow(RESERVATION_BUCKETS, RESERVATION_TTL_S / RESERVATION_BUCKETS)
 
 
 @dataclass
 class MemoryState:
-    """The state of one process: exact, fast, and not shared."""
+    """The state of one process: fast, and not shared. Every window and every budget's
+    reservations are a fixed ring of buckets (`buckets.py`): constant memory per scope
+    whatever the traffic; a scope left idle for a whole window is forgotten."""
     cache: CacheStore
     clock: Callable[[], float] = time.time
-    _windows: dict[str, _Window] = field(default_factory=dict)
-    _spent: dict[tuple[str, float], float] = field(default_factory=dict)
-    _reserved: dict[str, dict[str, float]] = field(default_factory=dict)
+    _windows: IdleMap[SlidingWindow] = field(
+        default_factory=lambda: IdleMap(WINDOW_S, _minute_window))
+    _reserved: IdleMap[SlidingWindow] = field(
+        default_factory=lambda: IdleMap(RESERVATION_TTL_S, _reservations))
+    # scope → (period start, spent in it): a new period replaces the old one.
+    _spent: IdleMap[list[float]] = field(
+        default_factory=lambda: IdleMap(_SPENT_IDLE_S, lambda: [math.nan, 0.0]))
 
     @classmethod
     def with_cache(cls, max_entries: int, max_bytes: int) -> MemoryState:
         return cls(cache=MemoryCache(max_entries, max_bytes))
 
-    async def admit(self, checks: list[WindowCheck],
-                    request_id: str) -> tuple[float, str | None]:
-        wait, full = max(((self._wait(c), c.key) for c in checks), default=(0.0, None))
-        if wait > 0:
-            return wait, full
+    async def admit(self, home: str, checks: list[WindowCheck]) -> Admission:
         now = self.clock()
-        for c in checks:
-            self._window(c.key).add(_Entry(now, c.amount, request_id))
-        return 0.0, None
+        windows = [self._windows.touch(c.key, now) for c in checks]
+        head = max((w.advance(now) for w in windows), default=None)
+        wait, full = max(((w.wait(c.amount, c.limit, now), c.key)
+                          for w, c in zip(windows, checks, strict=True)), default=(0.0, None))
+        if wait > 0:
+            return Admission(wait, full, None)
+        for window, check in zip(windows, checks, strict=True):
+            window.add(check.amount)
+        return Admission(0.0, None, head)
 
-    def _wait(self, check: WindowCheck) -> float:
-        window, now = self._window(check.key), self.clock()
-        used = window.total
-        if used + check.amount <= check.limit:
-            return 0.0
-        freed = 0.0
-        for e in window.entries:  # only when refusing: oldest first, until enough has left
-            freed += e.amount
-            if used - freed + check.amount <= check.limit:
-                return max(0.001, e.at + WINDOW_S - now)
-        return WINDOW_S
-
-    def _window(self, key: str) -> _Window:
-        window = self._windows.get(key)
-        if window is None:
-            window = self._windows[key] = _Window()
-        window.prune(self.clock() - WINDOW_S)
-        return window
-
-    async def settle_windows(self, keys: list[str], request_id: str, amount: float) -> None:
+    async def settle_windows(self, home: str, keys: list[str], bucket: int,
+                             delta: float) -> None:
         for key in keys:
-            window = self._windows.get(key)
-            entry = window.by_request.get(request_id) if window is not None else None
-            if window is not None and entry is not None:
-                window.total += amount - entry.amount
-                entry.amount = amount
+            window = self._windows.peek(key)
+            if window is not None:
+                window.adjust(bucket, delta)
 
-    async def reserve(self, claims: list[BudgetClaim], request_id: str, amount: float,
-                      ttl_s: float) -> tuple[BudgetClaim, float, float] | None:
+    async def reserve(self, home: str, claims: list[BudgetClaim],
+                      amount: float) -> BudgetReservation | BudgetRefusal:
         for claim in claims:  # awaits only here, before the atomic check-and-reserve below
-            key = (claim.scope, claim.period_start)
-            if key not in self._spent:
-                spent = await claim.load_spent()
-                self._spent.setdefault(key, spent)
-        for claim in claims:
-            spent = self._spent[(claim.scope, claim.period_start)]
-            reserved = sum(self._reserved.get(claim.scope, {}).values())
-            if spent + reserved + amount > claim.budget_usd:
-                return claim, spent, reserved
-        for claim in claims:
-            self._reserved.setdefault(claim.scope, {})[request_id] = amount
-        return None
+            await self._load_spent(claim)
+        now = self.clock()
+        rings = [self._reserved.touch(c.scope, now) for c in claims]
+        head = max((r.advance(now) for r in rings), default=self._bucket(now))
+        for claim, ring in zip(claims, rings, strict=True):
+            spent = self._spent.touch(claim.scope, now)[1]
+            if spent + ring.total + amount > claim.budget_usd:
+                return BudgetRefusal(claim, spent, max(0.0, ring.total))
+        for ring in rings:
+            ring.add(amount)
+        return BudgetReservation(head, amount)
 
-    async def settle(self, claims: list[BudgetClaim], request_id: str, cost: float) -> None:
-        for claim in claims:
-            self._reserved.get(claim.scope, {}).pop(request_id, None)
-            key = (claim.scope, claim.period_start)
-            if key in self._spent:
-                self._spent[key] += cost
+    def _bucket(self, now: float) -> int:
+        return math.floor(now / (RESERVATION_TTL_S / RESERVATION_BUCKETS))
 
-    async def breaker_updates(self) -> dict[str, tuple[str, float]]:
+    async def _load_spent(self, claim: BudgetClaim) -> None:
+        """First use of a scope in a period: its spend so far, from the durable ledger."""
+        held = self._spent.touch(claim.scope, self.clock())
+        if held[0] != claim.period_start:
+            spent = await claim.load_spent()
+            if held[0] != claim.period_start:  # another request may have loaded it meanwhile
+                held[:] = [claim.period_start, spent]
+
+    async def settle(self, home: str, claims: list[BudgetClaim],
+                     reservation: BudgetReservation | None, cost: float) -> None:
+        for claim in claims:
+            ring = self._reserved.peek(claim.scope)
+            if reservation is not None and ring is not None:
+                ring.adjust(reservation.bucket, -reservation.amount)
+            held = self._spent.peek(claim.scope)
+            if held is not None and held[0] == claim.period_start:
+                held[1] += cost
+
+    async def standing(self, home: str, claim: BudgetClaim) -> tuple[float, float]:
+        await self._load_spent(claim)
+        now = self.clock()
+        ring = self._reserved.touch(claim.scope, now)
+        ring.advance(now)
+        # Adding and releasing float amounts can leave a residue around 1e-18: never below 0.
+        return self._spent.touch(claim.scope, now)[1], max(0.0, ring.total)
+
+    async def breaker_updates(self, dep_ids: Sequence[str]) -> dict[str, tuple[str, float]]:
         return {}
 
     async def publish_breaker(self, dep_id: str, state: str, open_until: float) -> None:

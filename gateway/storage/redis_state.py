@@ -1,113 +1,67 @@
 """`state.backend: redis`: one set of limits, budgets, cache and breakers for a whole fleet.
 
-Every check-and-update is one Lua script, run atomically by Redis with Redis's own clock, so
-concurrent requests on different machines can neither both squeeze into the last slot of a
-window nor both take the last dollar of a budget.
+Every check-and-update is one Lua script (`redis_scripts.py`), run atomically by Redis with
+Redis's own clock, so concurrent requests on different machines can neither both squeeze into
+the last slot of a window nor both take the last dollar of a budget. A window is one hash of at
+most 60 one-second buckets and a budget is a counter plus one hash of minute buckets of
+reservations: constant keys, memory and work per scope, whatever the traffic.
+
+Keys (`<prefix>` is `state.key_prefix`):
+
+    <prefix>{<home>}:win:<scope>:rpm|tpm              rate-limit window (hash, expires)
+    <prefix>{<home>}:budget:<scope>:<start>:spent     spend this period (seeded from the ledger)
+    <prefix>{<home>}:budget:<scope>:<start>:res       reservations by minute bucket (hash)
+    <prefix>cache:<digest>                            a cached answer (expires at its TTL)
+    <prefix>breaker:<deployment id>                   a breaker's state (expires after a day)
+
+`<home>` is the request's team (or its key where it has none), in braces: Redis Cluster hashes
+only the part in braces, so one request's key and team windows and budgets sit in one slot and
+one script can update them together. Cache entries and breakers carry no tag, so they spread
+over every slot. `cluster: true` connects with redis-py's cluster client.
 
 If Redis becomes unreachable, each call gives up after `state.timeout_s`: the cache fails open
 (a miss, nothing stored); limits and budgets follow `state.fail_mode` (`open`: serve without
 them; `closed`: 503 `state_unavailable`). The outage is logged (once per minute while it lasts),
-reported by `/readyz`, and recovery is automatic.
+reported by `/readyz`, and recovery is automatic. Spend the counters missed meanwhile (answers
+served open, settles that failed) is reconciled from the durable ledger: each budget touched
+during the outage has its counter reset from the ledger on its first use after Redis is back.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 
 from gateway.config import GatewayConfig
 from gateway.errors import StateUnavailable
-from gateway.storage.contracts import WINDOW_S, BudgetClaim, WindowCheck
+from gateway.storage import redis_scripts as lua
+from gateway.storage.contracts import (
+    RESERVATION_BUCKETS,
+    RESERVATION_TTL_S,
+    WINDOW_BUCKETS,
+    WINDOW_S,
+    Admission,
+    BudgetClaim,
+    BudgetRefusal,
+    BudgetReservation,
+    WindowCheck,
+)
 
 log = logging.getLogger("podium.state")
 T = TypeVar("T")
+Client = aioredis.Redis | RedisCluster
 _LOG_EVERY_S = 60.0
-
-# KEYS: one sorted set per window (member: request id, score: time); a hash `<key>:amt` holds
-# amounts and a string `<key>:sum` their total. ARGV: window, request id, then limit and amount
-# per key. Returns {wait, index of the full window} or {0, 0} after recording everywhere.
-_ADMIT = """
-local t = redis.call('TIME'); local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-local window, rid = tonumber(ARGV[1]), ARGV[2]
-local wait, full = 0, 0
-for i, key in ipairs(KEYS) do
-  local amt, sum = key .. ':amt', key .. ':sum'
-  for _, m in ipairs(redis.call('ZRANGEBYSCORE', key, '-inf', now - window)) do
-    redis.call('INCRBYFLOAT', sum, -tonumber(redis.call('HGET', amt, m) or '0'))
-    redis.call('HDEL', amt, m); redis.call('ZREM', key, m)
-  end
-  local limit, amount = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
-  local used = tonumber(redis.call('GET', sum) or '0')
-  if used + amount > limit then
-    local freed, w = 0, window
-    local entries = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
-    for j = 1, #entries, 2 do
-      freed = freed + tonumber(redis.call('HGET', amt, entries[j]) or '0')
-      if used - freed + amount <= limit then w = tonumber(entries[j + 1]) + window - now; break end
-    end
-    if w > wait then wait, full = w, i end
-  end
-end
-if wait > 0 then return {tostring(wait), full} end
-local ttl = math.ceil(window) + 1
-for i, key in ipairs(KEYS) do
-  local amount = ARGV[2 + 2 * i]
-  redis.call('ZADD', key, now, rid); redis.call('HSET', key .. ':amt', rid, amount)
-  redis.call('INCRBYFLOAT', key .. ':sum', amount)
-  for _, k in ipairs({key, key .. ':amt', key .. ':sum'}) do redis.call('EXPIRE', k, ttl) end
-end
-return {'0', 0}
-"""
-
-# KEYS: per window key. ARGV: request id, new amount.
-_SETTLE_WINDOW = """
-for _, key in ipairs(KEYS) do
-  local old = redis.call('HGET', key .. ':amt', ARGV[1])
-  if old then
-    redis.call('HSET', key .. ':amt', ARGV[1], ARGV[2])
-    redis.call('INCRBYFLOAT', key .. ':sum', tonumber(ARGV[2]) - tonumber(old))
-  end
-end
-return 0
-"""
-
-# KEYS: per claim, its spent counter, reservation hash and reservation-expiry sorted set.
-# ARGV: request id, amount, ttl, then the budget per claim. Returns {0} or {i, spent, reserved}.
-_RESERVE = """
-local t = redis.call('TIME'); local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-local rid, amount, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local n = #KEYS / 3
-for i = 1, n do
-  local spent_key, res, exp = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
-  for _, m in ipairs(redis.call('ZRANGEBYSCORE', exp, '-inf', now)) do
-    redis.call('HDEL', res, m); redis.call('ZREM', exp, m)
-  end
-  local reserved = 0
-  for _, v in ipairs(redis.call('HVALS', res)) do reserved = reserved + tonumber(v) end
-  local spent = tonumber(redis.call('GET', spent_key) or '0')
-  if spent + reserved + amount > tonumber(ARGV[3 + i]) then
-    return {i, tostring(spent), tostring(reserved)}
-  end
-end
-for i = 1, n do
-  redis.call('HSET', KEYS[3 * i - 1], rid, amount); redis.call('ZADD', KEYS[3 * i], now + ttl, rid)
-end
-return {0}
-"""
-
-# KEYS: as for _RESERVE. ARGV: request id, cost.
-_SETTLE = """
-for i = 1, #KEYS / 3 do
-  redis.call('HDEL', KEYS[3 * i - 1], ARGV[1]); redis.call('ZREM', KEYS[3 * i], ARGV[1])
-  redis.call('INCRBYFLOAT', KEYS[3 * i - 2], ARGV[2])
-end
-return 0
-"""
+_BREAKER_TTL_S = 86400                 # a deployment removed from the config leaves no trace
+_TOTAL_SPENT_TTL_S = 40 * 86400        # a "total" budget's counter, renewed by every settle
+_MAX_STALE = 10_000                    # budgets awaiting reconciliation after an outage
+_RESERVE_WIDTH_S = RESERVATION_TTL_S / RESERVATION_BUCKETS
 
 
 class RedisCache:
@@ -128,7 +82,7 @@ class RedisCache:
 
 
 class RedisState:
-    def __init__(self, client: aioredis.Redis, prefix: str, fail_mode: str,
+    def __init__(self, client: Client, prefix: str, fail_mode: str,
                  max_value_bytes: int, url_for_logs: str) -> None:
         self._redis = client
         self._prefix = prefix
@@ -136,9 +90,13 @@ class RedisState:
         self._where = url_for_logs
         self._down_since: float | None = None
         self._last_log = 0.0
+        # The spent counters that missed spend while Redis was unreachable, oldest first, each
+        # with the reservations whose release failed (bucket, amount): on the budget's first
+        # use once Redis is back, its counter is reset from the ledger and they are released.
+        self._stale: dict[str, list[tuple[int, float]]] = {}
         self._scripts = {name: client.register_script(src) for name, src in (
-            ("admit", _ADMIT), ("settle_window", _SETTLE_WINDOW), ("reserve", _RESERVE),
-            ("settle", _SETTLE))}
+            ("admit", lua.ADMIT), ("settle_window", lua.SETTLE_WINDOW),
+            ("reserve", lua.RESERVE), ("settle", lua.SETTLE), ("standing", lua.STANDING))}
         self.cache = RedisCache(self, prefix + "cache:", max_value_bytes)
 
     @classmethod
@@ -147,17 +105,22 @@ class RedisState:
         if st.url is None:
             raise ValueError("state.backend redis needs 'url'")  # the config checks it first
         url = st.url.get_secret_value()
-        client = aioredis.from_url(url, socket_timeout=st.timeout_s,
-                                   socket_connect_timeout=st.timeout_s, retry_on_timeout=False)
+        options: dict[str, Any] = {"socket_timeout": st.timeout_s,
+                                   "socket_connect_timeout": st.timeout_s}
+        client: Client
+        if st.cluster:
+            client = RedisCluster.from_url(url, **options)
+        else:
+            client = aioredis.from_url(url, retry_on_timeout=False, **options)
         host = url.split("@")[-1]  # never log a password in the URL
         return cls(client, st.key_prefix, st.fail_mode, cfg.cache.max_bytes, host)
 
-    async def call(self, op: Callable[[aioredis.Redis], Awaitable[T]], *,
+    async def call(self, op: Callable[[Client], Awaitable[T]], *,
                    fail_open: bool = False) -> T | None:
         """Run one Redis operation; on an outage, None (fail open) or StateUnavailable."""
         try:
             result = await op(self._redis)
-        except (RedisError, OSError) as exc:
+        except (RedisError, RedisClusterException, OSError) as exc:  # the cluster's is apart
             self._went_down(exc)
             if self._fail_closed and not fail_open:
                 raise StateUnavailable("Shared state (Redis) is unreachable; limits and "
@@ -165,8 +128,9 @@ class RedisState:
                                        ) from None
             return None
         if self._down_since is not None:
-            log.warning("redis at %s is reachable again after %.1fs", self._where,
-                        time.monotonic() - self._down_since)
+            log.warning("redis at %s is reachable again after %.1fs; %d budget counter(s) "
+                        "will be reconciled from the ledger", self._where,
+                        time.monotonic() - self._down_since, len(self._stale))
             self._down_since = None
         return result
 
@@ -186,64 +150,162 @@ class RedisState:
         mode = "closed" if self._fail_closed else "open"
         return not self._fail_closed, f"redis unreachable, failing {mode}"
 
-    async def admit(self, checks: list[WindowCheck],
-                    request_id: str) -> tuple[float, str | None]:
-        args: list[Any] = [WINDOW_S, request_id]
+    def _home(self, home: str) -> str:
+        return f"{self._prefix}{{{home}}}:"
+
+    async def admit(self, home: str, checks: list[WindowCheck]) -> Admission:
+        args: list[Any] = [WINDOW_S / WINDOW_BUCKETS, WINDOW_BUCKETS]
         for c in checks:
             args += [c.limit, c.amount]
-        keys = [self._prefix + "win:" + c.key for c in checks]
+        keys = [self._home(home) + "win:" + c.key for c in checks]
         result = await self.call(lambda r: self._scripts["admit"](keys=keys, args=args))
-        if not result or float(result[0]) <= 0:
-            return 0.0, None
-        return float(result[0]), checks[int(result[1]) - 1].key
+        if not result:
+            return Admission(0.0, None, None)   # failing open: counted nowhere
+        wait = float(result[0])
+        if wait > 0:
+            return Admission(wait, checks[int(result[1]) - 1].key, None)
+        return Admission(0.0, None, int(result[2]))
 
-    async def settle_windows(self, keys: list[str], request_id: str, amount: float) -> None:
-        full = [self._prefix + "win:" + k for k in keys]
+    async def settle_windows(self, home: str, keys: list[str], bucket: int,
+                             delta: float) -> None:
+        full = [self._home(home) + "win:" + k for k in keys]
+        # Settling never refuses (the answer is given), so it fails open in either mode.
         await self.call(lambda r: self._scripts["settle_window"](keys=full,
-                                                                 args=[request_id, amount]))
+                                                                 args=[bucket, delta]),
+                        fail_open=True)
 
-    def _budget_keys(self, claim: BudgetClaim) -> list[str]:
-        base = f"{self._prefix}budget:{claim.scope}:{int(claim.period_start)}"
-        return [base + ":spent", base + ":res", base + ":exp"]
+    def _budget_keys(self, home: str, claim: BudgetClaim) -> list[str]:
+        base = f"{self._home(home)}budget:{claim.scope}:{int(claim.period_start)}"
+        return [base + ":spent", base + ":res"]
 
-    async def reserve(self, claims: list[BudgetClaim], request_id: str, amount: float,
-                      ttl_s: float) -> tuple[BudgetClaim, float, float] | None:
-        for claim in claims:
-            await self._load_spent(claim)
-        keys = [k for c in claims for k in self._budget_keys(c)]
-        args: list[str | float] = [request_id, amount, ttl_s, *(c.budget_usd for c in claims)]
-        result = await self.call(lambda r: self._scripts["reserve"](keys=keys, args=args))
-        if not result or int(result[0]) == 0:
-            return None
-        return claims[int(result[0]) - 1], float(result[1]), float(result[2])
+    async def reserve(self, home: str, claims: list[BudgetClaim],
+                      amount: float) -> BudgetReservation | BudgetRefusal:
+        keys = [k for c in claims for k in self._budget_keys(home, c)]
+        if not await self._reconciled(home, claims):
+            return self._unreserved(keys)
+        args: list[Any] = [_RESERVE_WIDTH_S, RESERVATION_BUCKETS, amount,
+                           *(c.budget_usd for c in claims)]
+        for _ in range(len(claims) + 1):  # at most one seeding per claim
+            result = await self.call(lambda r: self._scripts["reserve"](keys=keys, args=args))
+            if not result:
+                return self._unreserved(keys)
+            which = int(result[0])
+            if which == 0:
+                return BudgetReservation(int(result[1]), amount)
+            if which > 0:
+                return BudgetRefusal(claims[which - 1], float(result[1]),
+                                     max(0.0, float(result[2])))
+            await self._seed(keys[2 * int(result[1]) - 2], claims[int(result[1]) - 1])
+        raise StateUnavailable("Budget counters could not be seeded from the ledger.")
 
-    async def _load_spent(self, claim: BudgetClaim) -> None:
-        """First use of a budget in a period: seed the counter from the durable ledger."""
-        spent_key = self._budget_keys(claim)[0]
-        if await self.call(lambda r: r.exists(spent_key)):
-            return
+    def _unreserved(self, keys: list[str]) -> BudgetReservation:
+        """Failing open: nothing was reserved, and these counters miss what is spent now."""
+        self._mark_stale(keys[0::2], None)
+        return BudgetReservation(0, 0.0)
+
+    async def _seed(self, spent_key: str, claim: BudgetClaim, *, force: bool = False) -> bool:
+        """Set a budget's counter from the durable ledger: on its first use in a period
+        (NX: another worker may have seeded it already), or after an outage (force)."""
         spent = await claim.load_spent()
-        # Kept well past any period (a month); NX: another worker may have seeded it already.
-        await self.call(lambda r: r.set(spent_key, repr(spent), nx=True, ex=40 * 86400))
 
-    async def settle(self, claims: list[BudgetClaim], request_id: str, cost: float) -> None:
-        keys = [k for c in claims for k in self._budget_keys(c)]
-        await self.call(lambda r: self._scripts["settle"](keys=keys, args=[request_id, cost]))
+        async def write(r: Client) -> bool:
+            await r.set(spent_key, repr(spent), nx=not force, ex=_spent_ttl(claim))
+            return True
 
-    async def breaker_updates(self) -> dict[str, tuple[str, float]]:
-        raw = await self.call(lambda r: r.hgetall(self._prefix + "breakers"), fail_open=True)
+        return await self.call(write) is not None
+
+    def _mark_stale(self, spent_keys: Sequence[str], unreleased: BudgetReservation | None) -> None:
+        for key in spent_keys:
+            pending = self._stale.setdefault(key, [])
+            if unreleased is not None and unreleased.amount > 0:
+                pending.append((unreleased.bucket, unreleased.amount))
+        while len(self._stale) > _MAX_STALE:
+            dropped = next(iter(self._stale))
+            del self._stale[dropped]
+            log.warning("too many budgets to reconcile after the redis outage; %s will not be "
+                        "reconciled from the ledger", dropped)
+
+    async def _reconciled(self, home: str, claims: list[BudgetClaim]) -> bool:
+        """Whether Redis is reachable, with these claims' counters reconciled from the ledger
+        if they missed spend during an outage. While Redis is down one cheap PING stands in for
+        the script, so an outage costs one timeout per request, as before."""
+        if self._down_since is not None and await self.call(lambda r: r.ping()) is None:
+            return False
+        for claim in claims:
+            keys = self._budget_keys(home, claim)
+            if keys[0] in self._stale:
+                if not await self._seed(keys[0], claim, force=True):
+                    return False
+                for bucket, amount in self._stale.pop(keys[0], []):
+                    await self._release(keys, claim, bucket, amount)
+        return True
+
+    async def _release(self, keys: list[str], claim: BudgetClaim, bucket: int,
+                       amount: float) -> None:
+        """Release a reservation whose settle failed during the outage (if Redis kept it)."""
+        args = [bucket, amount, 0, _spent_ttl(claim)]
+        await self.call(lambda r: self._scripts["settle"](keys=keys, args=args), fail_open=True)
+
+    async def settle(self, home: str, claims: list[BudgetClaim],
+                     reservation: BudgetReservation | None, cost: float) -> None:
+        release = reservation.amount if reservation is not None else 0.0
+        if release == 0 and cost == 0:
+            return
+        keys = [k for c in claims for k in self._budget_keys(home, c)]
+        args: list[Any] = [reservation.bucket if reservation is not None else 0, release, cost,
+                           *(_spent_ttl(c) for c in claims)]
+        settled = await self.call(lambda r: self._scripts["settle"](keys=keys, args=args),
+                                  fail_open=True)  # the answer is given: never refuse here
+        if settled is None:
+            self._mark_stale(keys[0::2], reservation)
+
+    async def standing(self, home: str, claim: BudgetClaim) -> tuple[float, float]:
+        keys = self._budget_keys(home, claim)
+        if not await self._reconciled(home, [claim]):
+            raise StateUnavailable("Shared state (Redis) is unreachable.")
+        args = [_RESERVE_WIDTH_S, RESERVATION_BUCKETS]
+        result = await self.call(lambda r: self._scripts["standing"](keys=keys, args=args))
+        if result is None:
+            raise StateUnavailable("Shared state (Redis) is unreachable.")
+        # Adding and releasing float amounts can leave a residue around 1e-18: never below 0.
+        reserved = max(0.0, float(result[1]))
+        if result[0] is None:  # not used yet this period: the ledger knows
+            return await claim.load_spent(), reserved
+        return float(result[0]), reserved
+
+    def _breaker_key(self, dep_id: str) -> str:
+        return f"{self._prefix}breaker:{dep_id}"
+
+    async def breaker_updates(self, dep_ids: Sequence[str]) -> dict[str, tuple[str, float]]:
+        keys = [self._breaker_key(d) for d in dep_ids]
+        raw = await self.call(lambda r: _get_many(r, keys), fail_open=True) if keys else None
         out = {}
-        for dep, value in (raw or {}).items():
-            state, _, until = _text(value).partition("|")
-            out[_text(dep)] = (state, float(until or 0))
+        for dep, value in zip(dep_ids, raw or (), strict=False):
+            if value is not None:
+                state, _, until = _text(value).partition("|")
+                out[dep] = (state, float(until or 0))
         return out
 
     async def publish_breaker(self, dep_id: str, state: str, open_until: float) -> None:
-        await self.call(lambda r: r.hset(self._prefix + "breakers", dep_id,
-                                         f"{state}|{open_until}"), fail_open=True)
+        await self.call(lambda r: r.set(self._breaker_key(dep_id), f"{state}|{open_until}",
+                                        ex=_BREAKER_TTL_S), fail_open=True)
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+async def _get_many(client: Client, keys: list[str]) -> list[Any]:
+    """MGET; across slots on a cluster (one MGET per node, not atomic: each key is its own)."""
+    if isinstance(client, RedisCluster):
+        return await client.mget_nonatomic(keys)
+    return await client.mget(keys)
+
+
+def _spent_ttl(claim: BudgetClaim) -> int:
+    """A period's counter outlives its period by a day, then goes; a "total" one is renewed."""
+    if math.isinf(claim.period_end):
+        return _TOTAL_SPENT_TTL_S
+    return max(60, math.ceil(claim.period_end - time.time()) + 86400)
 
 
 def _text(value: bytes | str) -> str:

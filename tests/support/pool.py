@@ -23,16 +23,19 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @contextlib.asynccontextmanager
 async def running_pool(config: dict[str, Any], tmp_path: Path, workers: int = 2,
+                       log: Path | None = None,
                        ) -> AsyncIterator[tuple[subprocess.Popen[bytes], str]]:
-    """`podium serve --workers N` on `config`, ready; the whole process group stopped after."""
+    """`podium serve --workers N` on `config`, ready; the whole process group stopped after.
+    Its stderr (the logs) goes to `log` when given."""
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))
     port = free_port()
-    proc = subprocess.Popen(  # noqa: ASYNC220 - Popen returns at once; the wait is async
-        [sys.executable, "-m", "gateway", "serve", "--config", str(path), "--port", str(port),
-         "--workers", str(workers)], cwd=ROOT, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True)  # its own process group: teardown stops the workers too
+    with (log or Path(os.devnull)).open("wb") as stderr:
+        proc = subprocess.Popen(  # noqa: ASYNC220 - Popen returns at once; the wait is async
+            [sys.executable, "-m", "gateway", "serve", "--config", str(path), "--port",
+             str(port), "--workers", str(workers)], cwd=ROOT, stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True)  # its own process group: teardown stops the workers too
     base = f"http://127.0.0.1:{port}"
     try:
         await until(lambda: get_json(base + "/readyz"), "the pool to be ready")
