@@ -85,9 +85,13 @@ async def test_kill_nine_under_load_loses_no_answered_request(upstream: Upstream
     assert len(answered) >= 200
     assert [r for r in answered if r not in audited] == []
     assert [r for r in answered if r not in billed] == []
-    verify = subprocess.run([sys.executable, "-m", "gateway", "audit", "verify", "--config",
-                             str(config)], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    verify = _verify(config)
     assert verify.returncode == 0, verify.stderr
+
+
+def _verify(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway", "audit", "verify", "--config",
+                           str(config)], capture_output=True, text=True, timeout=60, cwd=ROOT)
 
 
 async def _at_least(items: list[str], n: int) -> bool:
