@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.support.net import free_port
 from tests.support.waiting import CEILING_S, until_sync
@@ -70,9 +71,11 @@ def test_the_flag_names_the_port_it_moves(tmp_path: Path, busy: int) -> None:
     assert result.returncode == 1 and f"127.0.0.1:{busy}: the port is in use" in result.stderr
 
 
-def test_warnings_at_start_and_serving_only_once_bound(tmp_path: Path) -> None:
+def started(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """`podium serve` on its way up; its output lines, read until it says "serving" (when the
+    socket must take a connection at once) or exits."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", *args], cwd=ROOT,
                             env=serve_env(tmp_path, port, free_port()), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     lines: list[str] = []
@@ -81,18 +84,26 @@ def test_warnings_at_start_and_serving_only_once_bound(tmp_path: Path) -> None:
     def read() -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
+            lines.append(line)
             if "serving" in line and not accepted:  # at once: is the socket really bound?
                 with socket.create_connection(("127.0.0.1", port), timeout=5):
                     accepted.append(True)
-            lines.append(line)
 
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    threading.Thread(target=read, daemon=True).start()
+    until_sync(lambda: accepted or proc.poll() is not None, "podium serve to say serving",
+               poll_s=0.05)
+    assert accepted, "".join(lines)
+    return proc, lines
+
+
+def messages_of(lines: list[str]) -> list[str]:
+    return [json.loads(line)["message"] for line in lines if line.startswith("{")]
+
+
+def test_warnings_at_start_and_serving_only_once_bound(tmp_path: Path) -> None:
+    proc, lines = started(tmp_path)
     try:
-        until_sync(lambda: accepted or proc.poll() is not None, "podium serve to say serving",
-                   poll_s=0.05)
-        assert accepted, "".join(lines)
-        messages = [json.loads(line)["message"] for line in lines if line.startswith("{")]
+        messages = messages_of(lines)
         serving = next(i for i, m in enumerate(messages) if m.startswith("serving"))
         warned = [i for i, m in enumerate(messages)
                   if m.startswith("config: admin_keys[0].key: this is the development admin key")]
@@ -101,4 +112,17 @@ def test_warnings_at_start_and_serving_only_once_bound(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=CEILING_S)
-        reader.join(timeout=CEILING_S)
+
+
+def test_a_team_that_can_reach_nothing_is_reported_at_start(tmp_path: Path) -> None:
+    config = yaml.safe_load((ROOT / "config" / "gateway.yaml").read_text())
+    config["teams"] = [{"name": "dev", "data_class": "confidential"}]
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc, lines = started(tmp_path, "--config", str(path))
+    try:
+        assert any(m.startswith("config: teams[0]: team 'dev' can reach no deployment: its "
+                                "data_class is 'confidential'") for m in messages_of(lines))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=CEILING_S)
