@@ -28,6 +28,7 @@ from gateway.http import (
     reload,
     reviews,
 )
+from gateway.http.dashboard_window import History
 from gateway.http.middleware import add_request_id, edge_middleware
 from gateway.observability import telemetry as telemetry_mod
 from gateway.observability.metrics import Metrics
@@ -35,7 +36,7 @@ from gateway.observability.telemetry import Telemetry
 from gateway.runtime import GATEWAY, Gateway, Runtime
 from gateway.simulator import start_from_config
 from gateway.storage.backends import journal_dir, open_state, open_stores
-from gateway.workers import watch_supervisor
+from gateway.workers import WORKER_ENV, watch_supervisor
 from plugins.registry import Governance
 
 
@@ -54,6 +55,7 @@ def build_app(config: GatewayConfig, telemetry: Telemetry | None = None,
         keystore=stores.keys, governance=governance, telemetry=telemetry, state=state,
         metrics=Metrics(t.name for t in config.teams), config_path=config_path)
     app[dashboard.ASSETS] = dashboard.load_assets()
+    app[dashboard.HISTORY] = History(os.getpid(), os.environ.get(WORKER_ENV))
     _add_routes(app.router)
     app.cleanup_ctx.append(_keystore_ctx)
     app.cleanup_ctx.append(_governance_ctx)
@@ -63,6 +65,7 @@ def build_app(config: GatewayConfig, telemetry: Telemetry | None = None,
         app.cleanup_ctx.append(_orphan_ctx)
     app.cleanup_ctx.append(_sighup_ctx)
     app.cleanup_ctx.append(_providers_ctx)
+    app.cleanup_ctx.append(dashboard.history_ctx)
     return app
 
 

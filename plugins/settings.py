@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from gateway.config_base import Frozen
+from gateway.config_base import DataClass, Frozen
 from routing.rules import RuleMatch, valid_regex
 
 BudgetPeriod = Literal["day", "month", "total"]
@@ -56,7 +56,14 @@ class AuditConfig(Frozen):
 
 
 class ApprovalMatch(RuleMatch):
-    data_class: str | list[str] | None = None
+    # One class or a list of them; a typo here would hold nothing, silently, so each must be
+    # one of the four (a single value is read as a list of one, for path-qualified errors).
+    data_class: tuple[DataClass, ...] | None = None
+
+    @field_validator("data_class", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
 
 
 class ApprovalRule(Frozen):
@@ -103,12 +110,3 @@ def third_party() -> dict[str, EntryPoint]:
 
 def plugin_ref(ref: PluginRef | str) -> PluginRef:
     return PluginRef(name=ref) if isinstance(ref, str) else ref
-
-
-def unknown_plugins(refs: tuple[PluginRef | str, ...]) -> list[str]:
-    """Path-qualified problems for names that are neither built in nor installed."""
-    installed = third_party()
-    return [f"plugins[{i}].name: unknown plugin {name!r} (not built in, and no "
-            f"{ENTRY_POINT_GROUP!r} entry point of that name is installed)"
-            for i, name in enumerate(plugin_ref(r).name for r in refs)
-            if name not in BUILTIN_ORDER and name not in installed]
