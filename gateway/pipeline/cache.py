@@ -78,9 +78,12 @@ class Cache:
                          default_ttl_s=plan.cache_ttl_s if plan.cache_ttl_s is not None
                          else cfg.ttl_s, nondeterministic_ok=plan.cache_any_temperature,
                          held=ctx.hold is not None)
-            # Every candidate the caller may use, not the chain: breakers and cool-downs
-            # reorder the chain, and must not change the key.
-            candidates = tuple(c.deployment.id for c in plan.candidates)
+            # Every adequate candidate the caller may use, not the chain: breakers and
+            # cool-downs reorder the chain, and must not change the key; the required quality
+            # must (a cheap answer never serves a request that requires more, such as one a
+            # learned rule escalated or one with x-podium-min-quality).
+            candidates = tuple(c.deployment.id for c in plan.candidates
+                               if c.deployment.quality >= plan.min_quality)
             lookup = CacheLookup(self.store, pol, "")
             if pol.read or pol.write:
                 lookup.key = cache_key(ctx.body, candidates, _tenant(ctx), scope.data_class,
