@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.errors import AuthenticationFailed, PodiumError
@@ -28,6 +29,7 @@ from gateway.pipeline.identity import (
 )
 from gateway.storage.audit_chain import VerifyResult
 from routing.learned.commands import add_router_commands
+from routing.learned.live import LearnedRules
 
 DEFAULT_CONFIG = "config/gateway.yaml"
 
@@ -49,16 +51,23 @@ def _loaded(arg: str | None, command: str) -> tuple[Path, GatewayConfig | None]:
     other commands."""
     path = _config_path(arg)
     try:
-        return path, load_config(path)
+        cfg = load_config(path)
+        if command == "check":  # serve checks them as it compiles; route below
+            LearnedRules.compile(cfg.routing, path.parent)
+        return path, cfg
     except ConfigError as err:
         problems = err.problems
+    _print_problems(path, problems, command)
+    return path, None
+
+
+def _print_problems(path: Path, problems: list[str], command: str) -> None:
     if command in _LISTS_PROBLEMS:
         print(_LISTS_PROBLEMS[command].format(path=path, n=len(problems)), file=sys.stderr)
         for problem in problems:
             print(f"  {problem}", file=sys.stderr)
     else:
         print(f"{path}: {len(problems)} problem(s); run 'podium check'", file=sys.stderr)
-    return path, None
 
 
 _LISTS_PROBLEMS = {"check": "{path}: {n} problem(s)",
@@ -87,11 +96,16 @@ def cmd_route(args: argparse.Namespace) -> int:
     from routing.health import Health
     from routing.router import Router
 
-    _, cfg = _loaded(args.config, "route")
+    path, cfg = _loaded(args.config, "route")
     if cfg is None:
         return 1
+    try:
+        learned = LearnedRules.compile(cfg.routing, path.parent)
+    except ConfigError as err:
+        _print_problems(path, err.problems, "route")
+        return 1
     planner = Planner(Router(Catalog.from_config(cfg), cfg.routing), cfg.pii, Health(),
-                      disabled().span)
+                      disabled().span, learned)
     try:
         principal = _principal(cfg, args)
         parsed = validate_call(ChatCompletionRequest, orjson.loads(sys.stdin.buffer.read()))
@@ -167,6 +181,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
         from gateway.workers import supervise
 
+        try:  # each worker loads the heads again; a broken one must stop the pool here
+            LearnedRules.compile(cfg.routing, path.parent)
+        except ConfigError as err:
+            _print_problems(path, err.problems, "serve")
+            return 1
         loop = _new_loop()
         try:
             return loop.run_until_complete(supervise(path, cfg, host, port, args.workers))
@@ -177,7 +196,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     in_pool = WORKER_ENV in os.environ  # the supervisor runs the simulator for the pool
     logging.getLogger("podium").info("serving %s on http://%s:%d (pid %d)", path, host, port,
                                      os.getpid())
-    app = build_app(cfg, start_simulator=not in_pool, config_path=path.resolve())
+    try:
+        app = build_app(cfg, start_simulator=not in_pool, config_path=path.resolve())
+    except ConfigError as err:  # found while compiling: a learned rule's head file
+        _print_problems(path, err.problems, "serve")
+        return 1
     _tune_gc()
     web.run_app(app, host=host, port=port,
                 access_log=None, loop=_new_loop(), reuse_port=args.reuse_port or None,
@@ -233,8 +256,39 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a config file")
     check.add_argument("--config", help=f"config file (default {DEFAULT_CONFIG})")
     check.set_defaults(func=cmd_check)
-    add_router_commands(sub)
+    add_router_commands(sub, read_audit=read_router_outcomes)
     return parser
+
+
+def read_router_outcomes(config: str | None, embedder: str, since: float | None,
+                         limit: int) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """What `podium router train --from-audit` learns from: the audit trail that the config
+    names (SQLite or PostgreSQL), read through the storage layer."""
+    path = _config_path(config)
+    try:
+        cfg = load_config(path)
+    except ConfigError as err:
+        raise ValueError(f"{path}: {len(err.problems)} problem(s); run 'podium check'") \
+            from None
+    where = cfg.audit.path or cfg.storage.path
+    if cfg.audit.enabled and cfg.storage.backend == "sqlite" and not Path(where).is_file():
+        raise ValueError(f"{where}: no audit trail here")
+    return asyncio.run(_router_outcomes(cfg, embedder, since, limit))
+
+
+async def _router_outcomes(cfg: GatewayConfig, embedder: str, since: float | None,
+                           limit: int) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    from gateway.storage.backends import open_stores
+    from gateway.storage.learning import router_outcomes
+
+    audit = open_stores(cfg).audit
+    if audit is None:
+        raise ValueError("the audit trail is disabled (audit.enabled: false): nothing to learn")
+    await audit.start()
+    try:
+        return await router_outcomes(audit, embedder, since, limit)
+    finally:
+        await audit.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -47,6 +47,10 @@ class AuditConfig(Frozen):
     enabled: bool = True
     path: str | None = None                              # default: storage.path
     include_content: bool = False                        # prompts and answers in records
+    # For requests under a cascade or learned rule: the prompt's hashed features (not its
+    # text) for `podium router train --from-audit`; never for requests in which PII was found
+    # or whose data is confidential or restricted (docs/learned-router.md, "Privacy").
+    router_features: bool = True
 
 
 class ApprovalMatch(RuleMatch):

@@ -35,6 +35,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import AdminKeyEntry
 from gateway.errors import AuthenticationFailed, PermissionDenied, RouteNotFound
+from gateway.observability.learned_metrics import learned_report
 from gateway.pipeline.egress import json_response
 from gateway.runtime import GATEWAY, Gateway
 
@@ -343,6 +344,7 @@ async def snapshot(gw: Gateway) -> dict[str, Any]:
             {"id": r.id, "rule": r.rule, "team": r.team, "model": r.model,
              "created_at": int(r.created_at)} for r in pending[:REVIEWS_SHOWN]]},
         "feedback": {"by_deployment": feedback_dep, "by_route": _feedback(samples, "route")},
+        "learned": learned_report(samples),
     }
 
 

@@ -91,7 +91,8 @@ _AUDIT_FILTERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "status": ("status = ${}", int), "request_id": ("request_id = ${}", str),
     "since": ("ts >= ${}", float), "until": ("ts < ${}", float),
     "trace_id": ("(record::jsonb ->> 'trace_id') = ${}", str),
-    "event": ("(record::jsonb ->> 'event') = ${}", str)}
+    "event": ("(record::jsonb ->> 'event') = ${}", str),
+    "router_embedder": ("(record::jsonb #>> '{{router,embedder}}') = ${}", str)}
 
 _REVIEWS_DDL = """
 CREATE TABLE IF NOT EXISTS podium_reviews (

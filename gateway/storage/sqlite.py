@@ -133,7 +133,8 @@ CREATE TABLE IF NOT EXISTS audit (
 _FILTERS = {"key_id": "key_id = ?", "team": "team = ?", "status": "status = ?",
             "request_id": "request_id = ?", "since": "ts >= ?", "until": "ts < ?",
             "trace_id": "json_extract(record, '$.trace_id') = ?",
-            "event": "json_extract(record, '$.event') = ?"}
+            "event": "json_extract(record, '$.event') = ?",
+            "router_embedder": "json_extract(record, '$.router.embedder') = ?"}
 
 
 class AuditLog(BatchedSQLiteStore[AuditRecord]):

@@ -14,10 +14,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from cachetools import LRUCache
 
 from routing.learned.embedders import Embedder
-from routing.learned.features import PromptFeatures
+from routing.learned.features import PromptFeatures, RecordedFeatures
 from routing.learned.head import LinearHead
 
 OFF_LOOP_MS = 1.0
@@ -26,9 +27,10 @@ _SMOOTHING = 0.1                      # weight of the newest sample in the runni
 
 class DifficultyScorer:
     def __init__(self, head: LinearHead, embedder: Embedder | None = None,
-                 cache_size: int = 4096) -> None:
+                 cache_size: int = 4096, off_loop_ms: float = OFF_LOOP_MS) -> None:
         self.head = head
         self.embedder = embedder or head.make_embedder()
+        self.off_loop_ms = off_loop_ms
         self._cache: LRUCache[bytes, float] = LRUCache(maxsize=max(cache_size, 1))
         self._lock = threading.Lock()  # scores may run on worker threads; the cache is shared
         self._cost_ms: float | None = None
@@ -48,13 +50,26 @@ class DifficultyScorer:
                 return cached
         started = time.thread_time_ns()
         value = self.head.score(features, self.embedder)
-        spent_ms = (time.thread_time_ns() - started) / 1e6
+        self._note(key, value, started, miss=True)
+        return value
+
+    def score_and_record(self, features: PromptFeatures) -> tuple[float, RecordedFeatures]:
+        """The score and the features as the audit trail keeps them. It always embeds (the
+        record needs the vector, which the cache does not keep), so a cached score saves
+        nothing here; the score is cached for requests that are not recorded."""
+        started = time.thread_time_ns()
+        index, values = self.embedder.embed(features.text)
+        value = self.head.score_embedded(features, index, values)
+        self._note(features.digest(), value, started, miss=False)
+        return value, recorded(self.embedder, features, index, values)
+
+    def _note(self, key: bytes, value: float, started_ns: int, *, miss: bool) -> None:
+        spent_ms = (time.thread_time_ns() - started_ns) / 1e6
         with self._lock:
-            self.misses += 1
+            self.misses += miss
             self._cache[key] = value
             self._cost_ms = spent_ms if self._cost_ms is None else (
                 (1 - _SMOOTHING) * self._cost_ms + _SMOOTHING * spent_ms)
-        return value
 
     def score_messages(self, messages: Sequence[Mapping[str, Any]]) -> float:
         return self.score(PromptFeatures.of_messages(messages))
@@ -74,4 +89,14 @@ class DifficultyScorer:
 
     @property
     def runs_off_loop(self) -> bool:
-        return self.cost_ms > OFF_LOOP_MS
+        return self.cost_ms > self.off_loop_ms
+
+
+def recorded(embedder: Embedder, features: PromptFeatures, index: np.ndarray | None = None,
+             values: np.ndarray | None = None) -> RecordedFeatures:
+    """The features as the audit trail keeps them (embedding the text unless given)."""
+    if index is None or values is None:
+        index, values = embedder.embed(features.text)
+    return RecordedFeatures(embedder.name, embedder.params, tuple(index.tolist()),
+                            tuple(np.round(values.astype(np.float64), 5).tolist()),
+                            features.text_chars, features.total_chars, features.turns)

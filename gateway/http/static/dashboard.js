@@ -1,5 +1,6 @@
 // Polls /admin/dashboard/data every 2 s, keeps the history in memory and draws it.
 import { barChart, colorFor, html, lineChart } from "./charts.js";
+import { renderLearned } from "./learned.js";
 
 const POLL_MS = 2000;
 const KEEP_S = 3600;
@@ -182,6 +183,7 @@ function render() {
   barChart(document.getElementById("bars-feedback-rule"), feedbackRows(snap.feedback.by_route), feedbackOpts);
   renderHealth(snap.deployments);
   renderReviews(snap.reviews, now);
+  renderLearned(document.getElementById("learned"), snap.learned);
 }
 
 function renderHealth(deployments) {
