@@ -1,10 +1,10 @@
 """The learned rules of one config version, as the route hop uses them.
 
 Pure Python at import: numpy comes in (through `runtime`) only when a config has a learned rule,
-or a cascade rule whose features the audit trail keeps. A score runs inline when it is cheap
-(the default embedder: ~0.05 ms) and on a worker thread when the scorer has measured it above
-~1 ms (a heavy embedder), where it delays no other request; either way the loop's share is
-small (bench/learned_loop.py measures it).
+or a cascade rule whose features the audit trail keeps. A cached score is read on the loop; an
+uncached one runs inline unless the scorer expects it to cost more than ~1 ms (a heavy
+embedder, a long prompt), which then runs on a worker thread (scorer.py says why the line is
+there; bench/learned_hop.py measures the loop's share).
 """
 
 from __future__ import annotations
@@ -61,7 +61,10 @@ class LearnedRules:
         if rule is None:
             return None
         features = PromptFeatures.of_messages(messages)
-        if rule.scorer.runs_off_loop:
+        hit = None if record else rule.cached(features)   # a recorded request needs the vector
+        if hit is not None:
+            return hit
+        if rule.scorer.off_loop_for(features):
             return await asyncio.to_thread(rule.assess, features, record)
         return rule.assess(features, record)
 

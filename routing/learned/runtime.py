@@ -2,10 +2,10 @@
 the learned rules of a whole config, compiled together (`compile_rules`).
 
 The gateway builds one `LearnedRule` per learned rule when a config is loaded (and on reload),
-scores each matching request with `assess` (on a worker thread when `scorer.runs_off_loop`;
-see `live.py`), passes the result to the router in `RouteRequest.difficulty`, and calls `tick`
-from a periodic task so a target share follows the traffic. A quality target is fixed by the
-head's labels and never moves; it is recomputed only when the head file changes.
+scores each matching request with `assess` (on a worker thread when the scorer expects it to
+be costly; see `live.py`), passes the result to the router in `RouteRequest.difficulty`, and
+calls `tick` from a periodic task so a target share follows the traffic. A quality target is
+fixed by the head's labels and never moves; it is recomputed only when the head file changes.
 """
 
 from __future__ import annotations
@@ -74,6 +74,11 @@ class LearnedRule:
     def difficulty(self, features: PromptFeatures) -> Difficulty:
         """Score one request and note it for the share calibration; CPU-bound (see scorer)."""
         return self._observe(self.scorer.score(features))
+
+    def cached(self, features: PromptFeatures) -> Assessment | None:
+        """The assessment from a cached score (no features kept), or None: on the loop."""
+        score = self.scorer.cached(features)
+        return Assessment(self._observe(score)) if score is not None else None
 
     def assess(self, features: PromptFeatures, record: bool) -> Assessment:
         """`difficulty`, and the features for the audit trail when `record`; CPU-bound."""
