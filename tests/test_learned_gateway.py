@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
 import pytest
 import yaml
@@ -78,6 +79,26 @@ async def test_the_route_span_carries_the_score_threshold_and_decision(
     assert attrs["podium.route.learned.score"] >= attrs["podium.route.learned.threshold"]
     assert attrs["podium.route.learned.threshold_source"] == "head prior"
     assert attrs["podium.route.min_quality"] == attrs["podium.route.learned.quality"] > 40
+
+
+async def test_an_explanation_is_not_traffic(upstream: Upstream, make_gateway: Any,
+                                             head: Path) -> None:
+    """Explain decides exactly as live traffic does, but moves neither the calibration nor the
+    realised share."""
+    gw = await make_gateway(learned_config(upstream, head))
+    rule = gw.gateway.runtime.learned.get("support-learned")
+    assert rule is not None and rule.calibrator is not None
+    async with aiohttp.ClientSession() as session:
+        for _ in range(2):
+            async with session.post(gw.url + "/route/explain", json={
+                    "model": "chat", "messages": [{"role": "user", "content": HARD}]},
+                    headers={"Authorization": f"Bearer {APP_KEY}"}) as resp:
+                explained = await resp.json()
+    assert explained["learned"]["decision"] == "escalate"
+    assert (rule.calibrator.recent, rule.recent_share()) == (0, None)
+    raw = await chat(gw, HARD)
+    assert f"score={explained['learned']['score']:.4f}" in raw.headers["x-podium-route"]
+    assert (rule.calibrator.recent, rule.recent_share()) == (1, 1.0)
 
 
 # ---- the audit record -----------------------------------------------------------------------

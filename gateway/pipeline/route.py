@@ -79,9 +79,10 @@ class Planner:
 
     async def chat(self, principal: Principal, parsed: Parsed[ChatCompletionRequest],
              headers: Mapping[str, str]) -> RouteDecision:
-        """Both hops for a chat request."""
+        """Both hops for a chat request, as an explanation (live traffic sequences them
+        itself, `permit_chat` then `route_chat`)."""
         scope = await self.permit_chat(principal, parsed, headers)
-        return await self.route_chat(principal, parsed, headers, scope)
+        return await self.route_chat(principal, parsed, headers, scope, live=False)
 
     async def permit_chat(self, principal: Principal, parsed: Parsed[ChatCompletionRequest],
                     headers: Mapping[str, str]) -> PermissionScope:
@@ -92,16 +93,19 @@ class Planner:
             return scope
 
     async def route_chat(self, principal: Principal, parsed: Parsed[ChatCompletionRequest],
-                         headers: Mapping[str, str], scope: PermissionScope) -> RouteDecision:
+                         headers: Mapping[str, str], scope: PermissionScope,
+                         live: bool = True) -> RouteDecision:
         """The route hop for a chat request: under a learned rule the prompt is scored first
-        (its difficulty sets the required quality), then planned like any other."""
+        (its difficulty sets the required quality), then planned like any other. An
+        explanation (`live` false) decides alike but is not traffic: it does not move the
+        calibration and keeps no features."""
         req = chat_route_request(parsed.typed, parsed.body, principal, headers,
                                  self.router.tokens, scope)
-        record = self.features.allows(scope)
+        record = live and self.features.allows(scope)
         messages = parsed.body["messages"]
         with self.span("podium.route") as span:
             learned = self.router.learned_rule(req)
-            assessed = (await self.learned.assess(learned[0], messages, record)
+            assessed = (await self.learned.assess(learned[0], messages, record, live)
                         if learned is not None else None)
             if assessed is not None:
                 req = replace(req, difficulty=assessed.difficulty)

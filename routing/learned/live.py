@@ -53,20 +53,21 @@ class LearnedRules:
     def get(self, name: str) -> LearnedRule | None:
         return self._compiled.rules.get(name) if self._compiled else None
 
-    async def assess(self, name: str, messages: Sequence[Mapping[str, Any]],
-                     record: bool) -> Assessment | None:
+    async def assess(self, name: str, messages: Sequence[Mapping[str, Any]], record: bool,
+                     live: bool = True) -> Assessment | None:
         """Score a request under learned rule `name` (and keep its features when `record`);
-        None when the rule has no scorer, which the router plans at the rule's ceiling."""
+        None when the rule has no scorer, which the router plans at the rule's ceiling. An
+        explanation (`live` false) is scored alike but does not count as traffic."""
         rule = self.get(name)
         if rule is None:
             return None
         features = PromptFeatures.of_messages(messages)
-        hit = None if record else rule.cached(features)   # a recorded request needs the vector
+        hit = None if record else rule.cached(features, live)  # recording needs the vector
         if hit is not None:
             return hit
         if rule.scorer.off_loop_for(features):
-            return await asyncio.to_thread(rule.assess, features, record)
-        return rule.assess(features, record)
+            return await asyncio.to_thread(rule.assess, features, record, live)
+        return rule.assess(features, record, live)
 
     def record(self, messages: Sequence[Mapping[str, Any]]) -> RecordedFeatures | None:
         """A cascade request's features for the audit trail (inline: the default embedder

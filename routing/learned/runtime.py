@@ -75,23 +75,25 @@ class LearnedRule:
         """Score one request and note it for the share calibration; CPU-bound (see scorer)."""
         return self._observe(self.scorer.score(features))
 
-    def cached(self, features: PromptFeatures) -> Assessment | None:
+    def cached(self, features: PromptFeatures, live: bool = True) -> Assessment | None:
         """The assessment from a cached score (no features kept), or None: on the loop."""
         score = self.scorer.cached(features)
-        return Assessment(self._observe(score)) if score is not None else None
+        return Assessment(self._observe(score, live)) if score is not None else None
 
-    def assess(self, features: PromptFeatures, record: bool) -> Assessment:
-        """`difficulty`, and the features for the audit trail when `record`; CPU-bound."""
+    def assess(self, features: PromptFeatures, record: bool, live: bool = True) -> Assessment:
+        """The score, and the features for the audit trail when `record`; CPU-bound. Only a
+        `live` request (not an explanation) counts toward the calibration and realised share."""
         if not record:
-            return Assessment(self.difficulty(features))
+            return Assessment(self._observe(self.scorer.score(features), live))
         score, kept = self.scorer.score_and_record(features)
-        return Assessment(self._observe(score), kept)
+        return Assessment(self._observe(score, live), kept)
 
-    def _observe(self, score: float) -> Difficulty:
-        if self.calibrator is not None:
+    def _observe(self, score: float, live: bool = True) -> Difficulty:
+        if live and self.calibrator is not None:
             self.calibrator.observe(score)
         calibration = self.calibration
-        self._escalated.append(score >= calibration.threshold)
+        if live:
+            self._escalated.append(score >= calibration.threshold)
         return Difficulty(score, calibration)
 
     def quality_target(self) -> float | None:
