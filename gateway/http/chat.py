@@ -77,7 +77,7 @@ async def _call(gw: Gateway, rt: Runtime, ctx: RequestContext,
     """Hop 7 for a whole answer: the plan walked, checked for a cascade, un-masked."""
     plan, scope = decision.plan, decision.scope
     check = AnswerCheck(plan.checks, ctx.body) if plan.strategy == "cascade" else None
-    body = _unstreamed(ctx.body) if ctx.stream else ctx.body
+    body = _unstreamed(ctx.upstream_body()) if ctx.stream else ctx.upstream_body()
     result = await gw.caller.chat(plan, body, ctx.deadline(), rt.config.routing, check, scope)
     ctx.outcome.called(result)
     for escalation in result.escalations:
@@ -106,7 +106,7 @@ async def _stream(request: web.Request, gw: Gateway, rt: Runtime, ctx: RequestCo
                   decision: RouteDecision, lookup: CacheLookup) -> web.StreamResponse:
     """Hop 7 for a live stream: the first deployment that starts one answers."""
     scope = decision.scope
-    stream = await gw.caller.open_stream(decision.plan, ctx.body, ctx.deadline(),
+    stream = await gw.caller.open_stream(decision.plan, ctx.upstream_body(), ctx.deadline(),
                                          rt.config.routing, scope)
     ctx.outcome.opened(stream)
     headers = podium_headers(ctx)
@@ -149,6 +149,7 @@ class _Relay:
             raise
         finally:
             if self.stream is not None:
+                await self.stream.abandon()  # a no-op unless the client left mid-stream
                 self.ctx.outcome.streamed(self.stream)
 
     def _first_chunk(self) -> None:
