@@ -8,18 +8,23 @@ This module sits at the top: it imports the handlers (`gateway/http/`) and what 
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import os
 import signal
 import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
 
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, read_text
+from gateway.config_versions import text_of
 from gateway.http import (
     admin,
     chat,
+    config_versions,
     dashboard,
     embeddings,
     explain,
@@ -33,12 +38,16 @@ from gateway.http.middleware import add_request_id, edge_middleware
 from gateway.observability import telemetry as telemetry_mod
 from gateway.observability.metrics import Metrics
 from gateway.observability.telemetry import Telemetry
-from gateway.runtime import GATEWAY, Gateway, Runtime, compile_learned
+from gateway.runtime import GATEWAY, ConfigOrigin, Gateway, Runtime, compile_learned
 from gateway.simulator import start_from_config
-from gateway.storage.backends import journal_dir, open_state, open_stores
+from gateway.storage.backends import journal_dir, open_state, open_stores, open_versions
 from gateway.workers import WORKER_ENV, watch_supervisor
 from plugins.registry import Governance
 
+# How often each process looks for a newer config version (a reload or rollback made through
+# another worker or machine): one indexed read of the version store.
+FOLLOW_S = 1.0
+ORIGIN: web.AppKey[ConfigOrigin] = web.AppKey("podium.config_origin", ConfigOrigin)
 # How often the calibration task looks for a learned rule due to recalibrate (each rule's own
 # `recalibrate_every_s` decides when it is); waking costs nothing measurable.
 CALIBRATION_TICK_S = 1.0
@@ -46,7 +55,9 @@ CALIBRATION_TICK_S = 1.0
 
 def build_app(config: GatewayConfig, telemetry: Telemetry | None = None,
               *, start_simulator: bool = True, config_path: Path | None = None,
-              ) -> web.Application:
+              config_text: str | None = None) -> web.Application:
+    """The gateway for `config`; `config_text` is the YAML it was read from (read again from
+    `config_path` when not given): what its version keeps, and a rollback restores."""
     app = web.Application(middlewares=[edge_middleware],
                           client_max_size=config.server.max_body_bytes)
     app.on_response_prepare.append(add_request_id)
@@ -58,12 +69,15 @@ def build_app(config: GatewayConfig, telemetry: Telemetry | None = None,
     app[GATEWAY] = Gateway(
         runtime=Runtime.compile(config, stores.keys, governance, telemetry.span, learned),
         keystore=stores.keys, governance=governance, telemetry=telemetry, state=state,
-        metrics=Metrics(t.name for t in config.teams), config_path=config_path)
+        metrics=Metrics(t.name for t in config.teams), config_path=config_path,
+        versions=open_versions(config))
+    app[ORIGIN] = _origin(config, config_path, config_text)
     app[dashboard.ASSETS] = dashboard.load_assets()
     app[dashboard.HISTORY] = History(os.getpid(), os.environ.get(WORKER_ENV))
     _add_routes(app.router)
     app.cleanup_ctx.append(_keystore_ctx)
     app.cleanup_ctx.append(_governance_ctx)
+    app.cleanup_ctx.append(_versions_ctx)
     if start_simulator:
         app.cleanup_ctx.append(_simulator_ctx)
     else:  # a worker in a pool: it must not outlive its supervisor
@@ -99,6 +113,9 @@ def _add_routes(r: web.UrlDispatcher) -> None:
     r.add_post("/admin/reviews/{review_id}/approve", reviews.approve)
     r.add_post("/admin/reviews/{review_id}/reject", reviews.reject)
     r.add_post("/admin/reload", reload.admin_reload)
+    r.add_get("/admin/config/versions", config_versions.list_versions)
+    r.add_get("/admin/config/versions/{number}", config_versions.show_version)
+    r.add_post("/admin/config/rollback", config_versions.rollback)
     r.add_get("/admin/dashboard/data", dashboard.data)
     # The dashboard page (a session cookie instead of a bearer key).
     r.add_get("/dashboard", dashboard.page)
@@ -120,6 +137,43 @@ async def _governance_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await governance.close()  # flushes batched audit and spend writes
     await app[GATEWAY].state.close()
+
+
+def _origin(config: GatewayConfig, path: Path | None, text: str | None) -> ConfigOrigin:
+    if text is None and path is not None:
+        text = read_text(path)
+    if text is None:
+        return ConfigOrigin(text_of(config), "(in memory)", restorable=False)
+    return ConfigOrigin(text, str(path) if path is not None else "(text)")
+
+
+async def _versions_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Record (or, in a pool's worker, join) the config version at start, then follow the
+    store's latest version for as long as the process serves."""
+    gw = app[GATEWAY]
+    if gw.versions is None:
+        yield
+        return
+    await gw.versions.start()
+    await gw.start_version(app[ORIGIN], in_pool=WORKER_ENV in os.environ)
+    follower = asyncio.create_task(_follow_forever(gw), name="podium-config-follow")
+    yield
+    follower.cancel()
+    await asyncio.gather(follower, return_exceptions=True)
+    await gw.versions.close()
+
+
+async def _follow_forever(gw: Gateway) -> None:
+    logged = -math.inf
+    while True:
+        await asyncio.sleep(FOLLOW_S)
+        try:
+            await gw.follow()
+        except Exception as err:  # a store outage must not end the follower: it retries
+            if time.monotonic() - logged >= 60:   # and says so once a minute, not a second
+                logged = time.monotonic()
+                logging.getLogger("podium").warning(
+                    "cannot read the config version store (%s); retrying", type(err).__name__)
 
 
 async def _orphan_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -145,7 +199,8 @@ async def _sighup_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def _reload_on_signal(gw: Gateway) -> None:
     if gw.config_path is not None and (gw.reloading is None or gw.reloading.done()):
-        gw.reloading = asyncio.create_task(gw.reload(gw.config_path), name="podium-reload")
+        gw.reloading = asyncio.create_task(
+            gw.reload(gw.config_path, f"SIGHUP (pid {os.getpid()})"), name="podium-reload")
 
 
 async def _simulator_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gateway.cli_config import add_config_commands
 from gateway.config import Checked, ConfigError, GatewayConfig, load_checked, load_config
 from gateway.errors import AuthenticationFailed, PodiumError
 from gateway.observability import logs
@@ -322,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
     check.set_defaults(func=cmd_check)
     add_router_commands(sub, read_audit=read_router_outcomes)
+    add_config_commands(sub)
     return parser
 
 

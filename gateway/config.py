@@ -222,6 +222,31 @@ class TelemetryConfig(Frozen):
     service_name: str = "podium"
 
 
+class ShadowConfig(Frozen):
+    """Bounds on every rule's shadow trials (a rule's own `shadow:` says what to trial)."""
+    max_concurrent: int = Field(default=4, ge=1)   # trials in flight per process; more: skipped
+    rpm: int = Field(default=60, ge=1)            # trials started per minute (shared state)
+    # The shadow category's own budget (its spend is ledgered under key "shadow", never a
+    # team's); None: bounded by rpm alone.
+    budget_usd: float | None = Field(default=None, ge=0)
+    budget_period: Literal["day", "month", "total"] = "day"
+    timeout_s: float = Field(default=60.0, gt=0)  # a candidate's (and a judge's) whole call
+
+
+class WorkflowEntry(Frozen):
+    """A workflow a request may name (`x-podium-workflow`); its name is a metrics label."""
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    description: str | None = None
+
+
+class TasksConfig(Frozen):
+    # A task with no call in flight and none for `idle_s` is finished: its totals go to the
+    # per-task metrics. At most `max_open` tasks are tracked per process; past that the one
+    # idle longest is finished early (memory: about 0.5 KB a task).
+    idle_s: float = Field(default=300.0, gt=0)
+    max_open: int = Field(default=10_000, ge=1)
+
+
 class GatewayConfig(Frozen):
     model_list: tuple[ModelEntry, ...] = Field(min_length=1)
     keys: tuple[KeyEntry, ...] = ()
@@ -242,6 +267,9 @@ class GatewayConfig(Frozen):
     server: ServerConfig = ServerConfig()
     simulator: SimulatorConfig = SimulatorConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    shadow: ShadowConfig = ShadowConfig()
+    workflows: tuple[WorkflowEntry, ...] = ()
+    tasks: TasksConfig = TasksConfig()
 
 
 # ---- loading --------------------------------------------------------------------------------
@@ -291,14 +319,23 @@ def parse_config(raw: Any, env: Mapping[str, str] | None = None) -> GatewayConfi
 
 
 def load_checked(path: str | Path, env: Mapping[str, str] | None = None) -> Checked:
+    return check_text(read_text(path), path, env)
+
+
+def read_text(path: str | Path) -> str:
+    """The config file's text, as it is (a config version keeps exactly this)."""
     try:
-        text = Path(path).read_text()
+        return Path(path).read_text()
     except OSError as exc:
         raise ConfigError([f"(file): cannot read {path}: {exc.strerror}"]) from None
+
+
+def check_text(text: str, where: str | Path, env: Mapping[str, str] | None = None) -> Checked:
+    """A config's YAML text, checked (`where` names it in problems)."""
     try:
         raw, duplicates = load_yaml(text)
     except yaml.YAMLError as exc:
-        raise ConfigError([f"(file): {path} is not valid YAML: {exc}"]) from None
+        raise ConfigError([f"(file): {where} is not valid YAML: {exc}"]) from None
     return check_config(raw, env, duplicates)
 
 

@@ -261,6 +261,23 @@ def _route_settings(where: str, settings: dict[str, Any], catalogue: Catalogue,
         if dep_id not in catalogue.ids:
             found.errors.append(f"{where}.weights.{dep_id}: unknown deployment id {dep_id!r}")
     _region_references(f"{where}.regions", settings.get("regions"), catalogue, found)
+    shadow = settings.get("shadow")
+    if isinstance(shadow, dict):
+        _shadow_target(f"{where}.shadow", shadow, catalogue, found)
+        judge = shadow.get("judge")
+        if isinstance(judge, dict):
+            _shadow_target(f"{where}.shadow.judge", judge, catalogue, found)
+
+
+def _shadow_target(where: str, target: dict[str, Any], catalogue: Catalogue,
+                   found: Findings) -> None:
+    """A shadow candidate or judge: a chat model group, or a chat deployment's id."""
+    group, dep_id = _text(target.get("group")), _text(target.get("deployment"))
+    if group is not None and catalogue.modes.get(group) != "chat":
+        found.errors.append(f"{where}.group: unknown chat model group {group!r}")
+    modes = {d.id: d.mode for d in catalogue.deployments}
+    if dep_id is not None and modes.get(dep_id, "missing") != "chat":
+        found.errors.append(f"{where}.deployment: unknown chat deployment id {dep_id!r}")
 
 
 def _check_approvals(raw: Mapping[str, Any], catalogue: Catalogue, teams: _Teams,
@@ -283,6 +300,14 @@ def _check_sections(raw: Mapping[str, Any], catalogue: Catalogue, found: Finding
             found.errors.append(f"plugins[{i}].name: unknown plugin {name!r} (not built in, "
                                 f"and no {ENTRY_POINT_GROUP!r} entry point of that name is "
                                 f"installed)")
+    workflows: set[str] = set()
+    for where, workflow in items(raw, "workflows"):
+        name = _text(workflow.get("name"))
+        if name in ("other", "none") or (name is not None and name in workflows):
+            found.errors.append(f"{where}.name: {name!r} is " + (
+                "reserved (the metrics' label for undeclared and missing workflows)"
+                if name in ("other", "none") else "declared twice"))
+        workflows |= {name} if name else set()
     for where, admin in items(raw, "admin_keys"):
         if admin.get("key") == DEVELOPMENT_ADMIN_KEY:
             found.warnings.append(

@@ -11,20 +11,28 @@ dropped. An invalid config changes nothing; the problems are logged, counted in
 `podium_config_reloads_total{result="invalid"}` and returned to the caller. Sections that live
 as long as the process (storage, state, key store, simulator, telemetry, cache bounds, body
 limit) are reported as needing a restart rather than half-applied.
+
+Versions: every config swapped in is first recorded in the version store (its YAML as written,
+numbered; `ConfigVersionStore`), and the runtime carries its `VersionTag`. A rollback applies an
+earlier version's text the same way (recorded as a new version). Every process follows the
+store's latest version (`follow`, once a second), so a reload or rollback made through one
+worker reaches every worker of the pool and every machine on the same store.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from gateway.config import ConfigError, GatewayConfig, load_checked
+from gateway.config import Checked, ConfigError, GatewayConfig, check_text, read_text
+from gateway.config_versions import VersionTag, digest_of
 from gateway.errors import PodiumError
 from gateway.observability.metrics import Metrics
 from gateway.observability.telemetry import SpanFactory, Telemetry
@@ -32,7 +40,8 @@ from gateway.pipeline.auth import Authenticator
 from gateway.pipeline.cache import Cache
 from gateway.pipeline.route import FeaturePolicy, Planner
 from gateway.pipeline.semantic_cache import SemanticCache
-from gateway.storage.contracts import KeyStoreBackend, SharedState
+from gateway.storage.contracts import ConfigVersionStore, KeyStoreBackend, SharedState
+from gateway.storage.records import ConfigVersion
 from plugins.chain import PluginChain
 from plugins.registry import Governance, build_chain
 from routing.catalog import Catalog, Deployment
@@ -59,6 +68,7 @@ class Runtime:
     chain: PluginChain
     loaded_at: int
     learned: LearnedRules = field(default_factory=LearnedRules)
+    version: VersionTag = field(default_factory=VersionTag)
 
     @classmethod
     def compile(cls, config: GatewayConfig, store: KeyStoreBackend, governance: Governance,
@@ -94,6 +104,23 @@ class ReloadResult:
     problems: list[str]
     restart_required: list[str]
     warnings: tuple[str, ...] = ()
+    version: ConfigVersion | None = None
+
+
+@dataclass(frozen=True)
+class ConfigOrigin:
+    """Where this process's config came from: its text (what a version keeps), and whether it
+    can be restored from that text (not when built in memory: its secrets are masked)."""
+    text: str
+    source: str
+    restorable: bool = True
+
+    def draft(self, loaded_by: str, action: str,
+              rollback_of: int | None = None) -> ConfigVersion:
+        return ConfigVersion(number=0, digest=digest_of(self.text), loaded_at=time.time(),
+                             loaded_by=loaded_by, action=action, source=self.source,
+                             content=self.text, restorable=self.restorable,
+                             rollback_of=rollback_of)
 
 
 @dataclass
@@ -115,6 +142,9 @@ class Gateway:
     config_path: Path | None = None
     last_breaker_sync: float = 0.0
     reloading: asyncio.Task[Any] | None = None
+    versions: ConfigVersionStore | None = None
+    changing: asyncio.Lock = field(default_factory=asyncio.Lock)   # one config change at a time
+    unusable: set[int] = field(default_factory=set)   # versions this process failed to follow
 
     def __post_init__(self) -> None:
         self.caller = Caller(self.provider_for, self.telemetry, self.health, self)
@@ -188,33 +218,121 @@ class Gateway:
                 parts["litellm"] = "loaded"
         return serving, parts
 
-    async def reload(self, path: Path) -> ReloadResult:
+    async def reload(self, path: Path, loaded_by: str = "SIGHUP") -> ReloadResult:
         """Re-read the config at `path` and swap in its runtime, or keep the current one."""
         try:
-            checked = await asyncio.to_thread(load_checked, path)
-            cfg = checked.config
-            learned = await asyncio.to_thread(compile_learned, cfg, path.parent,
-                                              self.runtime.learned)
-            runtime = Runtime.compile(cfg, self.keystore, self.governance, self.telemetry.span,
-                                      learned)
+            text = await asyncio.to_thread(read_text, path)
         except ConfigError as err:
-            return self._rejected(path, err.problems)
-        except (OSError, ValueError, PodiumError) as err:  # e.g. a JWKS file that cannot be read
-            return self._rejected(path, [f"(compile): {err}"])
-        restart = _needs_restart(self.runtime.config, cfg)
-        self.runtime = runtime
-        self.metrics.teams = frozenset(t.name for t in cfg.teams)
+            return self._rejected(str(path), err.problems)
+        origin = ConfigOrigin(text, str(path))
+        return await self.apply(origin, origin.draft(loaded_by, "reload"), path.parent)
+
+    async def rollback(self, number: int, loaded_by: str) -> ReloadResult:
+        """Apply an earlier version's text again, as a new version; its `${VAR}` references
+        are expanded from this process's environment now."""
+        if self.versions is None:
+            raise RuntimeError("the config version store is not open")
+        old = await self.versions.get(number)
+        if old is None or not old.restorable:
+            why = "no such version" if old is None else "it was built in memory, not read " \
+                "from a file, and its secrets were not kept"
+            return self._rejected(f"version {number}", [f"(version {number}): {why}"])
+        origin = ConfigOrigin(old.content, old.source)
+        return await self.apply(origin, origin.draft(loaded_by, "rollback", number),
+                                self._base_dir(old.source))
+
+    async def apply(self, origin: ConfigOrigin, draft: ConfigVersion | None,
+                    base_dir: Path | None) -> ReloadResult:
+        """Check and compile `origin`'s text, record it as a version (`draft`; None: adopt the
+        store's latest, already recorded), then swap it in."""
+        async with self.changing:
+            try:
+                checked, runtime = await self._compiled(origin, base_dir)
+                version = await self._recorded(draft) if draft is not None else \
+                    await self._latest()
+            except ConfigError as err:
+                return self._rejected(origin.source, err.problems)
+            except (OSError, ValueError, PodiumError) as err:  # e.g. an unreadable JWKS file
+                return self._rejected(origin.source, [f"(compile): {err}"])
+            restart = _needs_restart(self.runtime.config, checked.config)
+            self.runtime = replace(runtime, version=VersionTag(version.number, version.digest))
+        self.metrics.teams = frozenset(t.name for t in checked.config.teams)
         self.start_litellm_if_needed()
         self.metrics.reloads.labels("ok").inc()
-        log.info("config reloaded from %s", path, extra={"restart_required": restart})
+        log.info("config version %d (%s) in force, from %s", version.number,
+                 version.digest[:12], origin.source,
+                 extra={"restart_required": restart, "config_version": version.number,
+                        "loaded_by": version.loaded_by, "action": version.action})
         for warning in checked.warnings:
             log.warning("config: %s", warning)
-        return ReloadResult(True, [], restart, checked.warnings)
+        return ReloadResult(True, [], restart, checked.warnings, version)
 
-    def _rejected(self, path: Path, problems: list[str]) -> ReloadResult:
+    async def follow(self) -> None:
+        """Adopt the store's latest version if another process recorded a newer one (a reload
+        or rollback through another worker or machine)."""
+        if self.versions is None:
+            return
+        latest = await self.versions.latest()
+        current = self.runtime.version
+        if latest is None or latest.number <= current.number or latest.number in self.unusable:
+            return
+        if latest.digest == current.digest:  # the same text again (a rollback to it)
+            self.runtime = replace(self.runtime, version=VersionTag(latest.number, latest.digest))
+            return
+        result = await self.apply(ConfigOrigin(latest.content, latest.source), None,
+                                  self._base_dir(latest.source))
+        if not result.ok:
+            self.unusable.add(latest.number)  # logged once; the next newer version is tried
+
+    async def start_version(self, origin: ConfigOrigin, in_pool: bool) -> None:
+        """At start-up: record this process's config as a version, or, in a worker of a pool,
+        join the pool's latest version (the supervisor recorded the file at the pool's start;
+        a worker restarted later must not bring back a config a rollback replaced)."""
+        if self.versions is None:
+            return
+        latest = await self.versions.latest()
+        if in_pool and latest is not None and latest.restorable:
+            if latest.digest != digest_of(origin.text):
+                await self.follow()
+            if self.runtime.version.number == latest.number:
+                return
+        version = await self._recorded(origin.draft(f"podium serve (pid {os.getpid()})",
+                                                    "start"))
+        self.runtime = replace(self.runtime, version=VersionTag(version.number, version.digest))
+
+    async def _compiled(self, origin: ConfigOrigin,
+                        base_dir: Path | None) -> tuple[Checked, Runtime]:
+        checked = await asyncio.to_thread(check_text, origin.text, origin.source)
+        learned = await asyncio.to_thread(compile_learned, checked.config, base_dir,
+                                          self.runtime.learned)
+        return checked, Runtime.compile(checked.config, self.keystore, self.governance,
+                                        self.telemetry.span, learned)
+
+    async def _recorded(self, draft: ConfigVersion) -> ConfigVersion:
+        if self.versions is None:
+            return draft.numbered(self.runtime.version.number + 1)
+        try:
+            return await self.versions.record(draft)
+        except Exception as err:  # the store's own errors (sqlite3, asyncpg) vary
+            raise ConfigError([f"(version store): cannot record the version: "
+                               f"{type(err).__name__}"]) from err
+
+    async def _latest(self) -> ConfigVersion:
+        latest = await self.versions.latest() if self.versions is not None else None
+        if latest is None:
+            raise ConfigError(["(version store): no version to follow"])
+        return latest
+
+    def _base_dir(self, source: str) -> Path | None:
+        """Where a version's relative paths (learned heads) are resolved: its file's folder."""
+        if self.config_path is not None:
+            return self.config_path.parent
+        return Path(source).parent if source.startswith("/") else None
+
+    def _rejected(self, source: str, problems: list[str]) -> ReloadResult:
         self.metrics.reloads.labels("invalid").inc()
-        log.error("config reload from %s rejected; the old config stays", path,
-                  extra={"problems": problems})
+        log.error("config from %s rejected; the current one (version %d) stays", source,
+                  self.runtime.version.number, extra={"problems": problems})
         return ReloadResult(False, problems, [])
 
 

@@ -24,9 +24,11 @@ from pathlib import Path
 
 from prometheus_client import multiprocess
 
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, read_text
 from gateway.observability.metrics import MULTIPROC_ENV
+from gateway.runtime import ConfigOrigin
 from gateway.simulator import start_from_config
+from gateway.storage.backends import open_versions
 
 log = logging.getLogger("podium.workers")
 WORKER_ENV = "PODIUM_WORKER_INDEX"     # set in workers; the simulator runs in the supervisor
@@ -47,6 +49,7 @@ async def supervise(config_path: Path, cfg: GatewayConfig, host: str, port: int,
     warning = unshared_state_warning(cfg, workers)
     if warning:
         log.warning("%s", warning)
+    await record_start(config_path, cfg, workers)
     simulator = await start_from_config(cfg.simulator)
     # Every worker writes its Prometheus samples here; any worker's /metrics sums them all.
     metrics_dir = tempfile.TemporaryDirectory(prefix="podium-metrics-")
@@ -64,6 +67,21 @@ async def supervise(config_path: Path, cfg: GatewayConfig, host: str, port: int,
         os.environ.pop(MULTIPROC_ENV, None)
         metrics_dir.cleanup()
     return 0 if all(c in (0, -signal.SIGTERM) for c in codes) else 1
+
+
+async def record_start(config_path: Path, cfg: GatewayConfig, workers: int) -> None:
+    """The pool's config version, recorded once, before any worker starts: each worker joins
+    the store's latest version (so one restarted after a rollback keeps the rolled-back
+    config, rather than bring the file's back)."""
+    store = open_versions(cfg)
+    await store.start()
+    try:
+        origin = ConfigOrigin(read_text(config_path), str(config_path))
+        version = await store.record(origin.draft(
+            f"podium serve --workers {workers} (pid {os.getpid()})", "start"))
+        log.info("supervisor: config version %d (%s)", version.number, version.digest[:12])
+    finally:
+        await store.close()
 
 
 def unshared_state_warning(cfg: GatewayConfig, workers: int) -> str | None:

@@ -33,6 +33,7 @@ def request_record(ctx: RequestContext, outcome: Outcome, include_content: bool)
         "pii": dict(ctx.pii_counts), "decisions": ctx.decisions,
         "error_code": outcome.error_code, "review_id": outcome.review_id,
         "cache": ctx.cache.state if ctx.cache is not None else None, "stream": ctx.stream,
+        "config_version": ctx.config.number, "config_digest": ctx.config.short,
     }
     if ctx.plan is not None:
         cached = ctx.cache is not None and ctx.cache.hit   # a stored answer is no new outcome
@@ -47,15 +48,17 @@ def request_record(ctx: RequestContext, outcome: Outcome, include_content: bool)
                        team=p.team, status=outcome.status, details=details)
 
 
-def review_record(review: Review, reviewer: str, comment: str | None) -> AuditRecord:
+def review_record(review: Review, reviewer: str, comment: str | None,
+                  config_version: int) -> AuditRecord:
     return AuditRecord(time=time.time(), request_id=review.request_id, key_id=review.key_id,
                        team=review.team, status=None, details={
                            "event": f"review.{review.status}", "review_id": review.id,
-                           "reviewer": reviewer, "comment": comment})
+                           "reviewer": reviewer, "comment": comment,
+                           "config_version": config_version})
 
 
 def feedback_record(original: Mapping[str, Any], score: float,
-                    comment: str | None) -> AuditRecord:
+                    comment: str | None, config_version: int) -> AuditRecord:
     """Feedback on the request that `original` (its audit record) is about, linked to it by
     request and trace id."""
     return AuditRecord(time=time.time(), request_id=original["request_id"],
@@ -63,7 +66,8 @@ def feedback_record(original: Mapping[str, Any], score: float,
                        details={"event": "feedback", "trace_id": original.get("trace_id"),
                                 "score": score, "comment": comment,
                                 "deployment": original.get("deployment"),
-                                "route": original.get("route")})
+                                "route": original.get("route"),
+                                "config_version": config_version})
 
 
 class AuditPlugin(BasePlugin):

@@ -36,6 +36,7 @@ from routing.rules import (
     RequestFacts,
     RouteSettings,
     RoutingConfig,
+    ShadowTrial,
     Strategy,
 )
 from routing.tokens import TokenGauge
@@ -85,6 +86,7 @@ class RoutePlan:
     cache_ttl_s: float | None = None
     cache_any_temperature: bool = False
     learned: LearnedDecision | None = None   # score, threshold and decision of a learned rule
+    shadow: ShadowTrial | None = None        # the rule's shadow trial, if it runs one
     # Why nothing can serve, when the chain is empty: only from `plan(strict=False)`, which
     # `--explain` uses to show every candidate; live traffic gets the error raised instead.
     refusal: PodiumError | None = None
@@ -138,7 +140,8 @@ class Router:
                          cache_ttl_s=_pick(settings.cache_ttl_s, default.cache_ttl_s),
                          cache_any_temperature=bool(_pick(settings.cache_any_temperature,
                                                           default.cache_any_temperature)),
-                         learned=learned, refusal=refusal)
+                         learned=learned, refusal=refusal,
+                         shadow=settings.shadow or default.shadow)
 
     def learned_settings(self, req: RouteRequest) -> LearnedSettings | None:
         """The learned section of the rule this request matches, if its strategy is learned:

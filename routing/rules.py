@@ -73,6 +73,37 @@ class LearnedSettings(_Frozen):
         return self
 
 
+class ShadowJudge(_Frozen):
+    """A model that grades the candidate's answer against the primary's, by a rubric."""
+    deployment: str | None = Field(default=None, min_length=1)   # a deployment id, or
+    group: str | None = Field(default=None, min_length=1)        # a model group
+    rubric: str = Field(min_length=1, max_length=4000)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> ShadowJudge:
+        if (self.deployment is None) == (self.group is None):
+            raise ValueError("give exactly one of 'deployment' or 'group'")
+        return self
+
+
+class ShadowTrial(_Frozen):
+    """`shadow:` on a rule: for `share` of its requests, once the client has its answer, the
+    same request also goes to the candidate, and the two answers are compared (see
+    gateway/pipeline/shadow.py). The client never sees the candidate's answer or waits for it."""
+    deployment: str | None = Field(default=None, min_length=1)   # a deployment id, or
+    group: str | None = Field(default=None, min_length=1)        # a model group
+    share: float = Field(gt=0, le=1)
+    # Answers at least this similar (0-1, word overlap) agree, when no judge is configured.
+    agree_at: float = Field(default=0.6, ge=0, le=1)
+    judge: ShadowJudge | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> ShadowTrial:
+        if (self.deployment is None) == (self.group is None):
+            raise ValueError("give exactly one of 'deployment' or 'group'")
+        return self
+
+
 class RouteSettings(_Frozen):
     min_quality: int | None = Field(default=None, ge=0, le=100)
     strategy: Strategy | None = None
@@ -83,6 +114,7 @@ class RouteSettings(_Frozen):
     cache_any_temperature: bool | None = None     # also cache requests with temperature > 0
     cascade: CascadeChecks = CascadeChecks()
     learned: LearnedSettings | None = None        # with strategy: learned only
+    shadow: ShadowTrial | None = None             # trial a candidate on a share of requests
 
     @model_validator(mode="after")
     def _learned_needs_settings(self) -> RouteSettings:

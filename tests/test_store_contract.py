@@ -26,12 +26,23 @@ import pytest
 from gateway.errors import BadRequest
 from gateway.pipeline.identity import digest_of, key_id_for
 from gateway.storage.audit_chain import VerifyResult
-from gateway.storage.contracts import AuditStore, KeyStoreBackend, ReviewStore, SpendStore, Store
+from gateway.storage.config_versions import ConfigVersions
+from gateway.storage.contracts import (
+    AuditStore,
+    ConfigVersionStore,
+    KeyStoreBackend,
+    ReviewStore,
+    ShadowStore,
+    SpendStore,
+    Store,
+)
 from gateway.storage.keystore import KeyStore
 from gateway.storage.learning import router_outcomes
 from gateway.storage.postgres import PgKeyStore, PgReviewQueue, PgSpendLedger
 from gateway.storage.postgres_audit import PgAuditLog
-from gateway.storage.records import AuditRecord, Review, SpendRow
+from gateway.storage.postgres_management import PgConfigVersions, PgShadowPairs
+from gateway.storage.records import AuditRecord, ConfigVersion, Review, ShadowPair, SpendRow
+from gateway.storage.shadow_pairs import ShadowPairs
 from gateway.storage.sqlite import ReviewQueue, SpendLedger
 from gateway.storage.sqlite_audit import AuditLog
 from plugins.settings import Limits
@@ -86,6 +97,14 @@ class Backend:
     async def reviews(self) -> ReviewStore:
         return await self._started(
             PgReviewQueue(self.dsn) if self.dsn else ReviewQueue(self._file("podium")))
+
+    async def versions(self) -> ConfigVersionStore:
+        return await self._started(
+            PgConfigVersions(self.dsn) if self.dsn else ConfigVersions(self._file("podium")))
+
+    async def shadow(self) -> ShadowStore:
+        return await self._started(
+            PgShadowPairs(self.dsn) if self.dsn else ShadowPairs(self._file("podium")))
 
     async def sql(self, *statements: str, file: str = "podium") -> None:
         """Run statements directly; `{t}` is the table prefix ("podium_" in PostgreSQL)."""
@@ -503,3 +522,93 @@ async def test_a_gateway_runs_on_this_backend(backend: Backend, upstream: Any,
     assert row["key"] == created["id"] and row["succeeded"] == 1
     assert record["key_id"] == created["id"] and record["status"] == 200
     assert await gw.gateway.governance.audit.verify() == VerifyResult(True, 1)
+
+
+# --- config versions ----------------------------------------------------------------------
+
+def _draft(content: str, action: str = "reload", rollback_of: int | None = None) -> ConfigVersion:
+    return ConfigVersion(number=0, digest=f"digest-of-{content}", loaded_at=1000.0,
+                         loaded_by="admin ops", action=action, source="/etc/podium.yaml",
+                         content=content, rollback_of=rollback_of)
+
+
+async def test_config_versions_number_each_new_text_once(backend: Backend) -> None:
+    first, second = await backend.versions(), await backend.versions()  # two processes
+    assert await first.latest() is None and await first.history() == []
+    v1 = await first.record(_draft("a: 1 ✓", action="start"))
+    assert (v1.number, v1.content, v1.action, v1.restorable) == (1, "a: 1 ✓", "start", True)
+    assert await second.record(_draft("a: 1 ✓")) == v1      # the same text: the same version
+    v2 = await second.record(_draft("a: 2"))
+    assert v2.number == 2 and await first.latest() == v2
+    # A rollback is a new version with the old text: numbers only ever grow.
+    v3 = await first.record(_draft("a: 1 ✓", action="rollback", rollback_of=1))
+    assert (v3.number, v3.rollback_of, v3.digest) == (3, 1, v1.digest)
+    assert await second.get(1) == v1 and await second.get(9) is None
+    assert [v.number for v in await second.history()] == [3, 2, 1]
+    assert [v.number for v in await second.history(limit=2)] == [3, 2]
+
+
+async def test_config_versions_agree_when_recorded_at_once(backend: Backend) -> None:
+    """Workers loading the same file at the same moment share one number; different texts
+    never share one."""
+    stores = [await backend.versions() for _ in range(3)]
+    same = await asyncio.gather(*(s.record(_draft("same")) for s in stores for _ in range(3)))
+    assert {v.number for v in same} == {1}
+    others = await asyncio.gather(*(s.record(_draft(f"text {i}"))
+                                    for i, s in enumerate(stores)))
+    assert sorted(v.number for v in others) == [2, 3, 4]
+    history = await stores[0].history()
+    assert [v.number for v in history] == [4, 3, 2, 1]
+    assert len({v.digest for v in history}) == 4
+
+
+# --- shadow comparisons --------------------------------------------------------------------
+
+def _pair(i: int, rule: str = "support", candidate: str = "cheap", **kw: Any) -> ShadowPair:
+    return ShadowPair(**{
+        "ts": 2000.0 + i, "request_id": f"req-{i}", "rule": rule, "primary": "dear",
+        "candidate": candidate, "status": "ok", "primary_cost": 0.01, "candidate_cost": 0.002,
+        "primary_latency_s": 1.0, "candidate_latency_s": 0.5, "primary_passed": True,
+        "candidate_passed": True, "similarity": 0.9, "agreed": True,
+        "candidate_cheaper": True, "features": '{"embedder": "hashed"}', "embedder": "hashed",
+        **kw})
+
+
+SHADOW_PAIRS = [
+    _pair(1), _pair(2, agreed=False, similarity=0.1, candidate_passed=False,
+                    candidate_check="the model refused"),
+    _pair(3, status="error", error="timeout", candidate_cost=0.0, candidate_latency_s=2.0,
+          candidate_passed=None, similarity=None, agreed=None),
+    _pair(4, judge_score=0.75, judge_cost=0.001, candidate_latency_s=1.5),
+    _pair(5, candidate="other", primary_cost=0.02),
+    _pair(6, rule="billing"),
+]
+
+
+async def test_shadow_pairs_round_trip_and_report(backend: Backend) -> None:
+    store = await backend.shadow()
+    for pair in SHADOW_PAIRS:
+        store.submit(pair)
+    stored = await store.pairs(None, None)                # flushes first; newest first
+    assert stored == SHADOW_PAIRS[::-1]
+    assert [p.request_id for p in await store.pairs("support", 2002.0)] == \
+        ["req-5", "req-4", "req-3", "req-2"]
+    assert [p.request_id for p in await store.pairs(None, None, limit=2)] == ["req-6", "req-5"]
+    report = {(r["rule"], r["candidate"]): r for r in await store.report(None, None)}
+    assert list(report) == [("billing", "cheap"), ("support", "cheap"), ("support", "other")]
+    cheap = report[("support", "cheap")]
+    assert (cheap["trials"], cheap["answered"], cheap["errors"], cheap["agreed"]) == (4, 3, 1, 2)
+    assert cheap["error_rate"] == 0.25 and cheap["agreement_rate"] == pytest.approx(2 / 3, 1e-5)
+    assert cheap["primary_pass_rate"] == 1.0
+    assert cheap["candidate_pass_rate"] == pytest.approx(2 / 3, abs=1e-6)
+    assert cheap["primary_cost_usd"] == pytest.approx(0.01)
+    assert cheap["candidate_cost_usd"] == pytest.approx(0.002)
+    assert cheap["cost_ratio"] == pytest.approx(0.2)
+    assert cheap["candidate_latency_s"] == pytest.approx((0.5 + 0.5 + 1.5) / 3, abs=1e-6)
+    assert cheap["latency_ratio"] == pytest.approx(2.5 / 3, abs=1e-4)
+    assert (cheap["judged"], cheap["mean_judge_score"]) == (1, 0.75)
+    assert cheap["judge_cost_usd"] == pytest.approx(0.001)
+    assert report[("support", "other")]["primary_cost_usd"] == pytest.approx(0.02)
+    only = await store.report("billing", None)
+    assert [(r["rule"], r["trials"]) for r in only] == [("billing", 1)]
+    assert await store.report(None, 9999.0) == []

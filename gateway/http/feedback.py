@@ -51,7 +51,7 @@ async def feedback(request: web.Request) -> web.Response:
                      and r.get("key_id") == principal.key_id), None)
     if original is None:  # unknown, or another caller's: the same answer for both
         raise RouteNotFound("No request with that id was made with this key.")
-    audit.submit(feedback_record(original, fb.score, fb.comment))
+    audit.submit(feedback_record(original, fb.score, fb.comment, rt.version.number))
     _trace(gw, original, fb)
     labels = (original.get("deployment") or "none", original.get("route") or "none")
     gw.metrics.feedback.labels(*labels).observe(fb.score)

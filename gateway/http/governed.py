@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from aiohttp import web
+from opentelemetry import trace
 
 from gateway.errors import PodiumError
 from gateway.pipeline.context import RequestContext
@@ -27,10 +28,22 @@ async def identify(request: web.Request, gw: Gateway, rt: Runtime) -> Principal:
 
 def new_context(request: web.Request, rt: Runtime, endpoint: str, principal: Principal,
                 model: str, body: dict[str, object], stream: bool) -> RequestContext:
-    """The request's context, once the caller is known and the body valid."""
+    """The request's context, once the caller is known and the body valid; it names the
+    config version that serves it (the span and the access log say so too)."""
+    version_attributes(request, rt)
     return RequestContext(request_id=request[REQUEST_ID], endpoint=endpoint,
                           principal=principal, model=model, body=body, stream=stream,
-                          timeout_s=rt.config.server.request_timeout_s)
+                          timeout_s=rt.config.server.request_timeout_s, config=rt.version)
+
+
+def version_attributes(request: web.Request, rt: Runtime) -> None:
+    """The version of `rt` on the request's SERVER span and access-log line (the middleware
+    names the version in force when the request arrived; the handler's may be newer)."""
+    request[ACCESS]["config_version"] = rt.version.number
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attributes({"podium.config.version": rt.version.number,
+                             "podium.config.digest": rt.version.short})
 
 
 @asynccontextmanager

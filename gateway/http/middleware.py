@@ -27,7 +27,7 @@ from gateway.errors import (
     RouteNotFound,
     render,
 )
-from gateway.pipeline.egress import SENT
+from gateway.pipeline.egress import CONFIG_VERSION_HEADER, SENT
 from gateway.runtime import ACCESS, ACCOUNTED, GATEWAY, REQUEST_ID
 
 log = logging.getLogger("podium")
@@ -49,7 +49,8 @@ def new_request_id() -> str:
 async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     request[REQUEST_ID] = new_request_id()
-    request[ACCESS] = {}
+    version = gw.runtime.version
+    request[ACCESS] = {"config_version": version.number}  # the handler's runtime may be newer
     if request.path in _UNTRACED:
         return await _handled(request, handler)
     resource = request.match_info.route.resource
@@ -63,7 +64,9 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
         if span.is_recording():
             span.set_attributes({"http.request.method": request.method, "http.route": route,
                                  "url.path": request.path,
-                                 "podium.request_id": request[REQUEST_ID]})
+                                 "podium.request_id": request[REQUEST_ID],
+                                 "podium.config.version": version.number,
+                                 "podium.config.digest": version.short})
         response = await _handled(request, handler)
         if span.is_recording():
             span.set_attribute("http.response.status_code", response.status)
@@ -75,10 +78,14 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    """`on_response_prepare`: every response names its request, however it was written."""
+    """`on_response_prepare`: every response names its request and the config version that
+    served it, however it was written."""
     request_id = request.get(REQUEST_ID)
     if request_id is not None:
         response.headers["x-request-id"] = request_id
+    access = request.get(ACCESS)
+    if access is not None and CONFIG_VERSION_HEADER not in response.headers:
+        response.headers[CONFIG_VERSION_HEADER] = str(access["config_version"])
 
 
 def _log_access(request: web.Request, status: int, started: float, span: trace.Span) -> None:

@@ -29,8 +29,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    ready, parts = request.app[GATEWAY].ready()
-    return json_response({"status": "ready" if ready else "not_ready", **parts},
+    gw = request.app[GATEWAY]
+    ready, parts = gw.ready()
+    version = gw.runtime.version
+    return json_response({"status": "ready" if ready else "not_ready", **parts,
+                          "config_version": version.number, "config_digest": version.short,
+                          "pid": os.getpid()},
                          status=200 if ready else 503)
 
 

@@ -77,5 +77,6 @@ async def _decide(request: web.Request, approve: bool) -> web.Response:
     if review is None:
         raise RouteNotFound(f"No review with id {request.match_info['review_id']!r}.")
     if gw.governance.audit is not None:
-        gw.governance.audit.submit(review_record(review, reviewer, comment))
+        gw.governance.audit.submit(review_record(review, reviewer, comment,
+                                                 gw.runtime.version.number))
     return json_response(review.public())

@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from gateway.config_versions import VersionTag
 from gateway.errors import AllAttemptsFailed, PodiumError
 from gateway.observability.telemetry import TraceIds, current_trace_ids
 from gateway.pipeline.identity import Principal
@@ -120,6 +121,7 @@ class RequestContext:
     body: Mapping[str, Any]            # the client's body, as forwarded
     stream: bool
     timeout_s: float                   # server.request_timeout_s: every attempt within it
+    config: VersionTag = field(default_factory=VersionTag)  # the config version serving it
     trace: TraceIds = field(default_factory=current_trace_ids)
     started_at: float = field(default_factory=time.time)
     started_mono: float = field(default_factory=time.monotonic)

@@ -26,16 +26,18 @@ _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"
 # The answer already written to the client, on a request that `send_json` answered early.
 SENT: web.RequestKey[web.StreamResponse] = web.RequestKey("podium.sent", web.StreamResponse)
 KIND_HEADER = "x-podium-cache-kind"
+CONFIG_VERSION_HEADER = "x-podium-config-version"
 SIMILARITY_HEADER = "x-podium-cache-similarity"
 
 
 def podium_headers(ctx: RequestContext) -> dict[str, str]:
-    """What the client learns about how its request was served: the rule that routed it, the
+    """What the client learns about how its request was served: the config version, the
+    rule that routed it, the
     deployment that produced the answer (on a cache hit too), the attempts made, the cache's
     part, and the cost, once it is known (a stream's is known only at its end: it is on the
     trace and in the audit record)."""
     outcome, cache = ctx.outcome, ctx.cache
-    headers: dict[str, str] = {}
+    headers: dict[str, str] = {CONFIG_VERSION_HEADER: str(ctx.config.number)}
     if ctx.plan is not None:
         headers["x-podium-route"] = route_header(ctx.plan)
     if cache is not None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from gateway.config import GatewayConfig
-from gateway.storage.contracts import SharedState, Stores
+from gateway.storage.config_versions import ConfigVersions
+from gateway.storage.contracts import ConfigVersionStore, ShadowStore, SharedState, Stores
 from gateway.storage.keystore import KeyStore
 from gateway.storage.memory_state import MemoryState
+from gateway.storage.shadow_pairs import ShadowPairs
 from gateway.storage.sqlite import ReviewQueue, SpendLedger
 from gateway.storage.sqlite_audit import AuditLog
 
@@ -34,6 +36,30 @@ def open_stores(cfg: GatewayConfig) -> Stores:
                   audit=AuditLog(cfg.audit.path or path, _hmac_key(cfg))
                   if cfg.audit.enabled else None,
                   reviews=ReviewQueue(path))
+
+
+def open_versions(cfg: GatewayConfig) -> ConfigVersionStore:
+    """The config version history (not yet started): where the durable stores are."""
+    if cfg.storage.backend == "postgres":
+        from gateway.storage.postgres_management import PgConfigVersions
+
+        return PgConfigVersions(_dsn(cfg))
+    return ConfigVersions(cfg.storage.path)
+
+
+def open_shadow_store(cfg: GatewayConfig) -> ShadowStore:
+    """The shadow trials' comparisons (not yet started): where the durable stores are."""
+    if cfg.storage.backend == "postgres":
+        from gateway.storage.postgres_management import PgShadowPairs
+
+        return PgShadowPairs(_dsn(cfg))
+    return ShadowPairs(cfg.storage.path)
+
+
+def _dsn(cfg: GatewayConfig) -> str:
+    if cfg.storage.dsn is None:
+        raise ValueError("storage.backend postgres needs 'dsn'")  # the config checks it
+    return cfg.storage.dsn.get_secret_value()
 
 
 def journal_dir(cfg: GatewayConfig) -> Path | None:

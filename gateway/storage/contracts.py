@@ -18,7 +18,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.storage.audit_chain import VerifyResult
-from gateway.storage.records import AuditRecord, Review, SpendRow, StoredKey
+from gateway.storage.records import (
+    AuditRecord,
+    ConfigVersion,
+    Review,
+    ShadowPair,
+    SpendRow,
+    StoredKey,
+)
 from plugins.settings import Limits
 
 WINDOW_S = 60.0                      # the length of every rate-limit window ...
@@ -125,6 +132,46 @@ class ReviewStore(Store, Protocol):
     async def decide(self, review_id: str, approve: bool, reviewer: str,
                      comment: str | None) -> Review | None:
         """Approve or reject a pending review; None if unknown; BadRequest if decided."""
+        ...
+
+
+class ConfigVersionStore(Store, Protocol):
+    async def record(self, draft: ConfigVersion) -> ConfigVersion:
+        """The version for `draft`'s content: the latest one if its digest is the same, else a
+        new one numbered one above the latest. Atomic across processes, so workers loading
+        the same file at once agree on one number."""
+        ...
+
+    async def latest(self) -> ConfigVersion | None:
+        """The newest version: the one every process of the fleet converges on."""
+        ...
+
+    async def get(self, number: int) -> ConfigVersion | None:
+        """One version, or None."""
+        ...
+
+    async def history(self, limit: int = 100) -> list[ConfigVersion]:
+        """The newest `limit` versions, newest first."""
+        ...
+
+
+class ShadowStore(Store, Protocol):
+    def submit(self, pair: ShadowPair) -> None:
+        """Queue one comparison; written in batches."""
+        ...
+
+    async def flush(self) -> None:
+        """Write every queued comparison now."""
+        ...
+
+    async def pairs(self, rule: str | None, since: float | None,
+                    limit: int = 10_000) -> list[ShadowPair]:
+        """Comparisons, newest first (flushes first); of one rule, since a time."""
+        ...
+
+    async def report(self, rule: str | None, since: float | None) -> list[dict[str, Any]]:
+        """Per rule and candidate: trials, errors, agreement, check pass rates, cost and
+        latency against the primary (flushes first); see gateway/storage/shadow_pairs.py."""
         ...
 
 

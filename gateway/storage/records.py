@@ -14,7 +14,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import astuple, dataclass, field
+from dataclasses import asdict, astuple, dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -173,3 +173,94 @@ class StoredKey:
                    models=tuple(models) if models is not None else None,
                    created_at=row[6], revoked_at=row[7],
                    limits=Limits.model_validate_json(row[8]) if row[8] else None)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfigVersion:
+    """One config as Podium loaded it: its YAML as written (`${VAR}` references unexpanded,
+    so no secret from the environment is kept), numbered in load order. Loading the same text
+    as the latest version is that version again, not a new one."""
+    number: int                          # 1, 2, 3 ... (0 in a draft: the store numbers it)
+    digest: str                          # sha256 of `content`
+    loaded_at: float
+    loaded_by: str                       # "admin ops", "SIGHUP (pid 12)", "podium serve ..."
+    action: str                          # start | reload | rollback
+    source: str                          # the file it was read from
+    content: str
+    restorable: bool = True              # False: built in memory, its text not kept
+    rollback_of: int | None = None       # a rollback: the version it restored
+
+    COLUMNS = ("number", "digest", "loaded_at", "loaded_by", "action", "source", "content",
+               "restorable", "rollback_of")
+
+    def row(self) -> tuple[Any, ...]:
+        """As stored, in `COLUMNS` order (booleans as integers, the same in every backend)."""
+        return (self.number, self.digest, self.loaded_at, self.loaded_by, self.action,
+                self.source, self.content, int(self.restorable), self.rollback_of)
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> ConfigVersion:
+        values = dict(zip(cls.COLUMNS, row, strict=True))
+        values["restorable"] = bool(values["restorable"])
+        return cls(**values)
+
+    def numbered(self, number: int) -> ConfigVersion:
+        return replace(self, number=number)
+
+    def public(self) -> dict[str, Any]:
+        """What the admin API lists (never the content: see gateway/config_versions.py)."""
+        return {"object": "config.version", "number": self.number, "digest": self.digest,
+                "loaded_at": self.loaded_at, "loaded_by": self.loaded_by,
+                "action": self.action, "source": self.source, "restorable": self.restorable,
+                "rollback_of": self.rollback_of}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShadowPair:
+    """One shadow trial: the answer the client got (primary) and the candidate's to the same
+    request, compared. Costs in USD, latencies in seconds waiting on the upstream."""
+    ts: float
+    request_id: str
+    rule: str
+    primary: str                         # the deployment that answered the client
+    candidate: str                       # the deployment on trial
+    status: str                          # ok | error (the candidate's call failed)
+    error: str | None = None             # the candidate's error kind
+    primary_cost: float = 0.0
+    candidate_cost: float = 0.0
+    judge_cost: float = 0.0
+    primary_latency_s: float = 0.0
+    candidate_latency_s: float = 0.0
+    primary_passed: bool = True          # the cascade's checks on the primary's answer
+    candidate_passed: bool | None = None
+    primary_check: str | None = None     # why a check failed
+    candidate_check: str | None = None
+    similarity: float | None = None      # 0-1, word overlap of the two answers
+    judge_score: float | None = None     # 0-1, the judge's grade of the candidate's answer
+    agreed: bool | None = None           # the judge's verdict, else similarity >= agree_at
+    candidate_cheaper: bool = False      # by the deployments' token prices
+    features: str | None = None          # the prompt's recorded features (JSON), for training
+    embedder: str | None = None
+
+    COLUMNS = ("ts", "request_id", "rule", "primary_dep", "candidate", "status", "error",
+               "primary_cost", "candidate_cost", "judge_cost", "primary_latency_s",
+               "candidate_latency_s", "primary_passed", "candidate_passed", "primary_check",
+               "candidate_check", "similarity", "judge_score", "agreed", "candidate_cheaper",
+               "features", "embedder")
+
+    def row(self) -> tuple[Any, ...]:
+        """In `COLUMNS` order; booleans as integers (NULL stays NULL), in every backend."""
+        values = [getattr(self, "primary" if c == "primary_dep" else c) for c in self.COLUMNS]
+        return tuple(int(v) if isinstance(v, bool) else v for v in values)
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> ShadowPair:
+        values = dict(zip(cls.COLUMNS, row, strict=True))
+        values["primary"] = values.pop("primary_dep")
+        for flag in ("primary_passed", "candidate_passed", "agreed", "candidate_cheaper"):
+            if values[flag] is not None:
+                values[flag] = bool(values[flag])
+        return cls(**values)
+
+    def public(self) -> dict[str, Any]:
+        return asdict(self)
