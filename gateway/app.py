@@ -40,7 +40,13 @@ from gateway.observability.metrics import Metrics
 from gateway.observability.telemetry import Telemetry
 from gateway.runtime import GATEWAY, ConfigOrigin, Gateway, Runtime, compile_learned
 from gateway.simulator import start_from_config
-from gateway.storage.backends import journal_dir, open_state, open_stores, open_versions
+from gateway.storage.backends import (
+    journal_dir,
+    open_shadow_store,
+    open_state,
+    open_stores,
+    open_versions,
+)
 from gateway.workers import WORKER_ENV, watch_supervisor
 from plugins.registry import Governance
 
@@ -70,7 +76,7 @@ def build_app(config: GatewayConfig, telemetry: Telemetry | None = None,
         runtime=Runtime.compile(config, stores.keys, governance, telemetry.span, learned),
         keystore=stores.keys, governance=governance, telemetry=telemetry, state=state,
         metrics=Metrics(t.name for t in config.teams), config_path=config_path,
-        versions=open_versions(config))
+        versions=open_versions(config), shadow_store=open_shadow_store(config))
     app[ORIGIN] = _origin(config, config_path, config_text)
     app[dashboard.ASSETS] = dashboard.load_assets()
     app[dashboard.HISTORY] = History(os.getpid(), os.environ.get(WORKER_ENV))
@@ -86,6 +92,7 @@ def build_app(config: GatewayConfig, telemetry: Telemetry | None = None,
     app.cleanup_ctx.append(_providers_ctx)
     app.cleanup_ctx.append(dashboard.history_ctx)
     app.cleanup_ctx.append(_calibration_ctx)
+    app.cleanup_ctx.append(_shadow_ctx)   # last: its trials end before what they use closes
     return app
 
 
@@ -174,6 +181,19 @@ async def _follow_forever(gw: Gateway) -> None:
                 logged = time.monotonic()
                 logging.getLogger("podium").warning(
                     "cannot read the config version store (%s); retrying", type(err).__name__)
+
+
+async def _shadow_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The shadow trials' store; at shutdown the running trials are cancelled and awaited
+    before the providers, the ledger and the store they use are closed."""
+    gw = app[GATEWAY]
+    store = gw.shadow.store
+    if store is not None:
+        await store.start()
+    yield
+    await gw.shadow.close()
+    if store is not None:
+        await store.close()
 
 
 async def _orphan_ctx(app: web.Application) -> AsyncIterator[None]:

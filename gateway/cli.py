@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cli_config import add_config_commands
+from gateway.cli_shadow import add_shadow_commands, shadow_reader
 from gateway.config import Checked, ConfigError, GatewayConfig, load_checked, load_config
 from gateway.errors import AuthenticationFailed, PodiumError
 from gateway.observability import logs
@@ -322,8 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config", help=f"config file (default {DEFAULT_CONFIG})")
     check.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
     check.set_defaults(func=cmd_check)
-    add_router_commands(sub, read_audit=read_router_outcomes)
+    add_router_commands(sub, read_audit=read_router_outcomes,
+                        read_shadow=shadow_reader(_config_path))
     add_config_commands(sub)
+    add_shadow_commands(sub, _config_path)
     return parser
 
 

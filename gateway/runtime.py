@@ -38,9 +38,16 @@ from gateway.observability.metrics import Metrics
 from gateway.observability.telemetry import SpanFactory, Telemetry
 from gateway.pipeline.auth import Authenticator
 from gateway.pipeline.cache import Cache
+from gateway.pipeline.context import RequestContext
 from gateway.pipeline.route import FeaturePolicy, Planner
 from gateway.pipeline.semantic_cache import SemanticCache
-from gateway.storage.contracts import ConfigVersionStore, KeyStoreBackend, SharedState
+from gateway.shadow import ShadowTrials, TrialInputs
+from gateway.storage.contracts import (
+    ConfigVersionStore,
+    KeyStoreBackend,
+    ShadowStore,
+    SharedState,
+)
 from gateway.storage.records import ConfigVersion
 from plugins.chain import PluginChain
 from plugins.registry import Governance, build_chain
@@ -145,11 +152,25 @@ class Gateway:
     versions: ConfigVersionStore | None = None
     changing: asyncio.Lock = field(default_factory=asyncio.Lock)   # one config change at a time
     unusable: set[int] = field(default_factory=set)   # versions this process failed to follow
+    shadow_store: ShadowStore | None = None
+    shadow: ShadowTrials = field(init=False)
 
     def __post_init__(self) -> None:
         self.caller = Caller(self.provider_for, self.telemetry, self.health, self)
         semantic = SemanticCache(self.caller, self.health, self.telemetry.span)
         self.cache = Cache(self.state.cache, semantic, self.telemetry.span)
+        self.shadow = ShadowTrials(self.caller, self.state, self.governance.ledger,
+                                   self.shadow_store, self.metrics, self.telemetry)
+
+    def answered(self, rt: Runtime, ctx: RequestContext) -> None:
+        """After a governed request is accounted (the client has its answer): its shadow
+        trial, if it was drawn for one."""
+        if self.shadow.wanted(ctx) is not None:
+            policy = feature_policy(rt.config)
+            record = rt.learned.record if ctx.scope is not None and policy.allows(ctx.scope) \
+                else None
+            self.shadow.consider(ctx, TrialInputs(rt.catalog, rt.config.shadow,
+                                                  rt.config.routing, record))
 
     def planner(self, rt: Runtime) -> Planner:
         """The permissions and route hops, on one config's router and this process's health."""

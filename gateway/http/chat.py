@@ -114,12 +114,17 @@ async def _stream(request: web.Request, gw: Gateway, rt: Runtime, ctx: RequestCo
     chunks = stream.chunks()
     if stream.masked and scope.pseudonymizer is not None:
         chunks = unmask_stream(chunks, scope.pseudonymizer)
-    relay = _Relay(rt.chain, ctx, stream, gw.metrics, [] if lookup.policy.write else None,
+    # The chunks are kept for the cache, and whole for a shadow trial to compare with.
+    keep = lookup.policy.write or gw.shadow.wanted(ctx) is not None
+    relay = _Relay(rt.chain, ctx, stream, gw.metrics, [] if keep else None,
                    lambda: journal_answer(request, ctx))
     response = await sse_response(request, headers, relay(chunks),
                                   include_usage=_wants_usage(ctx.body))
     if relay.seen is not None and ctx.outcome.error_code is None:
-        await lookup.keep(assemble(relay.seen), stream.deployment.id)  # once it is complete
+        whole = assemble(relay.seen)
+        await lookup.keep(whole, stream.deployment.id)  # once it is complete
+        if gw.shadow.wanted(ctx) is not None:
+            ctx.outcome.answer = whole
     return response
 
 

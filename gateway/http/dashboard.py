@@ -359,6 +359,8 @@ async def snapshot(gw: Gateway, history: History, window_s: int = WINDOWS_S[0],
              "created_at": int(r.created_at)} for r in pending[:REVIEWS_SHOWN]]},
         "feedback": {"by_deployment": feedback_dep, "by_route": _feedback(samples, "route")},
         "learned": learned_report(samples),
+        "shadow": await gw.shadow.report(),
+        "config_version": gw.runtime.version.number,
     }
 
 

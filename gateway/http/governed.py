@@ -62,6 +62,7 @@ async def accounted(request: web.Request, rt: Runtime,
         if journal is not None:
             journal.accounted(ctx.request_id)  # its records are with the stores now
         _observe(request, ctx)
+        request.app[GATEWAY].answered(rt, ctx)
 
 
 def journal_answer(request: web.Request, ctx: RequestContext) -> None:

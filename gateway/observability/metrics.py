@@ -89,6 +89,12 @@ class Metrics:
                                   "by the deployment and rule of the rated request",
                                   ["deployment", "route"], buckets=(0.25, 0.5, 0.75, 1.0),
                                   registry=reg)
+        self.shadow = Counter("podium_shadow_trials_total", "Shadow trials by rule, candidate "
+                              "and result: agreed, disagreed, error, skipped_<why>",
+                              ["route", "candidate", "result"], registry=reg)
+        self.shadow_cost = Counter("podium_shadow_cost_usd_total", "What shadow trials cost "
+                                   "(candidates and judges), by rule; ledgered under key "
+                                   "'shadow', never a team's", ["route"], registry=reg)
         self.learned = LearnedMetrics(reg)
 
     def _at(self, metric: Counter | Histogram, *values: str) -> Any:
@@ -117,6 +123,12 @@ class Metrics:
         self._at(self.upstream, deployment, outcome).observe(seconds)
         if outcome != "ok":
             self._at(self.fallbacks, deployment, outcome).inc()
+
+    def shadowed(self, rule: str, candidate: str, result: str) -> None:
+        self._at(self.shadow, rule, candidate, result).inc()
+
+    def shadow_spend(self, rule: str, usd: float) -> None:
+        self._at(self.shadow_cost, rule).inc(usd)
 
     def breaker_state(self, deployment: str, state: str) -> None:
         self.breaker.labels(deployment).set(_BREAKER.get(state, 0))

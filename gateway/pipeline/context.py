@@ -23,6 +23,7 @@ keeps nothing per request.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -137,6 +138,7 @@ class RequestContext:
     cache: CacheResult | None = None
     outcome: Outcome = field(default_factory=Outcome)
     decisions: list[dict[str, Any]] = field(default_factory=list)
+    draw: float = field(default_factory=random.random)  # decides a rule's shadow share, once
 
     # ---- the hops fill in their parts, in order ------------------------------------------
 

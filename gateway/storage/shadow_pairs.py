@@ -52,8 +52,8 @@ REPORT_SQL = (
 _SELECT = "SELECT " + ", ".join(ShadowPair.COLUMNS) + " FROM shadow_pairs"
 
 
-def _rate(part: float, whole: float) -> float | None:
-    return round(part / whole, 6) if whole else None
+def _rate(part: float, whole: float, digits: int = 6) -> float | None:
+    return round(part / whole, digits) if whole else None
 
 
 def _ratio(part: float, whole: float) -> float | None:
@@ -65,8 +65,8 @@ def report_rows(rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
     out = []
     for (rule, candidate, trials, errors, ok, agreed, p_pass, c_pass, p_cost, c_cost, p_lat,
          c_lat, judge_cost, sim_sum, sim_n, judge_sum, judge_n) in rows:
-        p_mean, c_mean = _rate(p_cost or 0.0, ok), _rate(c_cost or 0.0, ok)
-        p_ms, c_ms = _rate(p_lat or 0.0, ok), _rate(c_lat or 0.0, ok)
+        p_mean, c_mean = _rate(p_cost or 0.0, ok, 12), _rate(c_cost or 0.0, ok, 12)
+        p_ms, c_ms = _rate(p_lat or 0.0, ok, 9), _rate(c_lat or 0.0, ok, 9)
         out.append({
             "rule": rule, "candidate": candidate, "trials": trials, "answered": ok,
             "errors": errors, "error_rate": _rate(errors, trials),

@@ -31,12 +31,17 @@ _NEEDS_EXTRA = ("podium router {} needs the 'learned' extra (numpy, scikit-learn
 # (request records with a `router` section, newest first; mean feedback score by request id).
 AuditReader = Callable[[str | None, str, float | None, int],
                        tuple[list[dict[str, Any]], dict[str, float]]]
+# (config path or None, rule or None, since or None, most pairs) → stored shadow comparisons
+# (`ShadowPair` as mappings), newest first.
+ShadowReader = Callable[[str | None, str | None, float | None, int], list[dict[str, Any]]]
 
 
-def add_router_commands(sub: Any, read_audit: AuditReader | None = None) -> None:
+def add_router_commands(sub: Any, read_audit: AuditReader | None = None,
+                        read_shadow: ShadowReader | None = None) -> None:
     """Register `router train` and `router eval` on the `podium` sub-parsers; `read_audit`
-    reads the gateway's audit trail for `train --from-audit` (the CLI passes it in: the
-    storage layer sits above routing)."""
+    and `read_shadow` read the gateway's audit trail and shadow comparisons for
+    `train --from-audit` and `--from-shadow` (the CLI passes them in: the storage layer sits
+    above routing)."""
     router = sub.add_parser("router", help="train and evaluate the learned router")
     commands = router.add_subparsers(dest="router_command", required=True)
     train = commands.add_parser("train", help="fit a difficulty head on labelled prompts")
@@ -53,7 +58,11 @@ def add_router_commands(sub: Any, read_audit: AuditReader | None = None) -> None
                        help="the newest N records at most (default 50000)")
     audit.add_argument("--pass-score", type=float, default=PASS_SCORE,
                        help="feedback at or above this is a good answer (default 0.5)")
-    train.set_defaults(func=cmd_train, read_audit=read_audit)
+    audit.add_argument("--from-shadow", action="store_true",
+                       help="also train on shadow trials' pairs: the cheaper model's answer "
+                            "judged against the dearer one's, on your own traffic")
+    audit.add_argument("--rule", help="with --from-shadow: only this rule's trials")
+    train.set_defaults(func=cmd_train, read_audit=read_audit, read_shadow=read_shadow)
     ev = commands.add_parser("eval", help="held-out quality-vs-cost curves, with guard rows")
     _data_options(ev)
     ev.add_argument("--folds", type=int, default=5, help="k of the k-fold split (default 5)")
@@ -104,8 +113,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ImportError:
         print(_NEEDS_EXTRA.format("train"), file=sys.stderr)
         return 2
-    if not args.data and not args.from_audit:
-        print("error: give --data FILE, --from-audit, or both", file=sys.stderr)
+    if not args.data and not args.from_audit and not args.from_shadow:
+        print("error: give --data FILE, --from-audit, --from-shadow, or several",
+              file=sys.stderr)
         return 2
     try:
         sets = _load(args)
@@ -113,9 +123,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         emb = make_embedder(args.embedder)
         report = _audit_labels(args, emb.name, emb.params) if args.from_audit else None
         kept = [(la.features, la.weak, la.strong) for la in report.labels] if report else []
+        shadow = _shadow_labels(args, emb.name, emb.params) if args.from_shadow else None
+        kept += [(la.features, la.weak, la.strong) for la in shadow.labels] if shadow else []
         head = train_mixed(examples, kept, args.embedder, alphas=(3.0, 10.0, 30.0),
                            length_prior=args.length_prior, seed=args.seed,
-                           provenance=_provenance(args, sets, report))
+                           provenance=_provenance(args, sets, report, shadow))
     except (LabelError, ValueError, RuntimeError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -139,14 +151,29 @@ def _audit_labels(args: argparse.Namespace, embedder: str,
     return report
 
 
+def _shadow_labels(args: argparse.Namespace, embedder: str,
+                   params: dict[str, Any]) -> LabelReport:
+    from routing.learned.shadow_labels import labels_from_shadow, summary
+
+    if args.read_shadow is None:
+        raise RuntimeError("--from-shadow needs the gateway's storage (run it as `podium`)")
+    pairs = args.read_shadow(args.config, args.rule, args.since, args.max_records)
+    report = labels_from_shadow(pairs, embedder, params)
+    print(summary(report))
+    return report
+
+
 def _provenance(args: argparse.Namespace, sets: Sequence[LabelledSet],
-                report: LabelReport | None) -> dict[str, Any]:
+                report: LabelReport | None, shadow: LabelReport | None) -> dict[str, Any]:
     out: dict[str, Any] = {"data": [str(p) for p in args.data or ()]}
     if sets:
         out |= {"weak_model": sets[0].weak_model, "strong_model": sets[0].strong_model}
     if report is not None:
         out["audit"] = {"labels": dict(report.kinds), "skipped": dict(report.skipped),
                         "feedback_used": report.feedback_used, "since": args.since}
+    if shadow is not None:
+        out["shadow"] = {"labels": dict(shadow.kinds), "skipped": dict(shadow.skipped),
+                         "rule": args.rule, "since": args.since}
     return out
 
 

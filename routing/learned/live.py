@@ -36,7 +36,8 @@ class LearnedRules:
         head is a `ConfigError` naming the config path and the file. Heads and calibrations
         that did not change since `previous` are kept."""
         cascades = record_cascades and any(
-            s.strategy == "cascade" for s in (routing.default, *routing.rules))
+            s.strategy == "cascade" or s.shadow is not None
+            for s in (routing.default, *routing.rules))
         if not learned_sections(routing) and not cascades:
             return cls()
         from routing.learned.runtime import compile_rules

@@ -167,7 +167,9 @@ def compile_rules(routing: RoutingConfig, base_dir: Path | None, record_cascades
             rules[name].scorer.warm()   # lazy weights load now, not in a request
         except (HeadError, ValueError, RuntimeError) as err:
             problems.append(f"{where}.head: {err}")
-    cascades = record_cascades and any(s.strategy == "cascade" for s in _all(routing))
+    # Cascade and shadowed rules' requests keep their features (their outcomes are labels).
+    cascades = record_cascades and any(s.strategy == "cascade" or s.shadow is not None
+                                       for s in _all(routing))
     recorder = (previous.recorder if previous is not None and previous.recorder is not None
                 else make_embedder("hashed")) if cascades else None
     return Compiled(rules, digests, recorder), sorted(set(problems))
