@@ -54,6 +54,8 @@ from plugins.registry import Governance
 # another worker or machine): one indexed read of the version store.
 FOLLOW_S = 1.0
 ORIGIN: web.AppKey[ConfigOrigin] = web.AppKey("podium.config_origin", ConfigOrigin)
+# How often idle tasks are looked for (each task's `tasks.idle_s` decides when it is done).
+TASK_TICK_S = 1.0
 # How often the calibration task looks for a learned rule due to recalibrate (each rule's own
 # `recalibrate_every_s` decides when it is); waking costs nothing measurable.
 CALIBRATION_TICK_S = 1.0
@@ -92,6 +94,7 @@ def build_app(config: GatewayConfig, telemetry: Telemetry | None = None,
     app.cleanup_ctx.append(_providers_ctx)
     app.cleanup_ctx.append(dashboard.history_ctx)
     app.cleanup_ctx.append(_calibration_ctx)
+    app.cleanup_ctx.append(_tasks_ctx)
     app.cleanup_ctx.append(_shadow_ctx)   # last: its trials end before what they use closes
     return app
 
@@ -181,6 +184,20 @@ async def _follow_forever(gw: Gateway) -> None:
                 logged = time.monotonic()
                 logging.getLogger("podium").warning(
                     "cannot read the config version store (%s); retrying", type(err).__name__)
+
+
+async def _tasks_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Finish idle tasks into the per-task metrics, once a second."""
+    task = asyncio.create_task(_finish_tasks_forever(app[GATEWAY]), name="podium-tasks")
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def _finish_tasks_forever(gw: Gateway) -> None:
+    while True:
+        await asyncio.sleep(TASK_TICK_S)
+        gw.tasks_idle()
 
 
 async def _shadow_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -30,11 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from opentelemetry import trace
+from opentelemetry.trace import SpanContext
 
 from gateway.config import Checked, ConfigError, GatewayConfig, check_text, read_text
 from gateway.config_versions import VersionTag, digest_of
 from gateway.errors import PodiumError
 from gateway.observability.metrics import Metrics
+from gateway.observability.task_tally import CallFacts, OpenTasks
 from gateway.observability.telemetry import SpanFactory, Telemetry
 from gateway.pipeline.auth import Authenticator
 from gateway.pipeline.cache import Cache
@@ -76,6 +79,7 @@ class Runtime:
     loaded_at: int
     learned: LearnedRules = field(default_factory=LearnedRules)
     version: VersionTag = field(default_factory=VersionTag)
+    workflows: frozenset[str] = frozenset()   # the declared workflows' names
 
     @classmethod
     def compile(cls, config: GatewayConfig, store: KeyStoreBackend, governance: Governance,
@@ -87,7 +91,8 @@ class Runtime:
                    router=Router(catalog, config.routing),
                    chain=build_chain(config, governance, span), loaded_at=int(time.time()),
                    learned=learned if learned is not None
-                   else compile_learned(config, None))
+                   else compile_learned(config, None),
+                   workflows=frozenset(w.name for w in config.workflows))
 
 
 def compile_learned(config: GatewayConfig, base_dir: Path | None,
@@ -154,6 +159,7 @@ class Gateway:
     unusable: set[int] = field(default_factory=set)   # versions this process failed to follow
     shadow_store: ShadowStore | None = None
     shadow: ShadowTrials = field(init=False)
+    tasks: OpenTasks = field(default_factory=OpenTasks)   # tasks in progress, this process
 
     def __post_init__(self) -> None:
         self.caller = Caller(self.provider_for, self.telemetry, self.health, self)
@@ -162,9 +168,33 @@ class Gateway:
         self.shadow = ShadowTrials(self.caller, self.state, self.governance.ledger,
                                    self.shadow_store, self.metrics, self.telemetry)
 
+    def task_began(self, rt: Runtime, ctx: RequestContext) -> SpanContext | None:
+        """A call of a task starts: the span of the task's first call, to link to."""
+        if ctx.task is None:
+            return None
+        span = trace.get_current_span().get_span_context()
+        first, evicted = self.tasks.begin(ctx.task, span if span.is_valid else None,
+                                          time.monotonic(), rt.config.tasks.max_open)
+        if evicted:
+            self.metrics.task.evicted.inc(len(evicted))
+            self.metrics.task.finished(evicted)
+        return first
+
+    def tasks_idle(self) -> None:
+        """Finish the tasks idle long enough (`tasks.idle_s`): into the per-task metrics."""
+        finished = self.tasks.expire(time.monotonic(), self.runtime.config.tasks.idle_s)
+        self.metrics.task.finished(finished)
+        self.metrics.task.open.set(len(self.tasks.tasks))
+
     def answered(self, rt: Runtime, ctx: RequestContext) -> None:
-        """After a governed request is accounted (the client has its answer): its shadow
-        trial, if it was drawn for one."""
+        """After a governed request is accounted (the client has its answer): its task's
+        totals, and its shadow trial if it was drawn for one."""
+        if ctx.task is not None:
+            call = CallFacts(started_at=ctx.started_at, ended_at=time.time(),
+                             status=ctx.outcome.status, held=ctx.hold is not None,
+                             escalations=ctx.escalations, cost_usd=ctx.outcome.cost_usd)
+            self.tasks.end(ctx.task, call, time.monotonic())
+            self.metrics.task.call(ctx.task.workflow, call)
         if self.shadow.wanted(ctx) is not None:
             policy = feature_policy(rt.config)
             record = rt.learned.record if ctx.scope is not None and policy.allows(ctx.scope) \

@@ -151,12 +151,16 @@ class BudgetPlugin(BasePlugin):
         claims = self._claims(ctx)
         if claims:
             await self._state.settle(home_of(ctx), claims, ctx.earmark, outcome.cost_usd)
-        p = ctx.principal
+        p, task = ctx.principal, ctx.task
         self._ledger.submit(SpendRow(
             ts=ctx.started_at, request_id=ctx.request_id, key_id=p.key_id, key_name=p.name,
             team=p.team, model=ctx.model, deployment=outcome.deployment, status=outcome.status,
             prompt_tokens=outcome.usage.prompt_tokens,
-            completion_tokens=outcome.usage.completion_tokens, cost_usd=outcome.cost_usd))
+            completion_tokens=outcome.usage.completion_tokens, cost_usd=outcome.cost_usd,
+            task=" ".join(task.key) if task is not None else None,
+            workflow=task.workflow if task is not None else None,
+            escalations=ctx.escalations, held=int(ctx.hold is not None),
+            duration_s=round(time.monotonic() - ctx.started_mono, 6)))
 
 
 def _open_ended(body: Mapping[str, Any]) -> bool:

@@ -41,7 +41,14 @@ from gateway.storage.learning import router_outcomes
 from gateway.storage.postgres import PgKeyStore, PgReviewQueue, PgSpendLedger
 from gateway.storage.postgres_audit import PgAuditLog
 from gateway.storage.postgres_management import PgConfigVersions, PgShadowPairs
-from gateway.storage.records import AuditRecord, ConfigVersion, Review, ShadowPair, SpendRow
+from gateway.storage.records import (
+    AuditRecord,
+    ConfigVersion,
+    Review,
+    ShadowPair,
+    SpendRow,
+    TaskTotals,
+)
 from gateway.storage.shadow_pairs import ShadowPairs
 from gateway.storage.sqlite import ReviewQueue, SpendLedger
 from gateway.storage.sqlite_audit import AuditLog
@@ -293,6 +300,49 @@ async def test_spend_failed_write_loses_nothing(backend: Backend) -> None:
     await backend.sql("ALTER TABLE {t}spend_away RENAME TO {t}spend")
     await spend.flush()
     assert await spend.report("key", None, None) == EXPECTED_REPORTS["key"]
+
+
+TASK_ROWS = [  # ..., cost, task, workflow, escalations, held, duration_s
+    (100.0, "r1", "key_a", "a", "x", "m", "d", 200, 10, 5, 0.5, "team:x t1", "triage", 0, 0, 1.0),
+    (102.0, "r2", "key_a", "a", "x", "m", "d", 500, 4, 0, 0.0, "team:x t1", "triage", 1, 0, 2.0),
+    (101.0, "r3", "key_b", "b", "x", "m", "d", 200, 1, 1, 0.25, "team:x t1", "triage", 0, 1, 0.5),
+    (110.0, "r4", "key_c", "c", "y", "m", "d", 200, 2, 2, 0.125, "team:y t1", "triage", 0, 0, 3),
+    (120.0, "r5", "key_a", "a", "x", "m", "d", 200, 3, 3, 1.0, "team:x t2", None, 0, 0, 0.25),
+    (130.0, "r6", "key_a", "a", "x", "m", "d", 200, 9, 9, 9.0),        # in no task
+]
+
+
+async def test_spend_per_task(backend: Backend) -> None:
+    spend = await backend.spend()
+    for row in TASK_ROWS:
+        spend.submit(SpendRow(*row))
+    tasks = await spend.tasks(None, None)                # flushes first; newest task first
+    assert [t.task for t in tasks] == ["team:x t2", "team:y t1", "team:x t1"]
+    assert tasks[2] == TaskTotals(task="team:x t1", workflow="triage", calls=3, failures=1,
+                                  escalations=1, approvals=1, prompt_tokens=15,
+                                  completion_tokens=6, cost_usd=0.75, first_at=100.0,
+                                  last_at=104.0, last_status=500)
+    assert tasks[2].ended_in_error and not tasks[1].ended_in_error
+    assert tasks[0].workflow == "none" and tasks[0].last_at == 120.25
+    assert tasks[2].public()["owner"] == "team:x" and tasks[2].public()["task"] == "t1"
+    assert tasks[2].public()["duration_s"] == 4.0
+    late = await spend.tasks(101.0, 120.0)               # calls started in [since, until)
+    assert [(t.task, t.calls) for t in late] == [("team:y t1", 1), ("team:x t1", 2)]
+    assert [t.task for t in await spend.tasks(None, None, limit=1)] == ["team:x t2"]
+    # The task columns are added to a ledger made before them, and old rows are in no task.
+    assert await spend.report("key", None, None)  # the rest of the ledger is unchanged
+
+
+async def test_spend_ledger_made_before_tasks_gains_their_columns(backend: Backend) -> None:
+    old = ("CREATE TABLE {t}spend (ts REAL NOT NULL, request_id TEXT NOT NULL, key_id TEXT, "
+           "key_name TEXT, team TEXT, model TEXT, deployment TEXT, status INTEGER, "
+           "prompt_tokens INTEGER, completion_tokens INTEGER, cost_usd REAL NOT NULL)",
+           "INSERT INTO {t}spend VALUES (1, 'old', 'key_a', 'a', 'x', 'm', 'd', 200, 1, 1, 0.5)")
+    await backend.sql(*old)
+    spend = await backend.spend()
+    spend.submit(SpendRow(*TASK_ROWS[0]))
+    assert [t.calls for t in await spend.tasks(None, None)] == [1]
+    assert await spend.spent_since("key_id", "key_a", 0.0) == 1.0
 
 
 # --- audit --------------------------------------------------------------------------------

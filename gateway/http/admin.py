@@ -4,12 +4,15 @@ Keys: `POST /admin/keys` returns the raw key once (only its digest is stored) an
 key its own rpm, tpm and budget, `GET /admin/keys` lists them, `DELETE /admin/keys/{id}` revokes
 one, effective on the next request.
 
-Spend: `GET /admin/spend` reports the ledger grouped by key, team, model, deployment or day;
+Spend: `GET /admin/spend` reports the ledger grouped by key, team, model, deployment or day,
+or by task and by workflow (the per-task KPIs);
 `GET /admin/spend/budgets` shows every key's and team's budget as enforcement sees it now: the
 period, spent, reserved by requests in flight, and what remains.
 """
 
 from __future__ import annotations
+
+import time
 
 from aiohttp import web
 from pydantic import ConfigDict, Field
@@ -19,10 +22,13 @@ from gateway.pipeline.egress import json_response
 from gateway.pipeline.identity import key_id_for
 from gateway.pipeline.ingress import read_json, validate
 from gateway.runtime import GATEWAY, Gateway
+from gateway.storage.task_report import workflow_kpis
 from plugins.budget import BudgetPlugin
 from plugins.settings import Limits
 
 SPEND_GROUPS = ("key", "team", "model", "deployment", "day")
+TASK_GROUPS = ("task", "workflow")
+MAX_TASKS_LISTED = 10_000
 
 
 class NewKey(Limits):
@@ -54,14 +60,24 @@ def _float(request: web.Request, name: str) -> float | None:
 
 
 async def spend(request: web.Request) -> web.Response:
-    """Spend grouped by key, team, model, deployment or day; `since`/`until` in unix seconds."""
+    """Spend grouped by key, team, model, deployment or day; by task (the newest `limit`
+    tasks, default 100) or by workflow (its KPIs: gateway/storage/task_report.py);
+    `since`/`until` in unix seconds."""
     await require_admin(request)
     group_by = request.query.get("group_by", "key")
-    if group_by not in SPEND_GROUPS:
-        raise BadRequest(f"group_by must be one of {', '.join(SPEND_GROUPS)}.",
+    if group_by not in (*SPEND_GROUPS, *TASK_GROUPS):
+        raise BadRequest(f"group_by must be one of {', '.join(SPEND_GROUPS + TASK_GROUPS)}.",
                          param="group_by")
-    rows = await request.app[GATEWAY].governance.ledger.report(
-        group_by, _float(request, "since"), _float(request, "until"))
+    ledger = request.app[GATEWAY].governance.ledger
+    since, until = _float(request, "since"), _float(request, "until")
+    if group_by == "task":
+        limit = int(_float(request, "limit") or 100)
+        tasks = await ledger.tasks(since, until, max(1, min(limit, MAX_TASKS_LISTED)))
+        rows = [t.public() for t in tasks]
+    elif group_by == "workflow":
+        rows = workflow_kpis(await ledger.tasks(since, until), since, until, time.time())
+    else:
+        rows = await ledger.report(group_by, since, until)
     return json_response({"object": "list", "group_by": group_by, "data": rows})
 
 

@@ -83,6 +83,7 @@ class Point:
     tokens: float
     spend_by_team: Mapping[str, float] = field(default_factory=dict)
     spend_by_model: Mapping[str, float] = field(default_factory=dict)
+    workflows: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, samples: Samples, t: float, groups: Mapping[str, str]) -> Point:
@@ -103,14 +104,16 @@ class Point:
             escalated=sum(sum_by(samples, "podium_cascade_escalations_total", "route").values()),
             tokens=sum(sum_by(samples, "podium_tokens_total", "direction").values()),
             spend_by_team=sum_by(samples, "podium_cost_usd_total", "team"),
-            spend_by_model=dict(sorted(by_model.items(), key=lambda kv: -kv[1])))
+            spend_by_model=dict(sorted(by_model.items(), key=lambda kv: -kv[1])),
+            workflows=workflow_totals(samples))
 
     def as_json(self) -> dict[str, Any]:
         return {"t": self.t, "requests": self.requests, "errors": self.errors,
                 "rejected": self.rejected, "latency": self.latency, "overhead": self.overhead,
                 "cache_hits": self.cache_hits, "cache_lookups": self.cache_lookups,
                 "escalated": self.escalated, "tokens": self.tokens,
-                "spend_by_team": self.spend_by_team, "spend_by_model": self.spend_by_model}
+                "spend_by_team": self.spend_by_team, "spend_by_model": self.spend_by_model,
+                "workflows": self.workflows}
 
 
 @dataclass
@@ -180,4 +183,57 @@ def window(now: Point, history: History, seconds: int) -> dict[str, Any]:
         "tokens": now.tokens - base.tokens,
         "spend_usd": round(sum(now.spend_by_team.values())
                            - sum(base.spend_by_team.values()), 10),
+        "workflows": workflow_window(now.workflows, base.workflows, covered),
     }
+
+
+# ---- tasks and workflows (the series of gateway/observability/task_tally.py) ----------------
+
+def workflow_totals(samples: Samples) -> dict[str, dict[str, Any]]:
+    """Each workflow's finished tasks, cumulative: how many, how many ended in error, their
+    cost and time summed, how many escalated or were held, and the cost histogram."""
+    finished: dict[str, dict[str, Any]] = {}
+    for labels, value in samples.get("podium_tasks_total", ()):
+        entry = finished.setdefault(labels.get("workflow", ""), _no_tasks())
+        entry["tasks"] += value
+        entry["errors"] += value if labels.get("result") == "error" else 0.0
+    for name, key in (("podium_task_cost_usd_sum", "cost_usd"),
+                      ("podium_task_duration_seconds_sum", "duration_s"),
+                      ("podium_task_escalated_total", "escalated"),
+                      ("podium_task_approval_total", "approvals")):
+        for workflow, value in sum_by(samples, name, "workflow").items():
+            finished.setdefault(workflow, _no_tasks())[key] = value
+    name = "podium_task_cost_usd_bucket"
+    for workflow, entry in finished.items():
+        mine = [(labels, v) for labels, v in samples.get(name, ())
+                if labels.get("workflow") == workflow]
+        entry["cost_buckets"] = buckets({name: mine}, name.removesuffix("_bucket"))
+    return dict(sorted(finished.items()))
+
+
+def _no_tasks() -> dict[str, Any]:
+    return {"tasks": 0.0, "errors": 0.0, "cost_usd": 0.0, "duration_s": 0.0,
+            "escalated": 0.0, "approvals": 0.0, "cost_buckets": []}
+
+
+def workflow_window(now: Mapping[str, Mapping[str, Any]], base: Mapping[str, Mapping[str, Any]],
+                    covered_s: float) -> dict[str, dict[str, Any]]:
+    """Each workflow's KPIs over the window: tasks finished in it, per hour, their mean and
+    p95 cost, failure, escalation and approval rates, mean time to resolution."""
+    out = {}
+    for workflow, cur in now.items():
+        was = base.get(workflow) or _no_tasks()
+        tasks = cur["tasks"] - was["tasks"]
+        if tasks <= 0:
+            continue
+        costs = _minus(tuple(cur["cost_buckets"]), tuple(was["cost_buckets"]))
+        out[workflow] = {
+            "tasks": tasks,
+            "tasks_per_hour": round(tasks * 3600 / covered_s, 6) if covered_s > 0 else None,
+            "cost_per_task_usd": {"mean": round((cur["cost_usd"] - was["cost_usd"]) / tasks, 10),
+                                  "p95": quantile(0.95, costs)},
+            "failure_rate": _share(cur["errors"] - was["errors"], tasks),
+            "escalation_rate": _share(cur["escalated"] - was["escalated"], tasks),
+            "approval_rate": _share(cur["approvals"] - was["approvals"], tasks),
+            "time_to_resolution_s": round((cur["duration_s"] - was["duration_s"]) / tasks, 6)}
+    return out

@@ -11,10 +11,12 @@ from contextlib import asynccontextmanager
 
 from aiohttp import web
 from opentelemetry import trace
+from opentelemetry.trace import SpanContext
 
 from gateway.errors import PodiumError
 from gateway.pipeline.context import RequestContext
 from gateway.pipeline.identity import Principal, identity_attributes
+from gateway.pipeline.tasks import task_tag
 from gateway.runtime import ACCESS, ACCOUNTED, GATEWAY, REQUEST_ID, Gateway, Runtime
 
 
@@ -29,11 +31,14 @@ async def identify(request: web.Request, gw: Gateway, rt: Runtime) -> Principal:
 def new_context(request: web.Request, rt: Runtime, endpoint: str, principal: Principal,
                 model: str, body: dict[str, object], stream: bool) -> RequestContext:
     """The request's context, once the caller is known and the body valid; it names the
-    config version that serves it (the span and the access log say so too)."""
+    config version that serves it (the span and the access log say so too) and the task it
+    belongs to (a bad task id is refused here, 400)."""
     version_attributes(request, rt)
+    task = task_tag(request.headers, body, principal, rt.workflows, request[REQUEST_ID])
     return RequestContext(request_id=request[REQUEST_ID], endpoint=endpoint,
                           principal=principal, model=model, body=body, stream=stream,
-                          timeout_s=rt.config.server.request_timeout_s, config=rt.version)
+                          timeout_s=rt.config.server.request_timeout_s, config=rt.version,
+                          task=task)
 
 
 def version_attributes(request: web.Request, rt: Runtime) -> None:
@@ -51,6 +56,7 @@ async def accounted(request: web.Request, rt: Runtime,
                     ctx: RequestContext) -> AsyncIterator[None]:
     """Around a governed request: the outcome learns how it failed, and the plugins'
     accounting (spend, limits, audit) and the metrics run exactly once, whatever happened."""
+    task_attributes(ctx, request.app[GATEWAY].task_began(rt, ctx))
     try:
         yield
     except PodiumError as err:
@@ -63,6 +69,17 @@ async def accounted(request: web.Request, rt: Runtime,
             journal.accounted(ctx.request_id)  # its records are with the stores now
         _observe(request, ctx)
         request.app[GATEWAY].answered(rt, ctx)
+
+
+def task_attributes(ctx: RequestContext, first: SpanContext | None) -> None:
+    """The task on the request's SERVER span, linked to its first call's span when that one
+    is in another trace (a task's calls without a shared `traceparent`)."""
+    span = trace.get_current_span()
+    if ctx.task is None or not span.is_recording():
+        return
+    span.set_attributes({"podium.task.id": ctx.task.task, "podium.workflow": ctx.task.workflow})
+    if first is not None and first.trace_id != span.get_span_context().trace_id:
+        span.add_link(first, {"podium.link": "task", "podium.task.id": ctx.task.task})
 
 
 def journal_answer(request: web.Request, ctx: RequestContext) -> None:

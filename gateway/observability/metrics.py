@@ -30,6 +30,7 @@ from prometheus_client import (
 )
 
 from gateway.observability.learned_metrics import LearnedMetrics, LearnedState
+from gateway.observability.task_tally import TaskMetrics
 from gateway.pipeline.context import RequestContext
 
 _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
@@ -96,6 +97,7 @@ class Metrics:
                                    "(candidates and judges), by rule; ledgered under key "
                                    "'shadow', never a team's", ["route"], registry=reg)
         self.learned = LearnedMetrics(reg)
+        self.task = TaskMetrics(reg)
 
     def _at(self, metric: Counter | Histogram, *values: str) -> Any:
         """`metric.labels(*values)`, remembered: labels() validates and locks on every call.

@@ -34,6 +34,7 @@ from gateway.errors import AllAttemptsFailed, PodiumError
 from gateway.observability.telemetry import TraceIds, current_trace_ids
 from gateway.pipeline.identity import Principal
 from gateway.pipeline.permissions import PermissionScope
+from gateway.pipeline.tasks import TaskTag
 from gateway.storage.contracts import BudgetReservation
 from routing.attempts import OpenStream
 from routing.fallback import CallResult
@@ -123,6 +124,7 @@ class RequestContext:
     stream: bool
     timeout_s: float                   # server.request_timeout_s: every attempt within it
     config: VersionTag = field(default_factory=VersionTag)  # the config version serving it
+    task: TaskTag | None = None        # the task and workflow it belongs to (pipeline/tasks.py)
     trace: TraceIds = field(default_factory=current_trace_ids)
     started_at: float = field(default_factory=time.time)
     started_mono: float = field(default_factory=time.monotonic)

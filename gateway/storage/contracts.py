@@ -25,6 +25,7 @@ from gateway.storage.records import (
     ShadowPair,
     SpendRow,
     StoredKey,
+    TaskTotals,
 )
 from plugins.settings import Limits
 
@@ -88,6 +89,12 @@ class SpendStore(Store, Protocol):
     async def report(self, group_by: str, since: float | None,
                      until: float | None) -> list[dict[str, Any]]:
         """Spend grouped by key, team, model, deployment or day (flushes first)."""
+        ...
+
+    async def tasks(self, since: float | None, until: float | None,
+                    limit: int = 1_000_000) -> list[TaskTotals]:
+        """Each task's calls summed, for calls started in [since, until), the newest tasks
+        first (flushes first). A task is its `SpendRow.task`: its owner and its id."""
         ...
 
 

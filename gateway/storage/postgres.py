@@ -31,7 +31,7 @@ import asyncpg
 from gateway.errors import BadRequest
 from gateway.pipeline.identity import DigestIndex
 from gateway.storage.batch import BatchWriter
-from gateway.storage.records import Review, SpendRow, StoredKey
+from gateway.storage.records import Review, SpendRow, StoredKey, TaskTotals
 from plugins.settings import Limits
 
 T = TypeVar("T")
@@ -65,7 +65,23 @@ CREATE TABLE IF NOT EXISTS podium_spend (
     completion_tokens INTEGER, cost_usd DOUBLE PRECISION NOT NULL);
 CREATE INDEX IF NOT EXISTS podium_spend_ts ON podium_spend (ts);
 CREATE INDEX IF NOT EXISTS podium_spend_request_id ON podium_spend (request_id);
+ALTER TABLE podium_spend ADD COLUMN IF NOT EXISTS task TEXT,
+    ADD COLUMN IF NOT EXISTS workflow TEXT,
+    ADD COLUMN IF NOT EXISTS escalations INTEGER DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS held INTEGER DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS duration_s DOUBLE PRECISION DEFAULT 0;
+CREATE INDEX IF NOT EXISTS podium_spend_task ON podium_spend (task, ts);
 """
+_SPEND_WIDTH = len(SpendRow.__dataclass_fields__)
+# One row per task (see sqlite.py's); the last-started call's status by array_agg.
+_TASKS_SQL = """
+SELECT task, MAX(workflow), COUNT(*), SUM((status <> 200 AND held = 0)::int),
+       SUM(escalations), SUM(held),
+       SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_usd), MIN(ts),
+       MAX(ts + duration_s),
+       (array_agg(CASE WHEN held = 1 THEN 200 ELSE status END ORDER BY ts DESC))[1]
+FROM podium_spend WHERE task IS NOT NULL AND ts >= $1 AND ts < $2
+GROUP BY task ORDER BY MIN(ts) DESC LIMIT $3"""
 _SPEND_GROUPS = {"key": "key_id", "team": "team", "model": "model", "deployment": "deployment",
                  "day": "to_char(to_timestamp(ts) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"}
 _SPEND_COLUMNS = {"key_id": "key_id", "team": "team"}
@@ -204,10 +220,16 @@ class PgSpendLedger(BatchedStore):
             "SELECT EXISTS (SELECT 1 FROM podium_spend WHERE request_id = $1)", request_id))
 
     async def _write(self, batch: list[SpendRow]) -> None:
+        marks = ", ".join(f"${i}" for i in range(1, _SPEND_WIDTH + 1))
         async with self._db().acquire() as conn, conn.transaction():
-            await conn.executemany(
-                "INSERT INTO podium_spend VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                [row.values() for row in batch])
+            await conn.executemany(f"INSERT INTO podium_spend VALUES ({marks})",
+                                   [row.values() for row in batch])
+
+    async def tasks(self, since: float | None, until: float | None,
+                    limit: int = 1_000_000) -> list[TaskTotals]:
+        await self._writer.flush()
+        rows = await self._db().fetch(_TASKS_SQL, since or 0.0, until or 1e12, limit)
+        return [TaskTotals.from_row(tuple(r), r[11]) for r in rows]
 
     async def spent_since(self, column: str, value: str, since: float) -> float:
         spent = await self._db().fetchval(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import secrets
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, astuple, dataclass, field, replace
 from typing import Any
 
@@ -25,7 +25,8 @@ from plugins.settings import Limits
 
 @dataclass(frozen=True, slots=True)
 class SpendRow:
-    """In the ledger's column order."""
+    """In the ledger's column order. The last five say which task and workflow the request
+    belongs to (gateway/pipeline/tasks.py) and how it went, for the per-task KPIs."""
     ts: float
     request_id: str
     key_id: str
@@ -37,9 +38,54 @@ class SpendRow:
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float
+    task: str | None = None              # `<home> <task id>`: a task is its caller's own
+    workflow: str | None = None
+    escalations: int = 0
+    held: int = 0                        # 1: its answer was held for human approval
+    duration_s: float = 0.0              # from the request's start to its accounting
 
     def values(self) -> tuple[Any, ...]:
         return astuple(self)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskTotals:
+    """One task's calls, summed from the ledger (see `SpendStore.tasks`)."""
+    task: str                            # `<home> <task id>`
+    workflow: str
+    calls: int
+    failures: int                        # calls not answered (a held one is no failure)
+    escalations: int
+    approvals: int                       # calls held for human approval
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    first_at: float                      # the first call's start (unix seconds)
+    last_at: float                       # the last call's end
+    last_status: int                     # of the call that started last (held: 200)
+
+    @property
+    def ended_in_error(self) -> bool:
+        return self.last_status != 200
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any], last_status: int) -> TaskTotals:
+        """A task's row of the ledger's per-task query (the same columns in every backend)."""
+        return cls(task=row[0], workflow=row[1] or "none", calls=row[2], failures=row[3],
+                   escalations=row[4] or 0, approvals=row[5] or 0, prompt_tokens=row[6] or 0,
+                   completion_tokens=row[7] or 0, cost_usd=row[8] or 0.0, first_at=row[9],
+                   last_at=row[10], last_status=last_status)
+
+    def public(self) -> dict[str, Any]:
+        home, _, task = self.task.partition(" ")
+        return {"task": task, "owner": home, "workflow": self.workflow, "calls": self.calls,
+                "failures": self.failures, "escalations": self.escalations,
+                "approvals": self.approvals, "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "cost_usd": round(self.cost_usd, 10), "first_at": self.first_at,
+                "last_at": self.last_at,
+                "duration_s": round(max(0.0, self.last_at - self.first_at), 6),
+                "ended_in_error": self.ended_in_error}
 
 
 # The columns of the audit table besides the record itself: indexed, so filters are fast.

@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 
 from gateway.errors import BadRequest
 from gateway.storage.batch import BatchWriter
-from gateway.storage.records import Review, SpendRow
+from gateway.storage.records import Review, SpendRow, TaskTotals
 
 T = TypeVar("T")
 
@@ -89,6 +89,35 @@ CREATE TABLE IF NOT EXISTS spend (
 );
 CREATE INDEX IF NOT EXISTS spend_request_id ON spend (request_id);
 """
+# Added for tasks and workflows; a ledger made before them gains them on start.
+_SPEND_TASK_COLUMNS = {"task": "TEXT", "workflow": "TEXT", "escalations": "INTEGER DEFAULT 0",
+                       "held": "INTEGER DEFAULT 0", "duration_s": "REAL DEFAULT 0"}
+# One row per task: its calls summed. The status of the call that started last is read from
+# the greatest "<ts> <status>" text (ts zero-padded, so text order is time order). A call
+# held for human approval is no failure: it counts as answered.
+_TASKS_SQL = """
+SELECT task, MAX(workflow), COUNT(*), SUM(status != 200 AND held = 0), SUM(escalations),
+       SUM(held),
+       SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_usd), MIN(ts),
+       MAX(ts + duration_s),
+       MAX(printf('%020.6f %d', ts, CASE WHEN held = 1 THEN 200 ELSE status END))
+FROM spend WHERE task IS NOT NULL AND ts >= ? AND ts < ?
+GROUP BY task ORDER BY MIN(ts) DESC LIMIT ?"""
+
+
+def add_columns(db: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
+    """Columns a newer release added to `table`, added to a file made before it."""
+    have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+    for name, kind in columns.items():
+        if name not in have:
+            try:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+            except sqlite3.OperationalError as exc:  # another process added it meanwhile
+                if "duplicate column" not in str(exc):
+                    raise
+_SPEND_WIDTH = len(SpendRow.__dataclass_fields__)
+
+
 _SPEND_GROUPS = {"key": "key_id", "team": "team", "model": "model",
                  "deployment": "deployment", "day": "date(ts, 'unixepoch')"}
 
@@ -96,12 +125,23 @@ _SPEND_GROUPS = {"key": "key_id", "team": "team", "model": "model",
 class SpendLedger(BatchedSQLiteStore[SpendRow]):
     _schema, _what = _SPEND_SCHEMA, "spend ledger"
 
+    async def start(self) -> None:
+        await super().start()
+        add_columns(self._conn(), "spend", _SPEND_TASK_COLUMNS)
+        self._conn().execute("CREATE INDEX IF NOT EXISTS spend_task ON spend (task, ts)")
+
     def _write_batch(self, rows: list[SpendRow]) -> None:
         db = self._conn()
         with db:
             db.execute("BEGIN")
-            db.executemany("INSERT INTO spend VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            db.executemany(f"INSERT INTO spend VALUES ({','.join('?' * _SPEND_WIDTH)})",
                            [r.values() for r in rows])
+
+    async def tasks(self, since: float | None, until: float | None,
+                    limit: int = 1_000_000) -> list[TaskTotals]:
+        await self._writer.flush()
+        rows = self._read().execute(_TASKS_SQL, (since or 0.0, until or 1e12, limit))
+        return [TaskTotals.from_row(r, int(r[11].rsplit(" ", 1)[1])) for r in rows]
 
     async def has(self, request_id: str) -> bool:
         row = self._read().execute("SELECT 1 FROM spend WHERE request_id = ? LIMIT 1",

@@ -3,6 +3,8 @@
 // shows those numbers as they are, so it always agrees with the data endpoint.
 import { barChart, colorFor, html, lineChart } from "./charts.js";
 import { renderLearned } from "./learned.js";
+import { renderShadow } from "./shadow.js";
+import { renderWorkflows } from "./workflows.js";
 
 const POLL_MS = 2000;
 const KEEP_S = 3600;
@@ -43,6 +45,7 @@ function record(point) {
     counts: point.latency.map(([, n]) => n), overhead: point.overhead.map(([, n]) => n),
     hit: point.cache_hits, lookups: point.cache_lookups,
     spendTeam: point.spend_by_team, spendModel: point.spend_by_model,
+    workflows: point.workflows || {},
   };
 }
 
@@ -196,6 +199,8 @@ function render() {
   renderHealth(snap.deployments);
   renderReviews(snap.reviews, now);
   renderLearned(document.getElementById("learned"), snap.learned);
+  renderShadow(document.getElementById("shadow"), snap.shadow);
+  renderWorkflows(snap, state.history, axis0, now);
 }
 
 // Since the process (or pool) started: the counters /metrics reports.
