@@ -21,6 +21,7 @@ from aiohttp import web
 
 from gateway.config import GatewayConfig, read_text
 from gateway.config_versions import text_of
+from gateway.follow_up import finish_idle_tasks
 from gateway.http import (
     admin,
     chat,
@@ -197,7 +198,7 @@ async def _tasks_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _finish_tasks_forever(gw: Gateway) -> None:
     while True:
         await asyncio.sleep(TASK_TICK_S)
-        gw.tasks_idle()
+        finish_idle_tasks(gw)
 
 
 async def _shadow_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -30,21 +30,18 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from opentelemetry import trace
-from opentelemetry.trace import SpanContext
 
 from gateway.config import Checked, ConfigError, GatewayConfig, check_text, read_text
 from gateway.config_versions import VersionTag, digest_of
 from gateway.errors import PodiumError
 from gateway.observability.metrics import Metrics
-from gateway.observability.task_tally import CallFacts, OpenTasks
+from gateway.observability.task_tally import OpenTasks
 from gateway.observability.telemetry import SpanFactory, Telemetry
 from gateway.pipeline.auth import Authenticator
 from gateway.pipeline.cache import Cache
-from gateway.pipeline.context import RequestContext
 from gateway.pipeline.route import FeaturePolicy, Planner
 from gateway.pipeline.semantic_cache import SemanticCache
-from gateway.shadow import ShadowTrials, TrialInputs
+from gateway.shadow import ShadowTrials
 from gateway.storage.contracts import (
     ConfigVersionStore,
     KeyStoreBackend,
@@ -167,40 +164,6 @@ class Gateway:
         self.cache = Cache(self.state.cache, semantic, self.telemetry.span)
         self.shadow = ShadowTrials(self.caller, self.state, self.governance.ledger,
                                    self.shadow_store, self.metrics, self.telemetry)
-
-    def task_began(self, rt: Runtime, ctx: RequestContext) -> SpanContext | None:
-        """A call of a task starts: the span of the task's first call, to link to."""
-        if ctx.task is None:
-            return None
-        span = trace.get_current_span().get_span_context()
-        first, evicted = self.tasks.begin(ctx.task, span if span.is_valid else None,
-                                          time.monotonic(), rt.config.tasks.max_open)
-        if evicted:
-            self.metrics.task.evicted.inc(len(evicted))
-            self.metrics.task.finished(evicted)
-        return first
-
-    def tasks_idle(self) -> None:
-        """Finish the tasks idle long enough (`tasks.idle_s`): into the per-task metrics."""
-        finished = self.tasks.expire(time.monotonic(), self.runtime.config.tasks.idle_s)
-        self.metrics.task.finished(finished)
-        self.metrics.task.open.set(len(self.tasks.tasks))
-
-    def answered(self, rt: Runtime, ctx: RequestContext) -> None:
-        """After a governed request is accounted (the client has its answer): its task's
-        totals, and its shadow trial if it was drawn for one."""
-        if ctx.task is not None:
-            call = CallFacts(started_at=ctx.started_at, ended_at=time.time(),
-                             status=ctx.outcome.status, held=ctx.hold is not None,
-                             escalations=ctx.escalations, cost_usd=ctx.outcome.cost_usd)
-            self.tasks.end(ctx.task, call, time.monotonic())
-            self.metrics.task.call(ctx.task.workflow, call)
-        if self.shadow.wanted(ctx) is not None:
-            policy = feature_policy(rt.config)
-            record = rt.learned.record if ctx.scope is not None and policy.allows(ctx.scope) \
-                else None
-            self.shadow.consider(ctx, TrialInputs(rt.catalog, rt.config.shadow,
-                                                  rt.config.routing, record))
 
     def planner(self, rt: Runtime) -> Planner:
         """The permissions and route hops, on one config's router and this process's health."""

@@ -31,7 +31,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from opentelemetry import context as otel_context
 from opentelemetry.trace import Link, SpanContext, TraceFlags
 
@@ -40,6 +39,7 @@ from gateway.errors import PodiumError, StateUnavailable
 from gateway.observability.metrics import Metrics
 from gateway.observability.telemetry import Telemetry
 from gateway.pipeline.context import RequestContext
+from gateway.shadow_records import SHADOW_KEY, Verdict, rule_of, shadow_pair, spend_row
 from gateway.storage.contracts import (
     BudgetClaim,
     BudgetRefusal,
@@ -49,19 +49,16 @@ from gateway.storage.contracts import (
     SpendStore,
     WindowCheck,
 )
-from gateway.storage.records import ShadowPair, SpendRow
 from plugins.budget import period_end, period_start
-from routing.cascade import AnswerCheck
 from routing.catalog import Catalog, Deployment
 from routing.fallback import Caller, CallResult
 from routing.learned.features import RecordedFeatures
-from routing.providers.base import ChatAnswer, Usage
+from routing.providers.base import ChatAnswer
 from routing.router import RoutePlan
 from routing.rules import CascadeChecks, RetryConfig, RoutingConfig, ShadowJudge, ShadowTrial
-from routing.shadow_compare import JUDGE_PASS, compare, judge_body, judge_score
+from routing.shadow_compare import JUDGE_PASS, checked, compare, judge_body, judge_score
 
 log = logging.getLogger("podium.shadow")
-SHADOW_KEY = "shadow"       # the ledger's key id for shadow spend (real ones are key_<hex>)
 HOME = "shadow"             # where the trials' rate window and budget live in shared state
 JUDGE_MAX_TOKENS = 64
 
@@ -157,7 +154,7 @@ class ShadowTrials:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _run(self, run: _Trial) -> None:
-        rule = _rule(run.ctx)
+        rule = rule_of(run.ctx)
         name = run.trial.group or run.trial.deployment or "?"
         links = _links(run.ctx)
         with self._telemetry.tracer.start_as_current_span(
@@ -208,15 +205,16 @@ class ShadowTrials:
                                     "shadow")
         primary = ctx.outcome.answer or {}
         checks = ctx.plan.checks if ctx.plan is not None else CascadeChecks()
-        verdict = _Verdict(primary_check=AnswerCheck(checks, ctx.body)(_answer(primary)))
+        verdict = Verdict(primary_check=checked(checks, ctx.body, primary))
         if isinstance(answered, CallResult):
             seen = compare(checks, ctx.body, primary, answered.answer.body)
             score, judge_cost = await self._judge(run, primary, answered.answer.body)
             agreed = score >= JUDGE_PASS if score is not None else \
                 seen.similarity >= trial.agree_at
-            verdict = _Verdict(seen.primary_check, seen.candidate_check, seen.similarity,
+            verdict = Verdict(seen.primary_check, seen.candidate_check, seen.similarity,
                                score, judge_cost, agreed)
-        pair = _pair(run, answered, verdict)
+        pair = shadow_pair(ctx, run.inputs.catalog, run.candidates[0], answered, verdict,
+                           run.features)
         if self.store is not None:
             self.store.submit(pair)
         result = "error" if pair.status == "error" else \
@@ -242,16 +240,16 @@ class ShadowTrials:
                     kind: str) -> CallResult[ChatAnswer] | PodiumError:
         """One call along `chain` under the request's scope, ledgered as shadow spend."""
         ctx, inputs = run.ctx, run.inputs
-        plan = RoutePlan(rule=f"shadow:{_rule(ctx)}",
+        plan = RoutePlan(rule=f"shadow:{rule_of(ctx)}",
                          strategy="cheapest", chain=chain, candidates=(), min_quality=0)
         deadline = asyncio.get_running_loop().time() + inputs.limits.timeout_s
         routing = inputs.routing.model_copy(update={"retries": RetryConfig(attempts=0)})
         try:
             result = await self._caller.chat(plan, body, deadline, routing, None, ctx.scope)
         except PodiumError as err:
-            self._ledger.submit(_spend(ctx, kind, chain[0], err.status, None))
+            self._ledger.submit(spend_row(ctx, kind, chain[0], err.status, None))
             return err
-        self._ledger.submit(_spend(ctx, kind, result.deployment, 200, result))
+        self._ledger.submit(spend_row(ctx, kind, result.deployment, 200, result))
         return result
 
 
@@ -322,71 +320,6 @@ def _claims(limits: ShadowConfig, ledger: SpendStore) -> list[BudgetClaim]:
     return [BudgetClaim(scope=f"shadow:all:{period}", budget_usd=limits.budget_usd,
                         period_start=start, period_end=period_end(period, now),
                         load_spent=spent)]
-
-
-def _spend(ctx: RequestContext, kind: str, dep: Deployment, status: int,
-           result: CallResult[ChatAnswer] | None) -> SpendRow:
-    usage = result.usage if result is not None else None
-    return SpendRow(ts=time.time(), request_id=f"{ctx.request_id}:{kind}", key_id=SHADOW_KEY,
-                    key_name=f"{kind} {_rule(ctx)}", team=None, model=dep.group, deployment=dep.id,
-                    status=status, prompt_tokens=usage.prompt_tokens if usage else 0,
-                    completion_tokens=usage.completion_tokens if usage else 0,
-                    cost_usd=result.cost_usd if result is not None else 0.0)
-
-
-@dataclass(frozen=True)
-class _Verdict:
-    primary_check: str | None = None
-    candidate_check: str | None = None
-    similarity: float | None = None
-    score: float | None = None
-    judge_cost: float = 0.0
-    agreed: bool | None = None
-
-
-def _answer(body: dict[str, Any]) -> ChatAnswer:
-    return ChatAnswer(body=body, usage=Usage(), response_model=None)
-
-
-def _pair(run: _Trial, answered: CallResult[ChatAnswer] | PodiumError,
-          verdict: _Verdict) -> ShadowPair:
-    ctx, outcome, features = run.ctx, run.ctx.outcome, run.features
-    if isinstance(answered, CallResult):
-        candidate, error = answered.deployment, None
-        cost, latency = answered.cost_usd, answered.upstream_s
-    else:
-        candidate, error, cost, latency = run.candidates[0], _kind(answered), 0.0, 0.0
-    primary = run.inputs.catalog.by_id.get(outcome.deployment or "")
-    return ShadowPair(
-        ts=time.time(), request_id=ctx.request_id, rule=_rule(ctx),
-        primary=outcome.deployment or "", candidate=candidate.id,
-        status="ok" if error is None else "error", error=error,
-        primary_cost=round(outcome.cost_usd, 10), candidate_cost=round(cost, 10),
-        judge_cost=round(verdict.judge_cost, 10),
-        primary_latency_s=round(outcome.upstream_s, 6), candidate_latency_s=round(latency, 6),
-        primary_passed=verdict.primary_check is None,
-        candidate_passed=verdict.candidate_check is None if error is None else None,
-        primary_check=verdict.primary_check, candidate_check=verdict.candidate_check,
-        similarity=verdict.similarity, judge_score=verdict.score, agreed=verdict.agreed,
-        candidate_cheaper=primary is not None and _price(candidate) < _price(primary),
-        features=orjson.dumps(features.to_json()).decode() if features is not None else None,
-        embedder=features.embedder if features is not None else None)
-
-
-def _kind(err: PodiumError) -> str:
-    """What went wrong with the candidate: its last attempt's error kind, or the code."""
-    attempts = getattr(err, "attempts", None)
-    if attempts:
-        return str(attempts[-1].error.kind)
-    return err.code or err.type
-
-
-def _rule(ctx: RequestContext) -> str:
-    return ctx.plan.rule if ctx.plan is not None else "default"
-
-
-def _price(dep: Deployment) -> float:
-    return dep.input_cost_per_token + dep.output_cost_per_token
 
 
 def _links(ctx: RequestContext) -> list[Link]:

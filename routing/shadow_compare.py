@@ -76,6 +76,12 @@ def compare(checks: CascadeChecks, request: Mapping[str, Any], primary: dict[str
                       similarity(answer_text(primary), answer_text(candidate)))
 
 
+def checked(checks: CascadeChecks, request: Mapping[str, Any],
+            body: dict[str, Any]) -> str | None:
+    """One answer through the cascade's checks: None when it passes, else why not."""
+    return AnswerCheck(checks, request)(_as_answer(body))
+
+
 def _as_answer(body: dict[str, Any]) -> ChatAnswer:
     return ChatAnswer(body=body, usage=Usage(), response_model=None)
 

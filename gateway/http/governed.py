@@ -14,6 +14,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanContext
 
 from gateway.errors import PodiumError
+from gateway.follow_up import answered, task_began
 from gateway.pipeline.context import RequestContext
 from gateway.pipeline.identity import Principal, identity_attributes
 from gateway.pipeline.tasks import task_tag
@@ -56,7 +57,7 @@ async def accounted(request: web.Request, rt: Runtime,
                     ctx: RequestContext) -> AsyncIterator[None]:
     """Around a governed request: the outcome learns how it failed, and the plugins'
     accounting (spend, limits, audit) and the metrics run exactly once, whatever happened."""
-    task_attributes(ctx, request.app[GATEWAY].task_began(rt, ctx))
+    task_attributes(ctx, task_began(request.app[GATEWAY], rt, ctx))
     try:
         yield
     except PodiumError as err:
@@ -68,7 +69,7 @@ async def accounted(request: web.Request, rt: Runtime,
         if journal is not None:
             journal.accounted(ctx.request_id)  # its records are with the stores now
         _observe(request, ctx)
-        request.app[GATEWAY].answered(rt, ctx)
+        answered(request.app[GATEWAY], rt, ctx)
 
 
 def task_attributes(ctx: RequestContext, first: SpanContext | None) -> None:
