@@ -86,6 +86,33 @@ def test_routing_rule_typos() -> None:
     assert [w.split(":")[0] for w in warnings] == ["routing.rules[0].match.key"]
 
 
+def test_shadow_trials_and_workflows_name_what_exists() -> None:
+    errors, _ = outcome(config(routing={"rules": [
+        {"name": "r", "shadow": {"group": "chta", "share": 0.1,
+                                 "judge": {"deployment": "bgi", "rubric": "same facts"}}},
+        {"name": "s", "shadow": {"deployment": "small", "share": 0.5}}]},
+        workflows=[{"name": "triage"}, {"name": "triage"}, {"name": "other"}]))
+    assert errors == [
+        "routing.rules[0].shadow.group: unknown chat model group 'chta'",
+        "routing.rules[0].shadow.judge.deployment: unknown chat deployment id 'bgi'",
+        "workflows[1].name: 'triage' is declared twice",
+        "workflows[2].name: 'other' is reserved (the metrics' label for undeclared and "
+        "missing workflows)"]
+    errors, _ = outcome(config(routing={"rules": [
+        {"name": "r", "shadow": {"group": "chat", "share": 2}},
+        {"name": "s", "shadow": {"group": "chat", "deployment": "small", "share": 0.1}}]},
+        workflows=[{"name": "bad name!"}]))
+    assert any(e.startswith("routing.rules[0].shadow.share: Input should be less than or "
+                            "equal to 1") for e in errors), errors
+    assert any(e.startswith("routing.rules[1].shadow: Value error, give exactly one of")
+               for e in errors), errors
+    assert any(e.startswith("workflows[0].name: String should match pattern") for e in errors)
+    assert outcome(config(routing={"rules": [{"name": "r", "shadow": {
+        "group": "chat", "share": 0.05, "judge": {"group": "chat", "rubric": "r"}}}]},
+        workflows=[{"name": "triage"}], shadow={"rpm": 10, "budget_usd": 1.5},
+        tasks={"idle_s": 60, "max_open": 100})) == ([], [])
+
+
 def test_a_team_that_may_come_from_elsewhere_is_a_warning() -> None:
     # No `teams:`: a key created through the admin API may carry any team name.
     raw = config(routing={"rules": [{"name": "r", "match": {"team": "opps"}}]})

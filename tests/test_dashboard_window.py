@@ -86,7 +86,7 @@ async def test_the_gateway_keeps_the_history(dash: DashGateway) -> None:
     # Every point has what the page's charts are drawn from.
     assert set(history[-1]) == {"t", "requests", "errors", "rejected", "latency", "overhead",
                                 "cache_hits", "cache_lookups", "escalated", "tokens",
-                                "spend_by_team", "spend_by_model"}
+                                "spend_by_team", "spend_by_model", "workflows"}
     assert history[-1]["spend_by_team"].keys() == {"support", "research"}
 
 

@@ -225,3 +225,20 @@ async def test_report_ledger_and_training_agree_with_the_pairs(
     assert "20 labels from shadow trials" in out and "strong-only 10" in out, out
     trained = LinearHead.from_json(json.loads(head.read_text()), str(head))
     assert trained.provenance["shadow"]["labels"] == {"weak-correct": 10, "strong-only": 10}
+
+
+async def test_a_streamed_answer_is_trialled_too(sim: tuple[str, Any],
+                                                 make_gateway: GatewayFactory) -> None:
+    url, _ = sim
+    running = await make_gateway(trial_config(url, "sim-cand", 1.0))
+    stream = await running.client().chat.completions.create(
+        model="chat", messages=[{"role": "user", "content": "stream me an answer"}],
+        stream=True)
+    text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert text == "Simulated answer from sim-dear: stream me an answer"
+    gw = gateway_of(running)
+    await until(lambda: settled(gw), "the trial to finish")
+    assert gw.shadow.store is not None
+    [pair] = await gw.shadow.store.pairs(None, None)
+    assert (pair.primary, pair.candidate, pair.primary_passed) == ("sim-dear", "sim-cand", True)
+    assert pair.similarity is not None and pair.similarity > 0.6 and pair.agreed
