@@ -157,9 +157,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     path, cfg = _loaded(args.config, "serve")
     if cfg is None:
         return 1
-    from aiohttp import web
-
     from gateway.app import build_app
+    from gateway.http.connections import raise_open_files_limit, run
 
     logs.setup(cfg.logging.format, os.environ.get("PODIUM_LOG_LEVEL", cfg.logging.level))
     host = args.host or os.environ.get("PODIUM_HOST") or "127.0.0.1"
@@ -177,12 +176,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     in_pool = WORKER_ENV in os.environ  # the supervisor runs the simulator for the pool
     logging.getLogger("podium").info("serving %s on http://%s:%d (pid %d)", path, host, port,
                                      os.getpid())
+    open_files = raise_open_files_limit()
+    logging.getLogger("podium").info("open files limit: %d", open_files)
     app = build_app(cfg, start_simulator=not in_pool, config_path=path.resolve())
     _tune_gc()
-    web.run_app(app, host=host, port=port,
-                access_log=None, loop=_new_loop(), reuse_port=args.reuse_port or None,
-                shutdown_timeout=cfg.server.shutdown_timeout_s,
-                print=lambda msg: print(msg, flush=True))
+    run(app, cfg.server, host, port, reuse_port=args.reuse_port, loop=_new_loop(),
+        announce=lambda msg: print(msg, flush=True))
     return 0
 
 

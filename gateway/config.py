@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from gateway.config_base import Frozen, expand_env, format_loc
+from gateway.config_server import DashboardConfig, LoggingConfig, ServerConfig, TelemetryConfig
 from plugins.settings import (
     ApprovalRule,
     AuditConfig,
@@ -117,6 +118,12 @@ class JWTConfig(Frozen):
     algorithms: tuple[Literal["RS256", "RS384", "RS512", "ES256", "ES384", "ES512"], ...] = (
         "RS256", "ES256")
     leeway_s: float = Field(default=0.0, ge=0)
+    # A caller is always in a configured team: a token whose team claim is missing or names no
+    # team in `teams:` is refused (403), or placed in this team when it is set.
+    default_team: str | None = None
+    # How the subject (`sub`, often an e-mail address) is named in audit records, spans, logs
+    # and the ledger: `hash` (default) a stable pseudonym `jwt_<12 hex>`, `claim` as it is.
+    identity: Literal["hash", "claim"] = "hash"
 
 
 class AuthConfig(Frozen):
@@ -184,20 +191,6 @@ class StateConfig(Frozen):
         return self
 
 
-class LoggingConfig(Frozen):
-    format: Literal["json", "text"] = "json"
-    level: Literal["debug", "info", "warning", "error"] = "info"
-    access_log: bool = True                       # one line per HTTP request
-
-
-class ServerConfig(Frozen):
-    max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
-    request_timeout_s: float = Field(default=600.0, gt=0)
-    attempt_timeout_s: float = Field(default=120.0, gt=0)
-    # On SIGTERM: stop accepting, then give in-flight requests and streams this long.
-    shutdown_timeout_s: float = Field(default=30.0, ge=0)
-
-
 class SimModelConfig(Frozen):
     latency_ms: float = Field(default=0.0, ge=0)
     fail_rate: float = Field(default=0.0, ge=0, le=1)
@@ -209,12 +202,6 @@ class SimulatorConfig(Frozen):
     port: int = Field(default=4010, ge=0, le=65535)
     api_key: SecretStr | None = None
     models: dict[str, SimModelConfig] = {}
-
-
-class TelemetryConfig(Frozen):
-    # Standard OTEL_* environment variables take precedence; this only names the service when
-    # OTEL_SERVICE_NAME is not set.
-    service_name: str = "podium"
 
 
 class GatewayConfig(Frozen):
@@ -237,6 +224,7 @@ class GatewayConfig(Frozen):
     server: ServerConfig = ServerConfig()
     simulator: SimulatorConfig = SimulatorConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    dashboard: DashboardConfig = DashboardConfig()
 
 
 # ---- cross references -----------------------------------------------------------------------
@@ -291,9 +279,22 @@ def _check_teams(cfg: GatewayConfig, model_names: set[str]) -> list[str]:
     if cfg.teams:
         problems += [f"keys[{i}].team: unknown team {k.team!r}"
                      for i, k in enumerate(cfg.keys) if k.team is not None and k.team not in teams]
+    problems += _check_jwt(cfg, teams)
+    return problems
+
+
+def _check_jwt(cfg: GatewayConfig, teams: set[str]) -> list[str]:
     jwt = cfg.auth.jwt
-    if jwt is not None and (jwt.jwks_file is None) == (jwt.jwks_url is None):
+    if jwt is None:
+        return []
+    problems = []
+    if (jwt.jwks_file is None) == (jwt.jwks_url is None):
         problems.append("auth.jwt: give exactly one of 'jwks_file' or 'jwks_url'")
+    if not teams:
+        problems.append("auth.jwt: a JWT caller is always placed in a team from 'teams:' (its "
+                        "team claim, or auth.jwt.default_team); define at least one team")
+    elif jwt.default_team is not None and jwt.default_team not in teams:
+        problems.append(f"auth.jwt.default_team: unknown team {jwt.default_team!r}")
     return problems
 
 

@@ -92,6 +92,7 @@ class Gateway:
     metrics: Metrics = field(default_factory=Metrics)
     config_path: Path | None = None
     last_breaker_sync: float = 0.0
+    in_flight: int = 0                 # requests being handled now (http/middleware.py)
     reloading: asyncio.Task[Any] | None = None
 
     def __post_init__(self) -> None:
@@ -184,8 +185,11 @@ class Gateway:
 
 def _needs_restart(old: GatewayConfig, new: GatewayConfig) -> list[str]:
     changed = [name for name in _PROCESS_LIFETIME if getattr(old, name) != getattr(new, name)]
-    if old.server.max_body_bytes != new.server.max_body_bytes:
-        changed.append("server.max_body_bytes")
+    # The server's limits are read per request, except those fixed when it started.
+    for bound in ("max_body_bytes", "header_timeout_s", "keepalive_timeout_s",
+                  "shutdown_timeout_s"):
+        if getattr(old.server, bound) != getattr(new.server, bound):
+            changed.append(f"server.{bound}")
     # The cache's bounds size the store made at start; its TTLs and the semantic settings are
     # read per request and apply at once.
     for bound in ("max_entries", "max_bytes"):

@@ -6,6 +6,7 @@ inside it classified; and a stream that has started (`OpenStream`).
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -14,10 +15,17 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from gateway.errors import FailedAttempt, ProviderError, StreamInterrupted
+from gateway.observability.scrub import scrub
+from gateway.pipeline.messages import Kind, strings
 from routing.catalog import Deployment
+from routing.providers.answer_shape import usage_counts
 from routing.providers.base import Usage
+from routing.tokens import BYTES_PER_TOKEN, TokenGauge
 
 T = TypeVar("T")
+# What a streamed delta carries that the upstream bills as output.
+_PRODUCED: frozenset[Kind] = frozenset({"content", "refusal", "tool_name", "tool_arguments",
+                                        "function_call"})
 # Sampling parameters recorded on attempt spans, by GenAI semantic-convention name.
 _REQUEST_ATTRS = {"max_tokens": "gen_ai.request.max_tokens",
                   "temperature": "gen_ai.request.temperature", "top_p": "gen_ai.request.top_p",
@@ -49,7 +57,13 @@ def classify_unexpected(exc: Exception) -> ProviderError:
 
 @dataclass
 class OpenStream:
-    """A stream whose first chunk has arrived; iterating it yields that chunk and the rest."""
+    """A stream whose first chunk has arrived; iterating it yields that chunk and the rest.
+
+    The stream ends, with an error, once it has sent no chunk for the deployment's
+    `stream_idle_s` or once the request's `deadline` (server.request_timeout_s) has passed: an
+    upstream that drips a byte at a time never holds a connection for ever. What it costs is
+    its reported usage, or, when it ended without one (cut short, or an upstream that never
+    reports it), an estimate of what was produced: the prompt and the text streamed so far."""
     deployment: Deployment
     attempts: int
     failures: list[FailedAttempt]
@@ -61,7 +75,17 @@ class OpenStream:
     started: float = 0.0               # loop time when this attempt began
     upstream_s: float = 0.0            # failed attempts before it; the stream's own time added
     events: CallEvents | None = None
-    usage: Usage = field(default_factory=Usage)
+    deadline: float = math.inf         # loop time by which the whole stream must be over
+    prompt: Mapping[str, Any] = field(default_factory=dict)  # the body sent, for an estimate
+    reported: Usage | None = None      # the upstream's own usage, once it sent it
+    produced_bytes: int = 0            # text streamed so far (content, refusals, tool calls)
+
+    @property
+    def usage(self) -> Usage:
+        if self.reported is not None:
+            return self.reported
+        prompt = TokenGauge(None).messages(self.prompt.get("messages") or ()).tokens
+        return Usage(prompt, -(-self.produced_bytes // BYTES_PER_TOKEN))
 
     async def chunks(self) -> AsyncIterator[dict[str, Any]]:
         model, reasons = None, []
@@ -71,11 +95,10 @@ class OpenStream:
                 model = chunk.get("model") or model
                 reasons += [c["finish_reason"] for c in chunk.get("choices", ())
                             if c.get("finish_reason")]
-                if chunk.get("usage"):
-                    self.usage = Usage.from_openai(chunk["usage"])
+                self._count(chunk)
                 yield chunk
-                chunk = await anext(self.rest, None)
-        except Exception as exc:  # a broken chunk ends the stream with an error
+                chunk = await self._next()
+        except Exception as exc:  # a broken chunk, or a stalled stream, ends it with an error
             err = classify_unexpected(exc)
             self._done(err.kind, model)
             end_failed(self.span, err)
@@ -89,6 +112,29 @@ class OpenStream:
             raise
         self._done("ok", model)
         end_ok(self.span, self.usage, model, tuple(reasons))
+
+    async def _next(self) -> dict[str, Any] | None:
+        """The next chunk, waited for no longer than the idle limit and the deadline allow."""
+        loop = asyncio.get_running_loop()
+        idle = self.deployment.stream_idle_s
+        until = min(loop.time() + idle, self.deadline)
+        try:
+            async with asyncio.timeout_at(until) as waiting:
+                return await anext(self.rest, None)
+        except TimeoutError:
+            if not waiting.expired():
+                raise
+        what = f"no chunk for {idle:g}s" if until < self.deadline else \
+            "the request's time limit (server.request_timeout_s) was reached"
+        raise ProviderError("timeout", f"the stream stalled: {what}") from None
+
+    def _count(self, chunk: dict[str, Any]) -> None:
+        if chunk.get("usage"):
+            counts = usage_counts(chunk["usage"])
+            self.reported = Usage(*counts) if counts is not None else self.reported
+        for choice in chunk.get("choices", ()):
+            for text in strings(choice.get("delta"), _PRODUCED):
+                self.produced_bytes += len(text.value.encode("utf-8", "surrogatepass"))
 
     def _done(self, outcome: str, model: str | None) -> None:
         seconds = asyncio.get_running_loop().time() - self.started
@@ -152,5 +198,6 @@ def end_failed(span: trace.Span, err: ProviderError) -> None:
         span.set_attribute("error.type", err.kind)
         if err.status:
             span.set_attribute("http.response.status_code", err.status)
-        span.set_status(Status(StatusCode.ERROR, err.message[:200]))
+        # The upstream's message can quote the prompt: the span gets it scrubbed.
+        span.set_status(Status(StatusCode.ERROR, scrub(err.message)))
     span.end()

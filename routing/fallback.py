@@ -193,7 +193,8 @@ class Caller:
             return OpenStream(dep, walk.number, walk.failures, first, chunks, span,
                               masked=bool(guard and guard.masks_for(dep)),
                               attempted=walk.attempted, started=started,
-                              upstream_s=walk.upstream_s, events=self._events)
+                              upstream_s=walk.upstream_s, events=self._events,
+                              deadline=deadline, prompt=attempt.body)
         raise _exhausted(walk)
 
     async def _tries(self, plan: RoutePlan, body: Mapping[str, Any], deadline: float,

@@ -28,7 +28,7 @@ _PER_REPLY = 3
 _PER_IMAGE = 85
 # Bytes per token for the estimate: OpenAI's rule of thumb for English text. Reservations made
 # with it are settled to the upstream's reported usage after the call.
-_BYTES_PER_TOKEN = 4
+BYTES_PER_TOKEN = 4
 # A prompt whose bound is within this factor of a threshold starts loading the tokenizer.
 _PREFETCH_AT = 4
 # What a prompt is counted from: its text, its tool calls, its images (a fixed cost each).
@@ -105,7 +105,7 @@ class TokenGauge:
         if limit is None or bound + headroom < limit:
             if limit is not None and _PREFETCH_AT * bound + headroom >= limit:
                 _prefetch()  # conversations grow: the next prompt may need an exact count
-            return Size(fixed + sum(-(-n // _BYTES_PER_TOKEN) for n in sizes), False)
+            return Size(fixed + sum(-(-n // BYTES_PER_TOKEN) for n in sizes), False)
         return Size(fixed + sum(count_text(t) for t in texts), True)
 
 

@@ -1,5 +1,11 @@
-"""The edge of every request: its id, its SERVER span, its access-log line, and the one place
-where an error becomes the client's answer.
+"""The edge of every request: its id, its SERVER span, its access-log line, its admission, and
+the one place where an error becomes the client's answer.
+
+Admission: a process handles at most `server.max_in_flight` requests at once (past that, 503
+`overloaded` with Retry-After, which the OpenAI SDKs honour), and a request's body must arrive
+within `server.body_timeout_s` of its head (408 otherwise), for every endpoint alike. Probes and
+scrapes (`/healthz`, `/readyz`, `/metrics`) are always answered: an overloaded gateway must
+still tell its load balancer and its operator so.
 
 `x-request-id` is set here once, on every response, when its headers are about to be sent
 (`on_response_prepare`): also on answers a handler writes early (`send_json`, streams), so no
@@ -8,6 +14,8 @@ handler passes it by hand.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import itertools
 import logging
 import secrets
@@ -22,10 +30,13 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from gateway.errors import (
     InternalError,
     MethodNotAllowed,
+    Overloaded,
     PayloadTooLarge,
     PodiumError,
+    RequestTimeout,
     RouteNotFound,
     render,
+    telemetry_code,
 )
 from gateway.pipeline.egress import SENT
 from gateway.runtime import ACCESS, ACCOUNTED, GATEWAY, REQUEST_ID
@@ -52,6 +63,7 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
     request[ACCESS] = {}
     if request.path in _UNTRACED:
         return await _handled(request, handler)
+    handler = functools.partial(_admitted, handler=handler)
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else ""
     parent = gw.telemetry.propagator.extract(request.headers)
@@ -79,6 +91,37 @@ async def add_request_id(request: web.Request, response: web.StreamResponse) -> 
     request_id = request.get(REQUEST_ID)
     if request_id is not None:
         response.headers["x-request-id"] = request_id
+
+
+async def _admitted(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The handler's answer, within the process's bound on requests in flight, once the body
+    (if any) has arrived in time."""
+    gw = request.app[GATEWAY]
+    server = gw.runtime.config.server
+    if gw.in_flight >= server.max_in_flight:
+        raise Overloaded(f"The gateway is handling {server.max_in_flight} requests; "
+                         "try again in a moment.")
+    gw.in_flight += 1
+    try:
+        if request.body_exists:
+            await _read_body(request, server.body_timeout_s, server.max_body_bytes)
+        return await handler(request)
+    finally:
+        gw.in_flight -= 1
+
+
+async def _read_body(request: web.Request, timeout_s: float, limit: int) -> None:
+    """Read the body now, within the deadline; handlers then get it from aiohttp's copy."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"Request body is {request.content_length} bytes; "
+                              f"the limit is {limit} bytes.")
+    try:
+        async with asyncio.timeout(timeout_s):
+            await request.read()
+    except TimeoutError:
+        raise RequestTimeout(f"The request body did not arrive within {timeout_s:g}s.") from None
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.") from None
 
 
 def _log_access(request: web.Request, status: int, started: float, span: trace.Span) -> None:
@@ -113,9 +156,9 @@ async def _handled(request: web.Request, handler: Handler) -> web.StreamResponse
 
 
 def _refused(request: web.Request, err: PodiumError) -> web.Response:
-    if err.status < 500 and ACCOUNTED not in request:
+    if (err.status < 500 or isinstance(err, Overloaded)) and ACCOUNTED not in request:
         # Refused before the governed part (bad key, body, endpoint): counted here, once.
-        request.app[GATEWAY].metrics.rejected(err.code or err.type)
+        request.app[GATEWAY].metrics.rejected(telemetry_code(err))
     return render(err)
 
 

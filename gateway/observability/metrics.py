@@ -29,6 +29,7 @@ from prometheus_client import (
     multiprocess,
 )
 
+from gateway.errors import known_code
 from gateway.pipeline.context import RequestContext
 
 _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
@@ -104,7 +105,7 @@ class Metrics:
         return child
 
     def rejected(self, code: str) -> None:
-        self._at(self.rejections, code).inc()
+        self._at(self.rejections, known_code(code)).inc()
 
     def team(self, team: str | None) -> str:
         return team if team in self.teams else ("none" if team is None else "other")

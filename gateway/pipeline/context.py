@@ -26,7 +26,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from gateway.errors import AllAttemptsFailed, PodiumError
+from gateway.errors import AllAttemptsFailed, PodiumError, telemetry_code
+from gateway.observability.scrub import scrub
 from gateway.observability.telemetry import TraceIds, current_trace_ids
 from gateway.pipeline.identity import Principal
 from gateway.pipeline.permissions import PermissionScope
@@ -75,7 +76,8 @@ class Decision:
 class Outcome:
     """How the request ended; filled by the call (or the cache) and by egress."""
     status: int = 500
-    error_code: str | None = None
+    error_code: str | None = None      # one of errors.CODES, or "other"
+    error: str | None = None           # the error's message, scrubbed (observability/scrub.py)
     deployment: str | None = None      # the deployment that answered (a call, not a cache hit)
     attempted: list[str] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
@@ -86,7 +88,8 @@ class Outcome:
     settled: bool = False              # cost_usd is final (known before the answer was sent)
 
     def failed(self, err: PodiumError) -> None:
-        self.status, self.error_code = err.status, err.code
+        self.status, self.error_code = err.status, telemetry_code(err)
+        self.error = scrub(err.message)
         if isinstance(err, AllAttemptsFailed):
             self.attempted = [a.deployment_id for a in err.attempts]
 

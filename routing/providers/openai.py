@@ -31,6 +31,7 @@ from gateway.errors import ErrorKind, ProviderError, parse_retry_after, redact
 from routing.catalog import Deployment
 from routing.providers import answer_shape
 from routing.providers.base import Attempt, ChatAnswer, EmbeddingAnswer, Usage, finish_reasons
+from routing.providers.reading import ByteBudget, EventSplitter, read_capped
 
 __all__ = ["OpenAICompatibleProvider", "is_openai_compatible"]
 
@@ -91,9 +92,11 @@ class OpenAICompatibleProvider:
     async def chat_stream(self, attempt: Attempt) -> AsyncIterator[dict[str, Any]]:
         body = {**attempt.body, "stream": True, "stream_options": _STREAM_OPTIONS}
         resp = await self._open_stream(attempt, body)
-        events = _EventSplitter()
+        events = EventSplitter()
+        budget = ByteBudget(attempt)
         try:
             async for piece in resp.content.iter_any():
+                budget.spend(len(piece))  # a stream's total, a never-ending line included
                 for data in events.feed(piece):
                     if data == _DONE:
                         return
@@ -160,7 +163,7 @@ class OpenAICompatibleProvider:
         try:
             async with session.post(url, data=orjson.dumps(body), headers=self._headers(attempt),
                                     timeout=timeout, allow_redirects=False) as resp:
-                raw = await resp.read()
+                raw = await read_capped(resp, attempt)
                 if resp.status >= 300:
                     raise _http_error(resp, raw, attempt)
                 return raw
@@ -184,7 +187,7 @@ class OpenAICompatibleProvider:
                     timeout=timeout, allow_redirects=False)
                 if resp.status >= 300:
                     try:
-                        raise _http_error(resp, await resp.read(), attempt)
+                        raise _http_error(resp, await read_capped(resp, attempt), attempt)
                     finally:
                         resp.release()
         except ProviderError:
@@ -192,37 +195,6 @@ class OpenAICompatibleProvider:
         except _TRANSPORT_ERRORS as exc:
             raise _transport_error(exc, attempt) from None
         return resp
-
-
-class _EventSplitter:
-    """Incremental server-sent events: bytes as they arrive in, each event's `data` out.
-
-    Lines may end in \\n or \\r\\n and arrive split across reads; comments (`:`) and the other
-    fields (`event:`, `id:`, `retry:`) are ignored; a blank line ends an event."""
-
-    __slots__ = ("_data", "_tail")
-
-    def __init__(self) -> None:
-        self._tail = b""
-        self._data: list[bytes] = []
-
-    def feed(self, piece: bytes) -> list[bytes]:
-        lines = (self._tail + piece).split(b"\n") if self._tail else piece.split(b"\n")
-        self._tail = lines.pop()
-        events: list[bytes] = []
-        for line in lines:
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if not line:
-                if self._data:
-                    events.append(b"\n".join(self._data))
-                    self._data = []
-            elif line.startswith(b"data:"):
-                self._data.append(line[6:] if line[5:6] == b" " else line[5:])
-        return events
-
-    def end(self) -> list[bytes]:
-        return self.feed(b"\n\n") if self._tail or self._data else []
 
 
 def _stream_chunk(data: bytes, attempt: Attempt) -> dict[str, Any]:
