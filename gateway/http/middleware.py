@@ -159,7 +159,12 @@ def _refused(request: web.Request, err: PodiumError) -> web.Response:
     if (err.status < 500 or isinstance(err, Overloaded)) and ACCOUNTED not in request:
         # Refused before the governed part (bad key, body, endpoint): counted here, once.
         request.app[GATEWAY].metrics.rejected(telemetry_code(err))
-    return render(err)
+    response = render(err)
+    if isinstance(err, RequestTimeout):
+        # Nothing more is read from this connection: it closes once the answer is out (after
+        # aiohttp's lingering time for a client still sending).
+        response.force_close()
+    return response
 
 
 def _from_http(exc: web.HTTPException, request: web.Request) -> PodiumError:
