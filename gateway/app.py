@@ -52,6 +52,7 @@ def build_app(config: GatewayConfig, telemetry: Telemetry | None = None,
     app[GATEWAY] = Gateway(
         runtime=Runtime.compile(config, stores.keys, governance, telemetry.span),
         keystore=stores.keys, governance=governance, telemetry=telemetry, state=state,
+        sessions=stores.sessions,
         metrics=Metrics(t.name for t in config.teams), config_path=config_path)
     app[dashboard.ASSETS] = dashboard.load_assets()
     _add_routes(app.router)
@@ -99,10 +100,12 @@ def _add_routes(r: web.UrlDispatcher) -> None:
 
 
 async def _keystore_ctx(app: web.Application) -> AsyncIterator[None]:
-    store = app[GATEWAY].keystore
-    await store.start()
+    gw = app[GATEWAY]
+    await gw.keystore.start()
+    await gw.sessions.start()
     yield
-    await store.close()
+    await gw.sessions.close()
+    await gw.keystore.close()
 
 
 async def _governance_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -32,7 +32,7 @@ from gateway.pipeline.auth import Authenticator
 from gateway.pipeline.cache import Cache
 from gateway.pipeline.route import Planner
 from gateway.pipeline.semantic_cache import SemanticCache
-from gateway.storage.contracts import KeyStoreBackend, SharedState
+from gateway.storage.contracts import KeyStoreBackend, SessionStore, SharedState
 from plugins.chain import PluginChain
 from plugins.registry import Governance, build_chain
 from routing.catalog import Catalog, Deployment
@@ -81,6 +81,7 @@ class Gateway:
     keystore: KeyStoreBackend
     governance: Governance
     state: SharedState
+    sessions: SessionStore             # dashboard sessions (http/sessions.py)
     litellm: LiteLLMProvider = field(default_factory=LiteLLMProvider)
     native: OpenAICompatibleProvider = field(default_factory=OpenAICompatibleProvider)
     health: Health = field(default_factory=Health)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -26,10 +27,19 @@ import pytest
 from gateway.errors import BadRequest
 from gateway.pipeline.identity import digest_of, key_id_for
 from gateway.storage.audit_chain import VerifyResult
-from gateway.storage.contracts import AuditStore, KeyStoreBackend, ReviewStore, SpendStore, Store
+from gateway.storage.contracts import (
+    AuditStore,
+    KeyStoreBackend,
+    ReviewStore,
+    SessionStore,
+    SpendStore,
+    Store,
+)
 from gateway.storage.keystore import KeyStore
 from gateway.storage.postgres import PgAuditLog, PgKeyStore, PgReviewQueue, PgSpendLedger
-from gateway.storage.records import AuditRecord, Review, SpendRow
+from gateway.storage.postgres_sessions import PgSessions
+from gateway.storage.records import AuditRecord, DashboardSession, Review, SpendRow
+from gateway.storage.sessions import SqliteSessions
 from gateway.storage.sqlite import AuditLog, ReviewQueue, SpendLedger
 from plugins.settings import Limits
 from tests.support.waiting import until
@@ -70,6 +80,10 @@ class Backend:
     async def keys(self) -> KeyStoreBackend:
         return await self._started(
             PgKeyStore(self.dsn) if self.dsn else KeyStore(self._file("keys")))
+
+    async def sessions(self) -> SessionStore:
+        return await self._started(
+            PgSessions(self.dsn) if self.dsn else SqliteSessions(self._file("keys")))
 
     async def spend(self) -> SpendStore:
         return await self._started(
@@ -180,6 +194,18 @@ async def test_key_changes_are_seen_by_a_second_process(backend: Backend) -> Non
                       file="keys")
     assert await first.find(digest_of(raw2)) is None
     assert await second.find(digest_of(raw2)) is None
+
+
+async def test_sessions_open_find_end_expire_across_processes(backend: Backend) -> None:
+    one, other = await backend.sessions(), await backend.sessions()
+    live = DashboardSession("ops", "0123456789abcdef", time.time() + 60)
+    await one.open("a" * 64, live)
+    await one.open("b" * 64, DashboardSession("ops", "0123456789abcdef", time.time() - 1))
+    assert await other.find("a" * 64) == live
+    assert await other.find("b" * 64) is None, "an expired session is not found"
+    assert await other.end("a" * 64) is True
+    assert await one.find("a" * 64) is None, "ended in one process: ended in every one"
+    assert await one.end("a" * 64) is False
 
 
 async def test_key_store_reopened_keeps_keys(backend: Backend) -> None:

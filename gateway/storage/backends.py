@@ -10,6 +10,7 @@ from gateway.config import GatewayConfig
 from gateway.storage.contracts import SharedState, Stores
 from gateway.storage.keystore import KeyStore
 from gateway.storage.memory_state import MemoryState
+from gateway.storage.sessions import SqliteSessions
 from gateway.storage.sqlite import AuditLog, ReviewQueue, SpendLedger
 
 
@@ -18,17 +19,18 @@ def open_stores(cfg: GatewayConfig) -> Stores:
     storage = cfg.storage
     if storage.backend == "postgres":
         from gateway.storage import postgres  # asyncpg: only for a config that names it
+        from gateway.storage.postgres_sessions import PgSessions
 
         if storage.dsn is None:
             raise ValueError("storage.backend postgres needs 'dsn'")  # the config checks it
         dsn = storage.dsn.get_secret_value()
         return Stores(keys=postgres.PgKeyStore(dsn), spend=postgres.PgSpendLedger(dsn),
                       audit=postgres.PgAuditLog(dsn) if cfg.audit.enabled else None,
-                      reviews=postgres.PgReviewQueue(dsn))
+                      reviews=postgres.PgReviewQueue(dsn), sessions=PgSessions(dsn))
     path = storage.path
     return Stores(keys=KeyStore(cfg.key_store.path), spend=SpendLedger(path),
                   audit=AuditLog(cfg.audit.path or path) if cfg.audit.enabled else None,
-                  reviews=ReviewQueue(path))
+                  reviews=ReviewQueue(path), sessions=SqliteSessions(cfg.key_store.path))
 
 
 def open_state(cfg: GatewayConfig) -> SharedState:

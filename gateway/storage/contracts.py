@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.storage.audit_chain import VerifyResult
-from gateway.storage.records import AuditRecord, Review, SpendRow, StoredKey
+from gateway.storage.records import AuditRecord, DashboardSession, Review, SpendRow, StoredKey
 from plugins.settings import Limits
 
 WINDOW_S = 60.0                      # the length of every rate-limit window ...
@@ -58,6 +58,23 @@ class KeyStoreBackend(Store, Protocol):
 
     async def revoke(self, key_id: str) -> bool:
         """Revoke an active key; False if there is none with this id."""
+        ...
+
+
+class SessionStore(Store, Protocol):
+    """Dashboard sessions, server side: a cookie is a random token, stored only as its sha256,
+    so a session exists exactly as long as its row (logout deletes it)."""
+
+    async def open(self, digest: str, session: DashboardSession) -> None:
+        """Record a new session under the sha256 of its cookie."""
+        ...
+
+    async def find(self, digest: str) -> DashboardSession | None:
+        """The live session with this digest; None once it has ended or expired."""
+        ...
+
+    async def end(self, digest: str) -> bool:
+        """End a session now (logout); False if there was none."""
         ...
 
 
@@ -124,6 +141,7 @@ class Stores:
     spend: SpendStore
     audit: AuditStore | None
     reviews: ReviewStore
+    sessions: SessionStore            # beside the keys: where they are shared, sessions are
 
 
 class CacheStore(Protocol):

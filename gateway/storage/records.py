@@ -126,6 +126,14 @@ class Review:
 
 
 @dataclass(frozen=True, slots=True)
+class DashboardSession:
+    """An operator's dashboard session (gateway/http/sessions.py)."""
+    admin: str                       # the admin key's name
+    key_fingerprint: str             # the first 16 hex digits of that key's sha256
+    expires_at: float                # unix seconds
+
+
+@dataclass(frozen=True, slots=True)
 class StoredKey:
     id: str
     name: str
