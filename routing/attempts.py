@@ -79,13 +79,16 @@ class OpenStream:
     prompt: Mapping[str, Any] = field(default_factory=dict)  # the body sent, for an estimate
     reported: Usage | None = None      # the upstream's own usage, once it sent it
     produced_bytes: int = 0            # text streamed so far (content, refusals, tool calls)
+    prompt_estimate: int | None = None  # counted once, when first needed
 
     @property
     def usage(self) -> Usage:
         if self.reported is not None:
             return self.reported
-        prompt = TokenGauge(None).messages(self.prompt.get("messages") or ()).tokens
-        return Usage(prompt, -(-self.produced_bytes // BYTES_PER_TOKEN))
+        if self.prompt_estimate is None:
+            messages = self.prompt.get("messages") or ()
+            self.prompt_estimate = TokenGauge(None).messages(messages).tokens
+        return Usage(self.prompt_estimate, -(-self.produced_bytes // BYTES_PER_TOKEN))
 
     async def chunks(self) -> AsyncIterator[dict[str, Any]]:
         model, reasons = None, []
