@@ -34,7 +34,7 @@ from gateway.observability.metrics import Metrics
 from gateway.observability.telemetry import Telemetry
 from gateway.runtime import GATEWAY, Gateway, Runtime
 from gateway.simulator import start_from_config
-from gateway.storage.backends import open_state, open_stores
+from gateway.storage.backends import journal_dir, open_state, open_stores
 from gateway.workers import watch_supervisor
 from plugins.registry import Governance
 
@@ -47,7 +47,7 @@ def build_app(config: GatewayConfig, telemetry: Telemetry | None = None,
     app.on_response_prepare.append(add_request_id)
     stores = open_stores(config)
     state = open_state(config)
-    governance = Governance.from_stores(stores, state)
+    governance = Governance.from_stores(stores, state, journal_dir(config))
     telemetry = telemetry or telemetry_mod.from_env(config.telemetry.service_name)
     app[GATEWAY] = Gateway(
         runtime=Runtime.compile(config, stores.keys, governance, telemetry.span),

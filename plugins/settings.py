@@ -35,6 +35,9 @@ class StorageConfig(Frozen):
     backend: Literal["sqlite", "postgres"] = "sqlite"
     path: str = "podium.sqlite3"
     dsn: SecretStr | None = None
+    # Answered requests are journaled here until their records are written, so a `kill -9`
+    # loses none (default: `<path>.answers` beside the database, or ./podium-answers).
+    journal_dir: str | None = None
 
     @model_validator(mode="after")
     def _postgres_needs_dsn(self) -> StorageConfig:
@@ -47,6 +50,9 @@ class AuditConfig(Frozen):
     enabled: bool = True
     path: str | None = None                              # default: storage.path
     include_content: bool = False                        # prompts and answers in records
+    # The key the chain is MACed with; normally ${PODIUM_AUDIT_KEY}, which is also read when
+    # this is unset. Without either, the embedded store generates one beside its database.
+    hmac_key: SecretStr | None = None
 
 
 class ApprovalMatch(RuleMatch):

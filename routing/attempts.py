@@ -16,16 +16,11 @@ from opentelemetry.trace import Status, StatusCode
 
 from gateway.errors import FailedAttempt, ProviderError, StreamInterrupted
 from gateway.observability.scrub import scrub
-from gateway.pipeline.messages import Kind, strings
 from routing.catalog import Deployment
-from routing.providers.answer_shape import usage_counts
 from routing.providers.base import Usage
-from routing.tokens import BYTES_PER_TOKEN, TokenGauge
+from routing.tokens import count_or_estimate, unreported_usage
 
 T = TypeVar("T")
-# What a streamed delta carries that the upstream bills as output.
-_PRODUCED: frozenset[Kind] = frozenset({"content", "refusal", "tool_name", "tool_arguments",
-                                        "function_call"})
 # Sampling parameters recorded on attempt spans, by GenAI semantic-convention name.
 _REQUEST_ATTRS = {"max_tokens": "gen_ai.request.max_tokens",
                   "temperature": "gen_ai.request.temperature", "top_p": "gen_ai.request.top_p",
@@ -61,9 +56,8 @@ class OpenStream:
 
     The stream ends, with an error, once it has sent no chunk for the deployment's
     `stream_idle_s` or once the request's `deadline` (server.request_timeout_s) has passed: an
-    upstream that drips a byte at a time never holds a connection for ever. What it costs is
-    its reported usage, or, when it ended without one (cut short, or an upstream that never
-    reports it), an estimate of what was produced: the prompt and the text streamed so far."""
+    upstream that drips a byte at a time never holds a connection for ever. What it produced
+    until then is billed (`_count_if_unreported`)."""
     deployment: Deployment
     attempts: int
     failures: list[FailedAttempt]
@@ -75,20 +69,13 @@ class OpenStream:
     started: float = 0.0               # loop time when this attempt began
     upstream_s: float = 0.0            # failed attempts before it; the stream's own time added
     events: CallEvents | None = None
+    usage: Usage = field(default_factory=lambda: Usage(reported=False))
+    request: Mapping[str, Any] = field(default_factory=dict)  # the body this attempt sent
+    # The answer's text and tool arguments as they arrived, to count them when the upstream
+    # reports no usage, or the client leaves before it does.
+    produced: list[str] = field(default_factory=list)
+    finished: bool = False
     deadline: float = math.inf         # loop time by which the whole stream must be over
-    prompt: Mapping[str, Any] = field(default_factory=dict)  # the body sent, for an estimate
-    reported: Usage | None = None      # the upstream's own usage, once it sent it
-    produced_bytes: int = 0            # text streamed so far (content, refusals, tool calls)
-    prompt_estimate: int | None = None  # counted once, when first needed
-
-    @property
-    def usage(self) -> Usage:
-        if self.reported is not None:
-            return self.reported
-        if self.prompt_estimate is None:
-            messages = self.prompt.get("messages") or ()
-            self.prompt_estimate = TokenGauge(None).messages(messages).tokens
-        return Usage(self.prompt_estimate, -(-self.produced_bytes // BYTES_PER_TOKEN))
 
     async def chunks(self) -> AsyncIterator[dict[str, Any]]:
         model, reasons = None, []
@@ -98,21 +85,22 @@ class OpenStream:
                 model = chunk.get("model") or model
                 reasons += [c["finish_reason"] for c in chunk.get("choices", ())
                             if c.get("finish_reason")]
-                self._count(chunk)
+                if chunk.get("usage"):
+                    self.usage = Usage.from_openai(chunk["usage"])
+                self._keep(chunk)
                 yield chunk
                 chunk = await self._next()
         except Exception as exc:  # a broken chunk, or a stalled stream, ends it with an error
             err = classify_unexpected(exc)
+            self._count_if_unreported()
             self._done(err.kind, model)
             end_failed(self.span, err)
             await aclose(self.rest)
             raise StreamInterrupted(FailedAttempt(self.deployment.id, err)) from None
         except BaseException:
-            # The client went away (or the server is stopping): close the upstream stream too.
-            self.span.set_attribute("error.type", "cancelled")
-            self.span.end()
-            await aclose(self.rest)
+            await self.abandon()
             raise
+        self._count_if_unreported()
         self._done("ok", model)
         end_ok(self.span, self.usage, model, tuple(reasons))
 
@@ -131,15 +119,36 @@ class OpenStream:
             "the request's time limit (server.request_timeout_s) was reached"
         raise ProviderError("timeout", f"the stream stalled: {what}") from None
 
-    def _count(self, chunk: dict[str, Any]) -> None:
-        if chunk.get("usage"):
-            counts = usage_counts(chunk["usage"])
-            self.reported = Usage(*counts) if counts is not None else self.reported
-        for choice in chunk.get("choices", ()):
-            for text in strings(choice.get("delta"), _PRODUCED):
-                self.produced_bytes += len(text.value.encode("utf-8", "surrogatepass"))
+    async def abandon(self) -> None:
+        """The client went away (or the server is stopping) before the stream ended: close the
+        upstream stream too, and bill what it produced so far (the upstream bills it to us).
+        Idempotent; a stream that already ended is left as it is."""
+        if self.finished:
+            return
+        self._count_if_unreported()
+        self._done("cancelled", None)
+        self.span.set_attribute("error.type", "cancelled")
+        self.span.end()
+        await aclose(self.rest)
+
+    def _keep(self, chunk: Mapping[str, Any]) -> None:
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            if isinstance(delta.get("content"), str):
+                self.produced.append(delta["content"])
+            for call in delta.get("tool_calls") or ():
+                args = (call.get("function") or {}).get("arguments")
+                if isinstance(args, str):
+                    self.produced.append(args)
+
+    def _count_if_unreported(self) -> None:
+        if not self.usage.reported:
+            prompt, _ = unreported_usage("chat", self.request, {})
+            produced = sum(count_or_estimate(p) for p in self.produced)
+            self.usage = Usage(prompt, produced, reported=False)
 
     def _done(self, outcome: str, model: str | None) -> None:
+        self.finished = True
         seconds = asyncio.get_running_loop().time() - self.started
         self.upstream_s += seconds
         if self.events is not None:

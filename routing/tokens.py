@@ -28,11 +28,14 @@ _PER_REPLY = 3
 _PER_IMAGE = 85
 # Bytes per token for the estimate: OpenAI's rule of thumb for English text. Reservations made
 # with it are settled to the upstream's reported usage after the call.
-BYTES_PER_TOKEN = 4
+_BYTES_PER_TOKEN = 4
 # A prompt whose bound is within this factor of a threshold starts loading the tokenizer.
 _PREFETCH_AT = 4
 # What a prompt is counted from: its text, its tool calls, its images (a fixed cost each).
 _COUNTED: frozenset[Kind] = frozenset({"content", "text", "tool_name", "tool_arguments", "image"})
+# What an answer produced: its text, refusals and tool calls.
+_ANSWERED: frozenset[Kind] = frozenset({"content", "text", "refusal", "tool_name",
+                                        "tool_arguments"})
 
 
 _load_lock = threading.Lock()
@@ -105,7 +108,7 @@ class TokenGauge:
         if limit is None or bound + headroom < limit:
             if limit is not None and _PREFETCH_AT * bound + headroom >= limit:
                 _prefetch()  # conversations grow: the next prompt may need an exact count
-            return Size(fixed + sum(-(-n // BYTES_PER_TOKEN) for n in sizes), False)
+            return Size(fixed + sum(-(-n // _BYTES_PER_TOKEN) for n in sizes), False)
         return Size(fixed + sum(count_text(t) for t in texts), True)
 
 
@@ -121,3 +124,38 @@ def _message_texts(messages: Iterable[Mapping[str, Any]]) -> tuple[list[str], in
             else:
                 texts.append(text.value)
     return texts, fixed
+
+
+# ---- counting what an upstream did not report ---------------------------------------------
+
+def count_or_estimate(text: str) -> int:
+    """Tokens in `text` for billing an answer whose upstream reported no usage: exact when the
+    tokenizer is loaded, else estimated at 4 bytes per token (and the tokenizer starts loading
+    on a thread, so the event loop never waits for it)."""
+    if loaded():
+        return count_text(text)
+    _prefetch()
+    return -(-_utf8_len(text) // _BYTES_PER_TOKEN)
+
+
+def prompt_usage(messages: Iterable[Mapping[str, Any]]) -> int:
+    """A prompt's tokens, for the same purpose: its texts plus the chat format's overhead."""
+    texts, fixed = _message_texts(messages)
+    return fixed + sum(count_or_estimate(t) for t in texts)
+
+
+def unreported_usage(operation: str, request: Mapping[str, Any],
+                     answer: Mapping[str, Any]) -> tuple[int, int]:
+    """(prompt, completion) tokens counted locally, for an answer that came without a sane
+    usage: an upstream must not make a call free by leaving usage out."""
+    if operation == "embeddings":
+        given = request.get("input")
+        inputs = given if isinstance(given, list) else [given]
+        return sum(count_or_estimate(i) if isinstance(i, str) else
+                   len(i) if isinstance(i, list) else 1 for i in inputs), 0
+    messages = request.get("messages")
+    prompt = prompt_usage(messages if isinstance(messages, list) else [])
+    choices = answer.get("choices")
+    produced = [t.value for c in (choices if isinstance(choices, list) else ())
+                if isinstance(c, Mapping) for t in strings(c.get("message"), _ANSWERED)]
+    return prompt, sum(count_or_estimate(t) for t in produced)

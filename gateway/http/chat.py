@@ -11,7 +11,7 @@ config.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +19,7 @@ import orjson
 from aiohttp import web
 
 from gateway.errors import PodiumError
-from gateway.http.governed import accounted, identify, new_context
+from gateway.http.governed import accounted, identify, journal_answer, new_context
 from gateway.observability.metrics import Metrics
 from gateway.pipeline.cache import CacheLookup, assemble
 from gateway.pipeline.context import RequestContext
@@ -76,7 +76,7 @@ async def _call(gw: Gateway, rt: Runtime, ctx: RequestContext,
     """Hop 7 for a whole answer: the plan walked, checked for a cascade, un-masked."""
     plan, scope = decision.plan, decision.scope
     check = AnswerCheck(plan.checks, ctx.body) if plan.strategy == "cascade" else None
-    body = _unstreamed(ctx.body) if ctx.stream else ctx.body
+    body = _unstreamed(ctx.upstream_body()) if ctx.stream else ctx.upstream_body()
     result = await gw.caller.chat(plan, body, ctx.deadline(), rt.config.routing, check, scope)
     ctx.outcome.called(result)
     for escalation in result.escalations:
@@ -94,6 +94,7 @@ async def _deliver(request: web.Request, rt: Runtime, ctx: RequestContext,
     ctx.outcome.answer = answer
     await rt.chain.on_response(ctx, ctx.outcome)
     headers = podium_headers(ctx)
+    journal_answer(request, ctx)
     if ctx.stream:
         relay = _Relay(rt.chain, ctx)
         return await sse_response(request, headers, relay(completion_chunks(answer)),
@@ -105,14 +106,15 @@ async def _stream(request: web.Request, gw: Gateway, rt: Runtime, ctx: RequestCo
                   decision: RouteDecision, lookup: CacheLookup) -> web.StreamResponse:
     """Hop 7 for a live stream: the first deployment that starts one answers."""
     scope = decision.scope
-    stream = await gw.caller.open_stream(decision.plan, ctx.body, ctx.deadline(),
+    stream = await gw.caller.open_stream(decision.plan, ctx.upstream_body(), ctx.deadline(),
                                          rt.config.routing, scope)
     ctx.outcome.opened(stream)
     headers = podium_headers(ctx)
     chunks = stream.chunks()
     if stream.masked and scope.pseudonymizer is not None:
         chunks = unmask_stream(chunks, scope.pseudonymizer)
-    relay = _Relay(rt.chain, ctx, stream, gw.metrics, [] if lookup.policy.write else None)
+    relay = _Relay(rt.chain, ctx, stream, gw.metrics, [] if lookup.policy.write else None,
+                   lambda: journal_answer(request, ctx))
     response = await sse_response(request, headers, relay(chunks),
                                   include_usage=_wants_usage(ctx.body))
     if relay.seen is not None and ctx.outcome.error_code is None:
@@ -130,6 +132,7 @@ class _Relay:
     stream: OpenStream | None = None
     metrics: Metrics | None = None
     seen: list[dict[str, Any]] | None = None
+    done: Callable[[], None] | None = None   # once a live stream ended well, before [DONE]
 
     async def __call__(self, chunks: AsyncIterator[dict[str, Any]],
                        ) -> AsyncIterator[dict[str, Any]]:
@@ -148,7 +151,12 @@ class _Relay:
             raise
         finally:
             if self.stream is not None:
+                # Ended, broken off, or left by the client mid-stream (then closed here, and
+                # billed for what it produced): the outcome learns its usage and cost.
+                await self.stream.abandon()
                 self.ctx.outcome.streamed(self.stream)
+        if self.stream is not None and self.done is not None:
+            self.done()
 
     def _first_chunk(self) -> None:
         if self.metrics is not None and self.stream is not None:
