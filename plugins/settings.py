@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from gateway.config_base import Frozen
+from gateway.config_base import DataClass, Frozen
 from routing.rules import RuleMatch, valid_regex
 
 BudgetPeriod = Literal["day", "month", "total"]
@@ -53,10 +53,21 @@ class AuditConfig(Frozen):
     # The key the chain is MACed with; normally ${PODIUM_AUDIT_KEY}, which is also read when
     # this is unset. Without either, the embedded store generates one beside its database.
     hmac_key: SecretStr | None = None
+    # For requests under a cascade or learned rule: the prompt's hashed features (not its
+    # text) for `podium router train --from-audit`; never for requests in which PII was found
+    # or whose data is confidential or restricted (docs/learned-router.md, "Privacy").
+    router_features: bool = True
 
 
 class ApprovalMatch(RuleMatch):
-    data_class: str | list[str] | None = None
+    # One class or a list of them; a typo here would hold nothing, silently, so each must be
+    # one of the four (a single value is read as a list of one, for path-qualified errors).
+    data_class: tuple[DataClass, ...] | None = None
+
+    @field_validator("data_class", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
 
 
 class ApprovalRule(Frozen):
@@ -103,12 +114,3 @@ def third_party() -> dict[str, EntryPoint]:
 
 def plugin_ref(ref: PluginRef | str) -> PluginRef:
     return PluginRef(name=ref) if isinstance(ref, str) else ref
-
-
-def unknown_plugins(refs: tuple[PluginRef | str, ...]) -> list[str]:
-    """Path-qualified problems for names that are neither built in nor installed."""
-    installed = third_party()
-    return [f"plugins[{i}].name: unknown plugin {name!r} (not built in, and no "
-            f"{ENTRY_POINT_GROUP!r} entry point of that name is installed)"
-            for i, name in enumerate(plugin_ref(r).name for r in refs)
-            if name not in BUILTIN_ORDER and name not in installed]

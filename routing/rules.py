@@ -8,7 +8,7 @@ fallback groups. Regexes are compiled once, at load, and a bad one is a config e
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -140,7 +140,7 @@ class RequestFacts:
     last_user_message: str
 
 
-def _one_of(expected: str | list[str] | None, actual: str | None) -> bool:
+def _one_of(expected: str | Sequence[str] | None, actual: str | None) -> bool:
     if expected is None:
         return True
     return actual in ([expected] if isinstance(expected, str) else expected)
@@ -184,3 +184,19 @@ class CompiledRule:
 
     def matches(self, facts: RequestFacts) -> bool:
         return self.matcher.matches(facts)
+
+
+def learned_sections(routing: RoutingConfig) -> list[tuple[str, str, LearnedSettings]]:
+    """(rule name, config path of its section, section) for every rule whose strategy is
+    learned: its own section, or the default's when it inherits the strategy or the section."""
+    default = routing.default
+    found = []
+    if default.strategy == "learned" and default.learned is not None:
+        found.append(("default", "routing.default.learned", default.learned))
+    for i, rule in enumerate(routing.rules):
+        section = rule.learned or default.learned
+        if (rule.strategy or default.strategy) == "learned" and section is not None:
+            where = (f"routing.rules[{i}].learned" if rule.learned is not None
+                     else "routing.default.learned")
+            found.append((rule.name, where, section))
+    return found

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import resource
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -142,12 +143,11 @@ def raise_open_files_limit() -> int:
     return soft
 
 
-def run(app: web.Application, server: ServerConfig, host: str, port: int, *,
-        reuse_port: bool, loop: asyncio.AbstractEventLoop,
-        announce: Callable[[str], None]) -> None:
-    """Serve `app` until SIGINT or SIGTERM, then drain: what `web.run_app` does, with the
-    gateway's runner (`run_app` cannot be given one)."""
-    main = loop.create_task(_serve(app, server, host, port, reuse_port, announce))
+def run(app: web.Application, server: ServerConfig, sock: socket.socket, *,
+        loop: asyncio.AbstractEventLoop, announce: Callable[[str], None]) -> None:
+    """Serve `app` on the listening `sock` until SIGINT or SIGTERM, then drain: what
+    `web.run_app` does, with the gateway's runner (`run_app` cannot be given one)."""
+    main = loop.create_task(_serve(app, server, sock, announce))
     try:
         asyncio.set_event_loop(loop)
         loop.run_until_complete(main)
@@ -165,12 +165,12 @@ def run(app: web.Application, server: ServerConfig, host: str, port: int, *,
         loop.close()
 
 
-async def _serve(app: web.Application, server: ServerConfig, host: str, port: int,
-                 reuse_port: bool, announce: Callable[[str], None]) -> None:
+async def _serve(app: web.Application, server: ServerConfig, sock: socket.socket,
+                 announce: Callable[[str], None]) -> None:
     runner = GatewayRunner(app, server, handle_signals=True, access_log=None)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
+        site = web.SockSite(runner, sock)
         await site.start()
         announce(f"======== Running on {site.name} ========\n(Press CTRL+C to quit)")
         await asyncio.Event().wait()  # until a signal raises GracefulExit

@@ -30,6 +30,7 @@ from prometheus_client import (
 )
 
 from gateway.errors import known_code
+from gateway.observability.learned_metrics import LearnedMetrics, LearnedState
 from gateway.pipeline.context import RequestContext
 
 _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
@@ -74,8 +75,10 @@ class Metrics:
         self.fallbacks = Counter("podium_fallbacks_total", "Failed attempts that moved on to "
                                  "another deployment or a retry", ["deployment", "kind"],
                                  registry=reg)
-        self.escalations = Counter("podium_cascade_escalations_total", "Cascade escalations",
-                                   ["route"], registry=reg)
+        self.escalations = Counter("podium_cascade_escalations_total", "Escalated requests: "
+                                   "answered by a later deployment than the first because a "
+                                   "cascade check failed (requests, not attempts)", ["route"],
+                                   registry=reg)
         self.breaker = Gauge("podium_breaker_state", "Circuit breaker: 0 closed, 1 half-open, "
                              "2 open", ["deployment"], registry=reg, multiprocess_mode="max")
         self.rejections = Counter("podium_rejections_total", "Requests refused by Podium, by "
@@ -87,6 +90,7 @@ class Metrics:
                                   "by the deployment and rule of the rated request",
                                   ["deployment", "route"], buckets=(0.25, 0.5, 0.75, 1.0),
                                   registry=reg)
+        self.learned = LearnedMetrics(reg)
 
     def _at(self, metric: Counter | Histogram, *values: str) -> Any:
         """`metric.labels(*values)`, remembered: labels() validates and locks on every call.
@@ -137,8 +141,14 @@ class Metrics:
             self._at(self.tokens, dep, "input").inc(outcome.usage.prompt_tokens)
             self._at(self.tokens, dep, "output").inc(outcome.usage.completion_tokens)
             self._at(self.cost, dep, team_label).inc(outcome.cost_usd)
-        if ctx.escalations and ctx.plan is not None:
-            self._at(self.escalations, ctx.plan.rule).inc(ctx.escalations)
+        if ctx.escalations and ctx.plan is not None:  # one per escalated request
+            self._at(self.escalations, ctx.plan.rule).inc()
+        if ctx.plan is not None and ctx.plan.learned is not None:
+            self._at(self.learned.decisions, ctx.plan.rule, ctx.plan.learned.decision).inc()
+
+    def learned_calibration(self, rule: str, state: LearnedState) -> None:
+        """A learned rule's calibration as it stands (set by the calibration task)."""
+        self.learned.calibration(rule, state)
 
     def exposition(self) -> bytes:
         if self._multiproc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from gateway.errors import BadRequest
@@ -22,7 +23,10 @@ T = TypeVar("T")
 
 def sqlite_connect(path: str, schema: str) -> sqlite3.Connection:
     """The embedded stores' connection: autocommit (transactions are explicit), WAL so readers
-    never wait for the writer, usable from the writer thread, and the schema in place."""
+    never wait for the writer, usable from the writer thread, and the schema in place. A missing
+    folder is made (PODIUM_STATE_DIR may name one that does not exist yet)."""
+    if path != ":memory:" and not path.startswith("file:"):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     db.execute("PRAGMA journal_mode=WAL")
     db.executescript(schema)
