@@ -24,8 +24,10 @@ from gateway.http import (
     embeddings,
     explain,
     feedback,
+    messages,
     models,
     reload,
+    responses,
     reviews,
 )
 from gateway.http.middleware import add_request_id, edge_middleware
@@ -35,6 +37,7 @@ from gateway.observability.telemetry import Telemetry
 from gateway.runtime import GATEWAY, Gateway, Runtime
 from gateway.simulator import start_from_config
 from gateway.storage.backends import open_state, open_stores
+from gateway.storage.responses import sweep
 from gateway.workers import watch_supervisor
 from plugins.registry import Governance
 
@@ -52,11 +55,13 @@ def build_app(config: GatewayConfig, telemetry: Telemetry | None = None,
     app[GATEWAY] = Gateway(
         runtime=Runtime.compile(config, stores.keys, governance, telemetry.span),
         keystore=stores.keys, governance=governance, telemetry=telemetry, state=state,
+        responses=stores.responses,
         metrics=Metrics(t.name for t in config.teams), config_path=config_path)
     app[dashboard.ASSETS] = dashboard.load_assets()
     _add_routes(app.router)
     app.cleanup_ctx.append(_keystore_ctx)
     app.cleanup_ctx.append(_governance_ctx)
+    app.cleanup_ctx.append(_responses_ctx)
     if start_simulator:
         app.cleanup_ctx.append(_simulator_ctx)
     else:  # a worker in a pool: it must not outlive its supervisor
@@ -71,7 +76,13 @@ def _add_routes(r: web.UrlDispatcher) -> None:
     r.add_post("/v1/chat/completions", chat.chat_completions)
     r.add_post("/v1/embeddings", embeddings.embeddings)
     r.add_post("/v1/route/explain", explain.route_explain)
+    r.add_post("/v1/responses", responses.create_response)
+    r.add_get("/v1/responses/{response_id}", responses.get_response)
+    r.add_delete("/v1/responses/{response_id}", responses.delete_response)
+    r.add_post("/v1/messages", messages.create_message)
+    r.add_post("/v1/messages/count_tokens", messages.count_tokens)
     r.add_get("/v1/models", models.list_models)
+    r.add_get("/v1/models/{model_id:.+}", models.get_model)
     r.add_get("/v1/reviews/{review_id}", reviews.review_outcome)
     r.add_post("/v1/feedback", feedback.feedback)
     # Probes and scrapes.
@@ -111,6 +122,18 @@ async def _governance_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await governance.close()  # flushes batched audit and spend writes
     await app[GATEWAY].state.close()
+
+
+async def _responses_ctx(app: web.Application) -> AsyncIterator[None]:
+    gw = app[GATEWAY]
+    await gw.responses.start()
+    sweeper = asyncio.create_task(
+        sweep(gw.responses, gw.runtime.config.responses.sweep_interval_s),
+        name="podium-responses-sweep")
+    yield
+    sweeper.cancel()
+    await asyncio.gather(sweeper, return_exceptions=True)
+    await gw.responses.close()
 
 
 async def _orphan_ctx(app: web.Application) -> AsyncIterator[None]:

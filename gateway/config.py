@@ -30,7 +30,9 @@ from plugins.settings import (
 from routing.rules import RouteSettings, RoutingConfig
 
 DataClass = Literal["public", "internal", "confidential", "restricted"]
-Capability = Literal["tools", "json_schema", "vision", "streaming"]
+# `responses`: the deployment also speaks the OpenAI Responses API at `{api_base}/responses`,
+# so Responses requests are passed to it as they are (never assumed: declare it).
+Capability = Literal["tools", "json_schema", "vision", "streaming", "responses"]
 Mode = Literal["chat", "embedding"]
 RESERVED_MODEL_NAMES = frozenset({"auto"})
 
@@ -211,6 +213,12 @@ class SimulatorConfig(Frozen):
     models: dict[str, SimModelConfig] = {}
 
 
+class ResponsesConfig(Frozen):
+    # What `POST /v1/responses` keeps (per key) for `previous_response_id` and GET/DELETE.
+    retention_s: float = Field(default=30 * 86400.0, gt=0)   # OpenAI's own default: 30 days
+    sweep_interval_s: float = Field(default=60.0, gt=0)      # how often expired rows go
+
+
 class TelemetryConfig(Frozen):
     # Standard OTEL_* environment variables take precedence; this only names the service when
     # OTEL_SERVICE_NAME is not set.
@@ -237,6 +245,7 @@ class GatewayConfig(Frozen):
     server: ServerConfig = ServerConfig()
     simulator: SimulatorConfig = SimulatorConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    responses: ResponsesConfig = ResponsesConfig()
 
 
 # ---- cross references -----------------------------------------------------------------------

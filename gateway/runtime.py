@@ -32,7 +32,7 @@ from gateway.pipeline.auth import Authenticator
 from gateway.pipeline.cache import Cache
 from gateway.pipeline.route import Planner
 from gateway.pipeline.semantic_cache import SemanticCache
-from gateway.storage.contracts import KeyStoreBackend, SharedState
+from gateway.storage.contracts import KeyStoreBackend, ResponseStore, SharedState
 from plugins.chain import PluginChain
 from plugins.registry import Governance, build_chain
 from routing.catalog import Catalog, Deployment
@@ -81,6 +81,7 @@ class Gateway:
     keystore: KeyStoreBackend
     governance: Governance
     state: SharedState
+    responses: ResponseStore           # stored Responses API answers (conversation state)
     litellm: LiteLLMProvider = field(default_factory=LiteLLMProvider)
     native: OpenAICompatibleProvider = field(default_factory=OpenAICompatibleProvider)
     health: Health = field(default_factory=Health)
@@ -186,6 +187,8 @@ def _needs_restart(old: GatewayConfig, new: GatewayConfig) -> list[str]:
     changed = [name for name in _PROCESS_LIFETIME if getattr(old, name) != getattr(new, name)]
     if old.server.max_body_bytes != new.server.max_body_bytes:
         changed.append("server.max_body_bytes")
+    if old.responses.sweep_interval_s != new.responses.sweep_interval_s:
+        changed.append("responses.sweep_interval_s")  # retention_s applies at once
     # The cache's bounds size the store made at start; its TTLs and the semantic settings are
     # read per request and apply at once.
     for bound in ("max_entries", "max_bytes"):

@@ -51,6 +51,12 @@ class Served:
     native: dict[str, Any] | None = None            # the upstream's answer in the client's API
     keep: Callable[[], Awaitable[None]] = field(default=_nothing)
 
+    def stream(self) -> AsyncIterator[dict[str, Any]]:
+        """The chunks of a streamed request's answer."""
+        if self.chunks is None:
+            raise RuntimeError("this answer is not a stream")
+        return self.chunks
+
     async def done(self) -> None:
         """After the client has the answer: store it in the cache, where the policy allows."""
         await self.keep()

@@ -10,6 +10,7 @@ from gateway.config import GatewayConfig
 from gateway.storage.contracts import SharedState, Stores
 from gateway.storage.keystore import KeyStore
 from gateway.storage.memory_state import MemoryState
+from gateway.storage.responses import ResponseLog
 from gateway.storage.sqlite import AuditLog, ReviewQueue, SpendLedger
 
 
@@ -24,11 +25,12 @@ def open_stores(cfg: GatewayConfig) -> Stores:
         dsn = storage.dsn.get_secret_value()
         return Stores(keys=postgres.PgKeyStore(dsn), spend=postgres.PgSpendLedger(dsn),
                       audit=postgres.PgAuditLog(dsn) if cfg.audit.enabled else None,
-                      reviews=postgres.PgReviewQueue(dsn))
+                      reviews=postgres.PgReviewQueue(dsn),
+                      responses=postgres.PgResponseLog(dsn))
     path = storage.path
     return Stores(keys=KeyStore(cfg.key_store.path), spend=SpendLedger(path),
                   audit=AuditLog(cfg.audit.path or path) if cfg.audit.enabled else None,
-                  reviews=ReviewQueue(path))
+                  reviews=ReviewQueue(path), responses=ResponseLog(path))
 
 
 def open_state(cfg: GatewayConfig) -> SharedState:
