@@ -163,8 +163,13 @@ async def test_responses_parse_with_a_pydantic_model(gw: Served) -> None:
 # ---- the OpenAI Agents SDK, default settings ------------------------------------------------
 
 async def run_agent(client: openai.AsyncOpenAI, word: str) -> Any:
-    from agents import Agent, Runner, function_tool, set_default_openai_client
-    from agents import set_tracing_disabled
+    from agents import (  # imported here: the SDK is slow to import and only these tests use it
+        Agent,
+        Runner,
+        function_tool,
+        set_default_openai_client,
+        set_tracing_disabled,
+    )
 
     set_tracing_disabled(True)      # nothing may try to export traces to OpenAI
     set_default_openai_client(client, use_for_tracing=False)
