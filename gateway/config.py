@@ -148,6 +148,8 @@ class SemanticCacheConfig(Frozen):
     max_entries: int = Field(default=2000, ge=1)  # per process
     dimensions: int | None = Field(default=None, gt=0)  # sent as `dimensions` when set
     timeout_s: float = Field(default=2.0, gt=0)   # the embedding call's whole budget
+    # Whose answers a near-identical prompt may reuse: the same key's, or the whole team's.
+    scope: Literal["key", "team"] = "key"
 
     @model_validator(mode="after")
     def _needs_model(self) -> SemanticCacheConfig:

@@ -25,7 +25,7 @@ from typing import Any
 from opentelemetry import trace
 
 from gateway.errors import GuardrailBlocked
-from gateway.pipeline.messages import CARRIED, conversation, strings
+from gateway.pipeline.messages import CARRIED, PROMPTED, request_strings, strings
 from plugins.base import BasePlugin, Outcome, RequestContext
 from plugins.settings import GuardrailConfig
 
@@ -123,7 +123,7 @@ class GuardrailPlugin(BasePlugin):
         self._tails: dict[str, dict[tuple[int, int], str]] = {}
 
     async def on_request(self, ctx: RequestContext) -> None:
-        texts = [t.value for t in conversation(ctx.body.get("messages"), CARRIED)]
+        texts = [t.value for t in request_strings(ctx.body, PROMPTED)]  # what the model reads
         for rule in self._input:
             if await rule.hit_windowed(texts):
                 self._hit(ctx, rule, "input")

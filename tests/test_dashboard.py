@@ -85,8 +85,10 @@ async def fetch(method: str, url: str, **kw: Any) -> tuple[int, dict[str, str], 
 
 async def generate_traffic(dash: DashGateway, wave: int) -> None:
     support, research = dash.client(APP_KEY), dash.client(RESEARCH_KEY)
-    await support.chat.completions.create(model="chat", messages=HI)   # error500 → breaker
-    await support.chat.completions.create(model="chat", messages=HI)   # a cache hit
+    await support.chat.completions.create(model="chat", messages=HI,   # error500 → breaker
+                                          temperature=0)
+    await support.chat.completions.create(model="chat", messages=HI,   # a cache hit
+                                          temperature=0)
     cheap = await support.chat.completions.with_raw_response.create(
         model="chat", messages=[{"role": "user", "content": f"wave {wave}: status?"}])
     await research.chat.completions.create(
@@ -166,7 +168,7 @@ async def test_data_after_traffic(dash: DashGateway) -> None:
     assert snap["requests"]["by_route"]["research-quality"] == 2
     assert snap["requests"]["by_deployment"]["sim-strong"] == 1
     assert snap["escalations"] == {"careful-cascade": 1}
-    assert snap["cache"]["hit"] == 1 and snap["cache"]["miss"] >= 3
+    assert snap["cache"]["hit"] == 1 and snap["cache"]["miss"] >= 1  # others are sampled
     assert snap["rejections"]["review_pending"] == 1
     assert set(snap["spend"]["by_team"]) == {"support", "research"}
     assert snap["spend"]["by_model"]["premium"] > 0

@@ -36,8 +36,9 @@ async def test_metrics_move_with_traffic(upstream: Upstream,
     gw = await make_gateway(cfg)
     before = await scrape(gw.url)
     client = gw.client()
-    await client.chat.completions.create(model="chat", messages=HI)   # miss, dead → cheap
-    await client.chat.completions.create(model="chat", messages=HI)   # hit
+    await client.chat.completions.create(model="chat", messages=HI,   # miss, dead → cheap
+                                         temperature=0)
+    await client.chat.completions.create(model="chat", messages=HI, temperature=0)  # hit
     stream = await client.chat.completions.create(
         model="chat", stream=True, messages=[{"role": "user", "content": "stream me"}])
     [_ async for _ in stream]

@@ -74,7 +74,7 @@ def wait_ready(port: int, proc: subprocess.Popen[str]) -> None:
 
 
 def test_python_quick_start_runs_against_the_default_config(served: int) -> None:
-    """Twice: the second run is answered from the cache, and still says who answered."""
+    """Twice in a row, as a new user would run it (each run prints who answered)."""
     [code] = blocks("python")
     code = code.replace("127.0.0.1:4000", f"127.0.0.1:{served}")
     for _ in range(2):

@@ -112,10 +112,10 @@ async def test_cache_is_shared(upstream: Upstream, make_gateway: GatewayFactory,
                                tmp_path: Path) -> None:
     cfg = shared(upstream.url, tmp_path)
     one, two = await make_gateway(cfg), await make_gateway(cfg)
-    first = await one.client().chat.completions.with_raw_response.create(model="chat",
-                                                                         messages=HI)
-    second = await two.client().chat.completions.with_raw_response.create(model="chat",
-                                                                          messages=HI)
+    first = await one.client().chat.completions.with_raw_response.create(
+        model="chat", messages=HI, temperature=0)
+    second = await two.client().chat.completions.with_raw_response.create(
+        model="chat", messages=HI, temperature=0)
     assert (first.headers["x-podium-cache"], second.headers["x-podium-cache"]) == ("miss",
                                                                                    "hit")
     assert len(upstream.models_called()) == 1
@@ -183,7 +183,7 @@ async def test_redis_stopped_mid_run(upstream: Upstream, make_gateway: GatewayFa
     base = gw.url.removesuffix("/v1")
     if fail_mode == "open":
         raw = await client.chat.completions.with_raw_response.create(
-            model="chat", messages=[{"role": "user", "content": "still there?"}])
+            model="chat", messages=[{"role": "user", "content": "still there?"}], temperature=0)
         assert raw.parse().choices[0].message.content.endswith("still there?")
         assert raw.headers["x-podium-cache"] == "miss"
         ready = await get_json(base + "/readyz")

@@ -43,6 +43,7 @@ def config(url: str, enabled: bool = True, **semantic: Any) -> dict[str, Any]:
 
 
 async def ask(gw: RunningGateway, text: str, key: str = APP_KEY, **kw: Any) -> Any:
+    kw.setdefault("temperature", 0)  # deterministic: only such requests are cached by default
     return await gw.client(key).chat.completions.with_raw_response.create(
         model="chat", messages=[{"role": "user", "content": text}], **kw)
 
@@ -120,7 +121,7 @@ async def test_scope_is_the_exact_caches(upstream: Upstream, make_gateway: Gatew
 async def test_streamed_hit_and_audit(semantic: RunningGateway, upstream: Upstream) -> None:
     await ask(semantic, FRANCE)
     raw = await semantic.client().chat.completions.with_raw_response.create(
-        model="chat", messages=[{"role": "user", "content": NEAR}], stream=True)
+        model="chat", messages=[{"role": "user", "content": NEAR}], stream=True, temperature=0)
     text = "".join([c.choices[0].delta.content or "" async for c in raw.parse() if c.choices])
     assert raw.headers["x-podium-cache-kind"] == "semantic" and FRANCE in text
     assert len(calls(upstream, "chat/completions")) == 1

@@ -7,9 +7,15 @@ key when there is no team), the data class, and the allowed regions. A caller wi
 tenant, a narrower allow-list (other candidates) or a lower clearance computes a different
 key, so it can never read an answer it could not have received fresh.
 
+The key also holds the quality the request required (`min_quality`, from a rule, the
+`x-podium-min-quality` header or the learned router): a request that needs quality 70 never
+gets an answer stored for a request that was content with quality 30.
+
 Only complete, successful answers are stored, each with the id of the deployment that
-produced it, so a hit still names it (`x-podium-deployment`). By default only deterministic
-requests (`temperature` absent or 0) are cached; a routing rule may allow others. Request
+produced it, so a hit still names it (`x-podium-deployment`). By default only requests that
+are deterministic by their own parameters are cached: `temperature: 0`, or a `seed`. A request
+without `temperature` is sampled (OpenAI's default is 1), so it is not cached unless a routing
+rule opts in (`cache_any_temperature`). Request
 controls: `Cache-Control: no-cache` (do not read), `no-store` (do not write),
 `x-podium-cache-ttl: <s>`. After an exact miss, the semantic cache may find a near-identical
 prompt's answer (`semantic_cache.py`).
@@ -84,7 +90,7 @@ class Cache:
             lookup = CacheLookup(self.store, pol, "")
             if pol.read or pol.write:
                 lookup.key = cache_key(ctx.body, candidates, _tenant(ctx), scope.data_class,
-                                       scope.regions)
+                                       scope.regions, plan.min_quality)
             if pol.read:
                 raw = await self.store.get(lookup.key)
                 lookup.hit = CachedAnswer.from_entry(raw) if raw is not None else None
@@ -114,15 +120,23 @@ def policy(headers: Mapping[str, str], body: Mapping[str, Any], *, enabled: bool
            default_ttl_s: float, nondeterministic_ok: bool, held: bool) -> CachePolicy:
     control = {d.strip().lower() for d in headers.get("Cache-Control", "").split(",")}
     ttl = _ttl(headers.get(TTL_HEADER), default_ttl_s)
-    temperature = body.get("temperature")
     if not enabled:
         return CachePolicy(False, False, ttl, "cache disabled")
     if held:
         return CachePolicy(False, False, ttl, "answer held for review")
-    if temperature not in (None, 0) and not nondeterministic_ok:
-        return CachePolicy(False, False, ttl, "temperature > 0")
+    if not deterministic(body) and not nondeterministic_ok:
+        return CachePolicy(False, False, ttl, "sampled (no temperature 0, no seed)")
     read, write = "no-cache" not in control, "no-store" not in control and ttl > 0
     return CachePolicy(read, write, ttl, "" if read or write else "Cache-Control")
+
+
+def deterministic(body: Mapping[str, Any]) -> bool:
+    """Whether the request asks for the same answer each time: `temperature: 0`, or a `seed`.
+    An absent temperature means OpenAI's default, 1: sampled."""
+    temperature = body.get("temperature")
+    zero = isinstance(temperature, int | float) and not isinstance(temperature, bool) \
+        and temperature == 0
+    return zero or body.get("seed") is not None
 
 
 def _ttl(value: str | None, default: float) -> float:

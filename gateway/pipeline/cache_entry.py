@@ -42,20 +42,21 @@ class CachedAnswer:
 
 
 def cache_key(body: Mapping[str, Any], chain: tuple[str, ...], tenant: str, data_class: str,
-              regions: frozenset[str] | None) -> str:
+              regions: frozenset[str] | None, min_quality: int) -> str:
     request = {k: v for k, v in body.items() if k not in _NOT_SEMANTIC}
     scoped = {"request": request, "chain": chain, "tenant": tenant, "class": data_class,
               "regions": sorted(regions) if regions is not None else None,
-              "entry": _ENTRY_FORMAT}
+              "quality": min_quality, "entry": _ENTRY_FORMAT}
     return hashlib.sha256(orjson.dumps(scoped, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def scope_key(body: Mapping[str, Any], chain: tuple[str, ...], tenant: str, data_class: str,
-              regions: frozenset[str] | None, extra: Mapping[str, Any]) -> str:
+              regions: frozenset[str] | None, min_quality: int,
+              extra: Mapping[str, Any]) -> str:
     """Everything in `cache_key` except the messages' text (roles, images, tool calls and
     every parameter stay), plus `extra`: the semantic cache's scope, within which only the
     prompt text may differ."""
     untexted = {**body, "messages": rewrite_conversation(body.get("messages") or (), SPOKEN,
                                                          lambda _: None)}
     return cache_key({**untexted, "podium.semantic": dict(extra)}, chain, tenant, data_class,
-                     regions)
+                     regions, min_quality)

@@ -29,9 +29,15 @@ Kind = Literal["content", "text", "refusal", "tool_name", "tool_arguments", "fun
                "image", "user", "metadata", "tool_description", "prediction"]
 # What the conversation says, as people wrote it: the messages' text.
 SPOKEN: frozenset[Kind] = frozenset({"content", "text"})
-# Every string a model call carries in its messages' text and tool calls, as scanned for
-# personal data and guardrails today (issue 12 adds the request kinds).
+# The strings of the messages' text and tool calls (an answer's are these).
 CARRIED: frozenset[Kind] = frozenset({"content", "text", "tool_arguments"})
+# Everything the model reads: the messages (refusals and legacy function calls included), the
+# tools' and functions' descriptions, and a predicted output.
+PROMPTED: frozenset[Kind] = CARRIED | {"refusal", "function_call", "tool_description",
+                                       "prediction"}
+# Every string that leaves for the upstream: what the model reads, plus `user` and `metadata`.
+# Image URLs are out of scope (they name where an image is, and are not rewritten).
+SENT: frozenset[Kind] = PROMPTED | {"user", "metadata"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from gateway.config import PIIConfig
 from gateway.errors import BadRequest, PermissionDenied
 from gateway.pipeline.identity import Principal
 from gateway.pipeline.ingress import ChatCompletionRequest
-from gateway.pipeline.messages import CARRIED, Kind, conversation, rewrite_conversation
+from gateway.pipeline.messages import SENT, Kind, request_strings, rewrite_request
 from gateway.pipeline.pii import Pseudonymizer, scan
 from routing.catalog import Deployment
 
@@ -28,7 +28,9 @@ DATA_CLASSES = ("public", "internal", "confidential", "restricted")
 RANK = {name: i for i, name in enumerate(DATA_CLASSES)}
 DATA_CLASS_HEADER = "x-podium-data-class"
 # The strings scanned for personal data, and masked where the scope says so.
-SCANNED: frozenset[Kind] = CARRIED
+# Every string that reaches the upstream is scanned for personal data, and masked where masking
+# applies: the messages, tool descriptions, `user`, `metadata`, `prediction`.
+SCANNED: frozenset[Kind] = SENT
 
 
 @dataclass
@@ -64,8 +66,7 @@ class PermissionScope:
         pseudonymizer = self.pseudonymizer
         if pseudonymizer is None or not self.masks_for(dep):
             return body
-        return {**body, "messages": rewrite_conversation(
-            body["messages"], SCANNED, lambda text: pseudonymizer.mask(text.value))}
+        return rewrite_request(body, SCANNED, lambda text: pseudonymizer.mask(text.value))
 
 
 def scope_attributes(span: trace.Span, scope: PermissionScope) -> None:
@@ -84,7 +85,7 @@ async def resolve_scope(principal: Principal, chat: ChatCompletionRequest,
     check_tools(principal, chat)
     scope = _declared_scope(principal, headers)
     if pii.enabled:
-        texts = [t.value for t in conversation(body["messages"], SCANNED)]
+        texts = [t.value for t in request_strings(body, SCANNED)]
         await _apply_pii(scope, texts, pii, maskable=True)
     return scope
 

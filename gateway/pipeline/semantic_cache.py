@@ -9,9 +9,10 @@ joined by spaces; images, tool calls and parameters are not embedded: they are i
 
 The vector is compared (cosine similarity: dot product of unit vectors) with the entries of the
 same scope: a digest of everything in the exact cache key except the messages' text, plus the
-embedding model and dimensions. So a near-identical prompt matches only for the same tenant,
-data class, regions and candidates, with the same parameters (model, tools, response_format,
-temperature, max_tokens, ...), images and tool calls. The best match at or above
+embedding model and dimensions. So a near-identical prompt matches only for the same key (or
+team, with `scope: team`), required quality, data class, regions and candidates, with the same
+parameters (model, tools, response_format, temperature, max_tokens, ...), images and tool
+calls. The best match at or above
 `threshold` is a hit, served from the exact cache under the matched request's key; on a miss
 the vector is kept, and indexed when the answer is stored, with the same TTL.
 
@@ -178,8 +179,8 @@ class SemanticCache:
             vector, cost = await self._embed(ctx, scope, router, config, text)
             found = SemanticProbe(
                 self.index(cfg.max_entries),
-                scope_key(ctx.body, candidates, ctx.principal.team or ctx.principal.key_id,
-                          scope.data_class, scope.regions, _embedding_scope(cfg)),
+                scope_key(ctx.body, candidates, _semantic_tenant(ctx, cfg), scope.data_class,
+                          scope.regions, _min_quality(ctx), _embedding_scope(cfg)),
                 vector, cost)
             if found.vector:
                 await self._find(found, cfg, store, span)
@@ -246,3 +247,16 @@ class SemanticCache:
 
 def _embedding_scope(cfg: SemanticCacheConfig) -> dict[str, Any]:
     return {"model": cfg.embedding_model, "dimensions": cfg.dimensions}
+
+
+def _semantic_tenant(ctx: RequestContext, cfg: SemanticCacheConfig) -> str:
+    """Whose answers a near-identical prompt may reuse: the same key's by default; the whole
+    team's only when the config says `scope: team` (and never for a prompt with PII, which
+    skips the semantic cache altogether)."""
+    if cfg.scope == "team" and ctx.principal.team:
+        return f"team:{ctx.principal.team}"
+    return f"key:{ctx.principal.key_id}"
+
+
+def _min_quality(ctx: RequestContext) -> int:
+    return ctx.plan.min_quality if ctx.plan is not None else 0
