@@ -131,9 +131,9 @@ async def test_one_cache_behind_every_front_door(gateway: RunningGateway) -> Non
     """The cache key is the chat body: the same question asked through Responses after Chat
     Completions is a hit, and still names the deployment that answered."""
     chat = await gateway.client().chat.completions.with_raw_response.create(
-        model="chat", messages=[{"role": "user", "content": "cache me once"}])
+        model="chat", messages=[{"role": "user", "content": "cache me once"}], temperature=0)
     resp = await gateway.client().responses.with_raw_response.create(
-        model="chat", input="cache me once")
+        model="chat", input="cache me once", temperature=0)
     assert chat.headers["x-podium-cache"] == "miss"
     assert resp.headers["x-podium-cache"] == "hit"
     assert resp.headers["x-podium-deployment"] == chat.headers["x-podium-deployment"]
