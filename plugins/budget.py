@@ -20,7 +20,8 @@ from datetime import UTC, datetime
 from functools import lru_cache, partial
 from typing import Any
 
-from gateway.errors import BudgetExceeded
+from gateway.errors import BudgetExceeded, StateUnavailable
+from gateway.pipeline.route import most_cost
 from gateway.storage.contracts import BudgetClaim, BudgetRefusal, SharedState, SpendStore
 from gateway.storage.records import SpendRow
 from plugins.base import BasePlugin, Outcome, RequestContext
@@ -60,11 +61,12 @@ class BudgetPlugin(BasePlugin):
     name = "budget"
 
     def __init__(self, keys: Mapping[str, Limits], teams: Mapping[str, Limits],
-                 state: SharedState, ledger: SpendStore) -> None:
+                 state: SharedState, ledger: SpendStore, max_output_tokens: int) -> None:
         self._keys = keys
         self._teams = teams
         self._state = state
         self._ledger = ledger
+        self._max_output = max_output_tokens
 
     def claim(self, kind: str, name: str, limits: Limits | None,
               now: float) -> BudgetClaim | None:
@@ -110,13 +112,40 @@ class BudgetPlugin(BasePlugin):
         claims = self._claims(ctx)
         if not claims:
             return
-        held = await self._state.reserve(home_of(ctx), claims, ctx.reserved.usd)
+        usd = ctx.reserved.usd
+        if ctx.endpoint != "embeddings" and _open_ended(ctx.body):  # every chat front door
+            usd = await self._cap_output(ctx, claims)
+        held = await self._state.reserve(home_of(ctx), claims, usd)
         if isinstance(held, BudgetRefusal):
             kind, name, _ = held.claim.scope.split(":", 2)
             ctx.decide(self.name, "rejected", f"{kind}:{name} budget")
             who = f"{ctx.principal.name!r} ({name})" if kind == "key" else repr(name)
-            raise BudgetExceeded(refusal_message(held, f"{kind} {who}", ctx.reserved.usd))
+            raise BudgetExceeded(refusal_message(held, f"{kind} {who}", usd))
         ctx.earmarked(held)
+
+    async def _cap_output(self, ctx: RequestContext, claims: list[BudgetClaim]) -> float:
+        """Bound a request that set no `max_tokens`: without a bound its reservation would be a
+        guess (40 long answers once spent 5x a budget). The cap is `routing.max_output_tokens`,
+        or less: what the budget left can pay at the dearest deployment. Returns the cost to
+        reserve at that cap, a true upper bound."""
+        plan, route = ctx.plan, ctx.route
+        if plan is None or route is None:
+            raise RuntimeError("the budget hook needs the route hop's plan")
+        asked = ctx.body.get("n")
+        n: int = asked if isinstance(asked, int) and asked > 0 else 1
+        prompt_usd = most_cost(plan, route.prompt_tokens, lambda d: 0)
+        per_token = most_cost(plan, 0, lambda d: n)
+        cap, left = self._max_output, math.inf
+        try:
+            left = min([c.budget_usd - sum(await self._state.standing(home_of(ctx), c))
+                        for c in claims])
+        except StateUnavailable:
+            pass  # the cap alone bounds it; reserving decides what an outage means
+
+        if per_token > 0 and left < math.inf:
+            cap = max(1, min(cap, math.floor((left - prompt_usd) / per_token)))
+        ctx.capped(cap)
+        return most_cost(plan, route.prompt_tokens, lambda d: cap * n)
 
     async def on_complete(self, ctx: RequestContext, outcome: Outcome) -> None:
         claims = self._claims(ctx)
@@ -128,6 +157,10 @@ class BudgetPlugin(BasePlugin):
             team=p.team, model=ctx.model, deployment=outcome.deployment, status=outcome.status,
             prompt_tokens=outcome.usage.prompt_tokens,
             completion_tokens=outcome.usage.completion_tokens, cost_usd=outcome.cost_usd))
+
+
+def _open_ended(body: Mapping[str, Any]) -> bool:
+    return body.get("max_tokens") is None and body.get("max_completion_tokens") is None
 
 
 def refusal_message(refusal: BudgetRefusal, whose: str, this_request: float) -> str:

@@ -60,7 +60,8 @@ Builtin = Callable[[GatewayConfig, Governance], Plugin | None]
 BUILTINS: dict[str, Builtin] = {
     "guardrails": lambda cfg, gov: GuardrailPlugin(cfg.guardrails) if cfg.guardrails else None,
     "rate_limit": lambda cfg, gov: RateLimitPlugin(*_limits(cfg), gov.state),
-    "budget": lambda cfg, gov: BudgetPlugin(*_limits(cfg), gov.state, gov.ledger),
+    "budget": lambda cfg, gov: BudgetPlugin(*_limits(cfg), gov.state, gov.ledger,
+                                            cfg.routing.max_output_tokens),
     "approval": lambda cfg, gov: ApprovalPlugin(cfg.approvals, gov.reviews)
     if cfg.approvals else None,
     "audit": lambda cfg, gov: AuditPlugin(gov.audit, cfg.audit.include_content)

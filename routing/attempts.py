@@ -16,6 +16,7 @@ from opentelemetry.trace import Status, StatusCode
 from gateway.errors import FailedAttempt, ProviderError, StreamInterrupted
 from routing.catalog import Deployment
 from routing.providers.base import Usage
+from routing.tokens import count_or_estimate, unreported_usage
 
 T = TypeVar("T")
 # Sampling parameters recorded on attempt spans, by GenAI semantic-convention name.
@@ -61,7 +62,12 @@ class OpenStream:
     started: float = 0.0               # loop time when this attempt began
     upstream_s: float = 0.0            # failed attempts before it; the stream's own time added
     events: CallEvents | None = None
-    usage: Usage = field(default_factory=Usage)
+    usage: Usage = field(default_factory=lambda: Usage(reported=False))
+    request: Mapping[str, Any] = field(default_factory=dict)  # the body this attempt sent
+    # The answer's text and tool arguments as they arrived, to count them when the upstream
+    # reports no usage, or the client leaves before it does.
+    produced: list[str] = field(default_factory=list)
+    finished: bool = False
 
     async def chunks(self) -> AsyncIterator[dict[str, Any]]:
         model, reasons = None, []
@@ -73,24 +79,53 @@ class OpenStream:
                             if c.get("finish_reason")]
                 if chunk.get("usage"):
                     self.usage = Usage.from_openai(chunk["usage"])
+                self._keep(chunk)
                 yield chunk
                 chunk = await anext(self.rest, None)
         except Exception as exc:  # a broken chunk ends the stream with an error
             err = classify_unexpected(exc)
+            self._count_if_unreported()
             self._done(err.kind, model)
             end_failed(self.span, err)
             await aclose(self.rest)
             raise StreamInterrupted(FailedAttempt(self.deployment.id, err)) from None
         except BaseException:
-            # The client went away (or the server is stopping): close the upstream stream too.
-            self.span.set_attribute("error.type", "cancelled")
-            self.span.end()
-            await aclose(self.rest)
+            await self.abandon()
             raise
+        self._count_if_unreported()
         self._done("ok", model)
         end_ok(self.span, self.usage, model, tuple(reasons))
 
+    async def abandon(self) -> None:
+        """The client went away (or the server is stopping) before the stream ended: close the
+        upstream stream too, and bill what it produced so far (the upstream bills it to us).
+        Idempotent; a stream that already ended is left as it is."""
+        if self.finished:
+            return
+        self._count_if_unreported()
+        self._done("cancelled", None)
+        self.span.set_attribute("error.type", "cancelled")
+        self.span.end()
+        await aclose(self.rest)
+
+    def _keep(self, chunk: Mapping[str, Any]) -> None:
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            if isinstance(delta.get("content"), str):
+                self.produced.append(delta["content"])
+            for call in delta.get("tool_calls") or ():
+                args = (call.get("function") or {}).get("arguments")
+                if isinstance(args, str):
+                    self.produced.append(args)
+
+    def _count_if_unreported(self) -> None:
+        if not self.usage.reported:
+            prompt, _ = unreported_usage("chat", self.request, {})
+            produced = sum(count_or_estimate(p) for p in self.produced)
+            self.usage = Usage(prompt, produced, reported=False)
+
     def _done(self, outcome: str, model: str | None) -> None:
+        self.finished = True
         seconds = asyncio.get_running_loop().time() - self.started
         self.upstream_s += seconds
         if self.events is not None:

@@ -46,6 +46,7 @@ from routing.health import Health
 from routing.providers.base import Attempt, ChatAnswer, EmbeddingAnswer, Provider, Usage, Wire
 from routing.router import RoutePlan, Scope
 from routing.rules import RoutingConfig
+from routing.tokens import unreported_usage
 
 T = TypeVar("T")
 Check = Callable[[ChatAnswer], str | None]  # None: the answer passes; else why it does not
@@ -143,15 +144,16 @@ class Caller:
                 self._timed(walk, dep, operation, started, err.kind, Usage(), None)
                 await self._failed(dep, span, err, walk, routing)
                 continue
-            self._timed(walk, dep, operation, started, "ok", answer.usage, answer.response_model)
+            usage = _billed(operation, attempt, answer)
+            self._timed(walk, dep, operation, started, "ok", usage, answer.response_model)
             await self._succeeded(dep, span, started, walk)
-            walk.cost_usd += dep.cost(answer.usage.prompt_tokens, answer.usage.completion_tokens)
-            walk.usage += answer.usage
+            walk.cost_usd += dep.cost(usage.prompt_tokens, usage.completion_tokens)
+            walk.usage += usage
             verdict = check(answer) if check else None
             if verdict is not None:
                 span.add_event("cascade.escalate", {"deployment": dep.id, "reason": verdict})
                 walk.escalations.append(f"{dep.id}: {verdict}")
-            end_ok(span, answer.usage, answer.response_model,
+            end_ok(span, usage, answer.response_model,
                     getattr(answer, "finish_reasons", ()))
             result = CallResult(answer, dep, walk.number, walk.failures, walk.cost_usd,
                                 walk.usage, walk.escalations,
@@ -195,7 +197,8 @@ class Caller:
             return OpenStream(dep, walk.number, walk.failures, first, chunks, span,
                               masked=bool(guard and guard.masks_for(dep)),
                               attempted=walk.attempted, started=started,
-                              upstream_s=walk.upstream_s, events=self._events)
+                              upstream_s=walk.upstream_s, events=self._events,
+                              request=attempt.body)
         raise _exhausted(walk)
 
     async def _tries(self, plan: RoutePlan, body: Mapping[str, Any], deadline: float,
@@ -318,3 +321,13 @@ def _exhausted(walk: _Walk) -> Exception:
     return AllAttemptsFailed(walk.failures)
 
 
+
+
+def _billed(operation: str, attempt: Attempt, answer: ChatAnswer | EmbeddingAnswer) -> Usage:
+    """The usage to bill: the upstream's, or a local count when it reported none (an
+    embeddings answer that counts no input tokens reported none either)."""
+    usage = answer.usage
+    if usage.reported and (operation != "embeddings" or usage.prompt_tokens > 0):
+        return usage
+    prompt, completion = unreported_usage(operation, attempt.body, answer.body)
+    return Usage(prompt, completion, reported=False)

@@ -122,6 +122,10 @@ class RoutingConfig(_Frozen):
     retries: RetryConfig = RetryConfig()
     on_content_policy: Literal["fail", "next"] = "fail"
     expected_output_tokens: int = Field(default=256, ge=1)
+    # The most output a request without `max_tokens` may produce when a budget applies to it:
+    # Podium sends this (or less, what the remaining budget can pay) as `max_tokens`, so that
+    # the budget's reservation is a true upper bound.
+    max_output_tokens: int = Field(default=4096, ge=1)
 
 
 @dataclass(frozen=True, slots=True)

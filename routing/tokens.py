@@ -33,6 +33,9 @@ _BYTES_PER_TOKEN = 4
 _PREFETCH_AT = 4
 # What a prompt is counted from: its text, its tool calls, its images (a fixed cost each).
 _COUNTED: frozenset[Kind] = frozenset({"content", "text", "tool_name", "tool_arguments", "image"})
+# What an answer produced: its text, refusals and tool calls.
+_ANSWERED: frozenset[Kind] = frozenset({"content", "text", "refusal", "tool_name",
+                                        "tool_arguments"})
 
 
 _load_lock = threading.Lock()
@@ -121,3 +124,38 @@ def _message_texts(messages: Iterable[Mapping[str, Any]]) -> tuple[list[str], in
             else:
                 texts.append(text.value)
     return texts, fixed
+
+
+# ---- counting what an upstream did not report ---------------------------------------------
+
+def count_or_estimate(text: str) -> int:
+    """Tokens in `text` for billing an answer whose upstream reported no usage: exact when the
+    tokenizer is loaded, else estimated at 4 bytes per token (and the tokenizer starts loading
+    on a thread, so the event loop never waits for it)."""
+    if loaded():
+        return count_text(text)
+    _prefetch()
+    return -(-_utf8_len(text) // _BYTES_PER_TOKEN)
+
+
+def prompt_usage(messages: Iterable[Mapping[str, Any]]) -> int:
+    """A prompt's tokens, for the same purpose: its texts plus the chat format's overhead."""
+    texts, fixed = _message_texts(messages)
+    return fixed + sum(count_or_estimate(t) for t in texts)
+
+
+def unreported_usage(operation: str, request: Mapping[str, Any],
+                     answer: Mapping[str, Any]) -> tuple[int, int]:
+    """(prompt, completion) tokens counted locally, for an answer that came without a sane
+    usage: an upstream must not make a call free by leaving usage out."""
+    if operation == "embeddings":
+        given = request.get("input")
+        inputs = given if isinstance(given, list) else [given]
+        return sum(count_or_estimate(i) if isinstance(i, str) else
+                   len(i) if isinstance(i, list) else 1 for i in inputs), 0
+    messages = request.get("messages")
+    prompt = prompt_usage(messages if isinstance(messages, list) else [])
+    choices = answer.get("choices")
+    produced = [t.value for c in (choices if isinstance(choices, list) else ())
+                if isinstance(c, Mapping) for t in strings(c.get("message"), _ANSWERED)]
+    return prompt, sum(count_or_estimate(t) for t in produced)

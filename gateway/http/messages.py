@@ -89,6 +89,8 @@ async def _stream(request: web.Request, served: Served, headers: dict[str, str],
         closing = events.finish()
     except PodiumError as err:
         closing = events.fail(err)
+    finally:
+        await served.close()  # the client may have left: bill what was produced, now
     await resp.write(sse.encode_all(closing))
     await resp.write_eof()
     return resp

@@ -33,7 +33,7 @@ from gateway.pipeline.route import RouteDecision, chat_reservation
 from gateway.pipeline.unmask import unmask_completion, unmask_stream
 from gateway.runtime import Gateway, Runtime
 from plugins.chain import PluginChain
-from routing.attempts import OpenStream
+from routing.attempts import OpenStream, aclose
 from routing.cascade import AnswerCheck
 from routing.providers.base import Wire
 
@@ -56,6 +56,13 @@ class Served:
         if self.chunks is None:
             raise RuntimeError("this answer is not a stream")
         return self.chunks
+
+    async def close(self) -> None:
+        """Close the chunks now, when the client left mid-stream (not when they are
+        collected), so the stream bills what the upstream produced before the request is
+        accounted. A no-op for a stream read to its end."""
+        if self.chunks is not None:
+            await aclose(self.chunks)
 
     async def done(self) -> None:
         """After the client has the answer: store it in the cache, where the policy allows."""
@@ -94,11 +101,11 @@ async def _call(gw: Gateway, rt: Runtime, ctx: RequestContext, decision: RouteDe
     """Hop 7 for a whole answer: the plan walked, checked for a cascade, un-masked."""
     plan, scope = decision.plan, decision.scope
     check = AnswerCheck(plan.checks, ctx.body) if plan.strategy == "cascade" else None
-    body = _unstreamed(ctx.body) if ctx.stream else ctx.body
+    body = _unstreamed(ctx.upstream_body()) if ctx.stream else ctx.upstream_body()
     if wire is not None and ctx.stream:
         wire = Wire(wire.api, _unstreamed(wire.body))
     result = await gw.caller.chat(plan, body, ctx.deadline(), rt.config.routing, check, scope,
-                                  wire)
+                                  _capped(wire, ctx))
     ctx.outcome.called(result)
     for escalation in result.escalations:
         ctx.decide("cascade", "escalated", escalation)
@@ -124,8 +131,8 @@ async def _stream(gw: Gateway, rt: Runtime, ctx: RequestContext, decision: Route
                   lookup: CacheLookup, wire: Wire | None) -> Served:
     """Hop 7 for a live stream: the first deployment that starts one answers."""
     scope = decision.scope
-    stream = await gw.caller.open_stream(decision.plan, ctx.body, ctx.deadline(),
-                                         rt.config.routing, scope, wire)
+    stream = await gw.caller.open_stream(decision.plan, ctx.upstream_body(), ctx.deadline(),
+                                         rt.config.routing, scope, _capped(wire, ctx))
     ctx.outcome.opened(stream)
     chunks = stream.chunks()
     if stream.masked and scope.pseudonymizer is not None:
@@ -166,12 +173,21 @@ class _Relay:
             raise
         finally:
             if self.stream is not None:
+                await self.stream.abandon()  # a no-op unless the client left mid-stream
                 self.ctx.outcome.streamed(self.stream)
 
     def _first_chunk(self) -> None:
         if self.metrics is not None and self.stream is not None:
             self.metrics.ttft.labels(self.stream.deployment.id).observe(
                 time.monotonic() - self.ctx.started_mono)
+
+
+def _capped(wire: Wire | None, ctx: RequestContext) -> Wire | None:
+    """The client's own request with the output cap a budget set (`ctx.upstream_body`), in
+    the Responses API's name for it."""
+    if wire is None or ctx.output_cap is None:
+        return wire
+    return Wire(wire.api, {**wire.body, "max_output_tokens": ctx.output_cap})
 
 
 def _unstreamed(body: Mapping[str, Any]) -> dict[str, Any]:

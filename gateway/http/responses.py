@@ -170,6 +170,8 @@ async def _stream(request: web.Request, served: Served, turn: _Turn) -> web.Stre
             await turn.keep(events.response)
     except PodiumError as err:
         closing = events.fail(err)
+    finally:
+        await served.close()  # the client may have left: bill what was produced, now
     await resp.write(sse.encode_all(closing))
     await resp.write_eof()
     return resp

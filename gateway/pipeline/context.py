@@ -8,6 +8,8 @@ Each later hop then fills in its own part, in order, through its own method:
     plugins, request side       held(hold)        from the `Hold` a plugin returned
                                 counted(bucket)   rate limits: where they counted it
                                 earmarked(...)    budgets: what they hold for it, and where
+                                capped(tokens)    budgets: the output cap of a request
+                                                  without max_tokens
     cache                       looked_up(cache)
     call, and egress            outcome           how it ended: answer, usage, cost, status
 
@@ -125,6 +127,7 @@ class RequestContext:
     hold: Hold | None = None
     window_bucket: int | None = None   # the rate-limit bucket this request was counted in
     earmark: BudgetReservation | None = None  # what its budgets hold for it
+    output_cap: int | None = None      # max_tokens a budget set, the client having set none
     cache: CacheResult | None = None
     outcome: Outcome = field(default_factory=Outcome)
     decisions: list[dict[str, Any]] = field(default_factory=list)
@@ -154,6 +157,18 @@ class RequestContext:
         self._after("budget", self.plan)
         self._unset("budget reservation", self.earmark)
         self.earmark = reservation
+
+    def capped(self, max_tokens: int) -> None:
+        """A budget bounds the output of a request that set no `max_tokens` of its own."""
+        self._after("budget", self.plan)
+        self._unset("output cap", self.output_cap)
+        self.output_cap = max_tokens
+
+    def upstream_body(self) -> Mapping[str, Any]:
+        """What the call hop sends: the client's body, with a budget's output cap added."""
+        if self.output_cap is None:
+            return self.body
+        return {**self.body, "max_tokens": self.output_cap}
 
     def looked_up(self, cache: CacheResult) -> None:
         self._after("cache", self.plan)

@@ -96,6 +96,12 @@ async def sse_response(request: web.Request, headers: Mapping[str, str],
         await resp.write(b"data: " + orjson.dumps(err.body()) + b"\n\n")
     else:
         await resp.write(b"data: [DONE]\n\n")
+    finally:
+        # When the client left mid-stream, close the chunks now, not when they are collected:
+        # the stream then bills what the upstream produced before the request is accounted.
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
     await resp.write_eof()
     return resp
 

@@ -9,7 +9,7 @@ into data.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,7 @@ from gateway.pipeline.permissions import (
     resolve_scope,
     scope_attributes,
 )
+from routing.catalog import Deployment
 from routing.health import Health
 from routing.router import RoutePlan, Router, RouteRequest
 from routing.rules import RequestFacts
@@ -112,11 +113,17 @@ def chat_reservation(decision: RouteDecision, chat: ChatCompletionRequest,
     else the deployment's, else the expected output), at its dearest deployment."""
     req, plan, n = decision.request, decision.plan, chat.n or 1
     max_out = chat.max_completion_tokens or chat.max_tokens
-    costs = [d.cost(req.prompt_tokens, (max_out or d.max_output_tokens or expected_output_tokens)
-                    * n) for d in plan.chain]
-    # A cascade may pay for every deployment in its chain; otherwise only one answers.
-    usd = sum(costs) if plan.strategy == "cascade" else max(costs)
+    usd = most_cost(plan, req.prompt_tokens, lambda d: (
+        max_out or d.max_output_tokens or expected_output_tokens) * n)
     return Reservation(req.prompt_tokens + (max_out or expected_output_tokens) * n, usd)
+
+
+def most_cost(plan: RoutePlan, prompt_tokens: int,
+              output_tokens: Callable[[Deployment], int]) -> float:
+    """The most a call along `plan` can cost: its dearest deployment's price, or for a cascade,
+    which may pay for every deployment in its chain, the sum."""
+    costs = [d.cost(prompt_tokens, output_tokens(d)) for d in plan.chain]
+    return sum(costs) if plan.strategy == "cascade" else max(costs, default=0.0)
 
 
 def embedding_reservation(decision: RouteDecision) -> Reservation:

@@ -1,6 +1,7 @@
 """What the simulator answers: a chat completion built deterministically from the request, and
 the chunks a stream of it carries (derived from the whole answer, so streamed and plain answers
-always agree). A user message containing `[[say:TEXT]]` is answered with exactly TEXT; a model
+always agree). A user message containing `[[say:TEXT]]` is answered with exactly TEXT, and
+`[[long:N]]` with N words (a long answer from a short prompt; `max_tokens` still cuts it); a model
 name containing one of `_KEYWORD_ANSWERS`' keywords gets a scripted poor answer, for cascade
 checks to catch; "tinychunks" models stream 4 characters at a time.
 
@@ -30,6 +31,7 @@ _IMAGE_TOKENS = 85
 _WORDS_PER_CHUNK = 3
 _ARGUMENT_FRAGMENT = 7
 _SAY_MARKER = re.compile(r"\[\[say:(.*?)\]\]", re.DOTALL)
+_LONG_MARKER = re.compile(r"\[\[long:(\d{1,6})\]\]")
 _BAD = "invalid_request_error"
 
 # keyword -> a scripted poor answer, for cascade checks to catch.
@@ -92,6 +94,8 @@ def _answer_text(body: Json) -> str:
     last_user = " ".join(_texts(users[-1].get("content"))) if users else ""
     if marker := _SAY_MARKER.search(last_user):  # a scripted answer overrides every other rule
         return marker.group(1)
+    if marker := _LONG_MARKER.search(last_user):
+        return "word " * int(marker.group(1))
     text = f"Simulated answer from {model}: {last_user[:200]}"
     fmt = body.get("response_format")
     if not isinstance(fmt, dict) or fmt.get("type") not in ("json_object", "json_schema"):

@@ -20,17 +20,19 @@ from routing.providers.answer_shape import usage_counts
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    reported: bool = True            # False: the upstream gave no sane usage; counted locally
 
     @classmethod
     def from_openai(cls, usage: Any) -> Usage:
-        """The counts of an OpenAI `usage` object; zero when it is missing or not sane (see
-        answer_shape.py), never an exception."""
+        """The counts of an OpenAI `usage` object; zero and not `reported` when it is missing
+        or not sane (see answer_shape.py), never an exception."""
         counts = usage_counts(usage)
-        return cls() if counts is None else cls(*counts)
+        return cls(reported=False) if counts is None else cls(*counts)
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(self.prompt_tokens + other.prompt_tokens,
-                     self.completion_tokens + other.completion_tokens)
+                     self.completion_tokens + other.completion_tokens,
+                     self.reported and other.reported)
 
 
 @dataclass(frozen=True, slots=True)

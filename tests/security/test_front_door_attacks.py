@@ -195,3 +195,20 @@ async def test_connection_settings_in_a_body_are_refused(upstream: Upstream,
             extra_body={"api_key": "sk-attacker"})
     assert "api_key" in messages_err.value.body["error"]["message"]  # type: ignore[index]
     assert list(upstream.recorded) == []
+
+
+# ---- money: an open-ended answer is bounded under a budget, whatever the API ----------------
+
+@pytest.mark.parametrize("speaks", [False, True])
+async def test_an_open_ended_response_is_capped_under_a_budget(
+        upstream: Upstream, make_gateway: GatewayFactory, speaks: bool) -> None:
+    """Without `max_output_tokens` a Responses request under a budget gets the cap a chat
+    request gets, in whichever form its deployment reads."""
+    cfg = config(upstream.url, speaks=speaks)
+    cfg["keys"][0]["budget_usd"] = 0.05
+    gw = await make_gateway(cfg)
+    await gw.client(PUBLIC).responses.create(model="chat", input="Tell me everything")
+    [call] = upstream.recorded
+    field = "max_output_tokens" if speaks else "max_tokens"
+    assert call.path == ("/v1/responses" if speaks else "/v1/chat/completions")
+    assert isinstance(call.body[field], int) and 0 < call.body[field] <= 4096

@@ -4,6 +4,7 @@ the gateway's real provider code reads what a broken or hostile server would sen
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ class ScriptedUpstream:
     stream: list[bytes] | None = None     # SSE data payloads for a streamed request
     calls: int = 0
     bodies: list[Any] = field(default_factory=list)
+    chunk_delay_s: float = 0.0            # a slow model: the pause before each streamed chunk
 
     def heal(self) -> None:
         self.answer, self.status, self.stream = OK_COMPLETION, 200, None
@@ -39,6 +41,8 @@ class ScriptedUpstream:
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await resp.prepare(request)
             for data in self.stream:
+                if self.chunk_delay_s:
+                    await asyncio.sleep(self.chunk_delay_s)  # the model's pace, not a wait
                 await resp.write(b"data: " + data + b"\n\n")
             await resp.write(b"data: [DONE]\n\n")
             return resp
