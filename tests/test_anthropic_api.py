@@ -36,6 +36,13 @@ def shaped(err: anthropic.APIStatusError, kind: str, *words: str) -> None:
     assert err.request_id == body["request_id"]   # the SDK reads the `request-id` header
 
 
+@pytest.fixture
+async def native(upstream: Upstream, make_gateway: GatewayFactory) -> RunningGateway:
+    """A gateway on the native provider path only: what these tests check does not depend
+    on the provider path (the `gateway` fixture's tests run on both)."""
+    return await make_gateway(base_config(upstream.url))
+
+
 async def test_key_in_x_api_key_or_as_a_bearer(gateway: RunningGateway) -> None:
     by_header = await client(gateway).messages.create(model="chat", max_tokens=50,
                                                       messages=ASK)
@@ -46,9 +53,9 @@ async def test_key_in_x_api_key_or_as_a_bearer(gateway: RunningGateway) -> None:
     assert by_header.model == "sim-cheap" and by_header.stop_reason == "end_turn"
 
 
-async def test_anthropic_version_and_beta_headers_are_accepted(gateway: RunningGateway) -> None:
+async def test_anthropic_version_and_beta_headers_are_accepted(native: RunningGateway) -> None:
     async with aiohttp.ClientSession() as session, session.post(
-            gateway.url + "/messages", json={"model": "chat", "max_tokens": 20, "messages": ASK},
+            native.url + "/messages", json={"model": "chat", "max_tokens": 20, "messages": ASK},
             headers={"x-api-key": APP_KEY, "anthropic-version": "2023-06-01",
                      "anthropic-beta": "tools-2024-04-04"}) as resp:
         assert resp.status == 200
@@ -58,24 +65,24 @@ async def test_anthropic_version_and_beta_headers_are_accepted(gateway: RunningG
     assert resp.headers["request-id"] == resp.headers["x-request-id"]
 
 
-async def test_401_and_404_in_anthropics_shape(gateway: RunningGateway) -> None:
+async def test_401_and_404_in_anthropics_shape(native: RunningGateway) -> None:
     with pytest.raises(anthropic.AuthenticationError) as auth:
-        await client(gateway, "sk-wrong-0000000000").messages.create(
+        await client(native, "sk-wrong-0000000000").messages.create(
             model="chat", max_tokens=10, messages=ASK)
     shaped(auth.value, "authentication_error", "Incorrect API key")
     with pytest.raises(anthropic.NotFoundError) as missing:
-        await client(gateway).messages.create(model="claude-nope", max_tokens=10,
+        await client(native).messages.create(model="claude-nope", max_tokens=10,
                                               messages=ASK)
     shaped(missing.value, "not_found_error", "claude-nope")
     with pytest.raises(anthropic.NotFoundError) as counted:
-        await client(gateway).messages.count_tokens(model="claude-nope", messages=ASK)
+        await client(native).messages.count_tokens(model="claude-nope", messages=ASK)
     shaped(counted.value, "not_found_error", "claude-nope")
 
 
 async def test_bad_requests_and_edge_errors_in_anthropics_shape(
-        gateway: RunningGateway) -> None:
+        native: RunningGateway) -> None:
     with pytest.raises(anthropic.BadRequestError) as server_tool:
-        await client(gateway).messages.create(
+        await client(native).messages.create(
             model="chat", max_tokens=10, messages=ASK,
             tools=[{"type": "web_search_20250305", "name": "web_search"}])
     shaped(server_tool.value, "invalid_request_error", "tools[0].type")
@@ -87,7 +94,7 @@ async def test_bad_requests_and_edge_errors_in_anthropics_shape(
                 ("POST", "/messages", 400, "invalid_request_error", None),   # not JSON
                 ("GET", "/messages", 405, "invalid_request_error", None),
                 ("POST", "/messages/batches", 404, "not_found_error", None)):
-            async with session.request(method, gateway.url + path, headers=headers,
+            async with session.request(method, native.url + path, headers=headers,
                                        json=sent) as resp:
                 body = await resp.json()
             assert resp.status == status and body["type"] == "error", body

@@ -35,8 +35,15 @@ def anthropic_client(gw: RunningGateway, key: str = APP_KEY) -> anthropic.AsyncA
                                     max_retries=0)
 
 
-async def test_store_false_keeps_nothing(gateway: RunningGateway) -> None:
-    client = gateway.client()
+@pytest.fixture
+async def native(upstream: Upstream, make_gateway: GatewayFactory) -> RunningGateway:
+    """A gateway on the native provider path only: what these tests check does not depend
+    on the provider path (the `gateway` fixture's tests run on both)."""
+    return await make_gateway(base_config(upstream.url))
+
+
+async def test_store_false_keeps_nothing(native: RunningGateway) -> None:
+    client = native.client()
     kept = await client.responses.create(model="chat", input="remember me")
     gone = await client.responses.create(model="chat", input="forget me", store=False)
     assert kept.store is True and gone.store is False
@@ -49,8 +56,8 @@ async def test_store_false_keeps_nothing(gateway: RunningGateway) -> None:
     assert err.value.body["param"] == "previous_response_id"
 
 
-async def test_delete_then_the_id_is_gone(gateway: RunningGateway) -> None:
-    client = gateway.client()
+async def test_delete_then_the_id_is_gone(native: RunningGateway) -> None:
+    client = native.client()
     made = await client.responses.create(model="chat", input="short-lived")
     await client.responses.delete(made.id)
     for call in (client.responses.retrieve(made.id), client.responses.delete(made.id)):
@@ -127,12 +134,12 @@ async def test_headers_cost_and_usage_are_the_same_at_every_front_door(
     assert (await msg.parse()).usage.output_tokens == usage.completion_tokens
 
 
-async def test_one_cache_behind_every_front_door(gateway: RunningGateway) -> None:
+async def test_one_cache_behind_every_front_door(native: RunningGateway) -> None:
     """The cache key is the chat body: the same question asked through Responses after Chat
     Completions is a hit, and still names the deployment that answered."""
-    chat = await gateway.client().chat.completions.with_raw_response.create(
+    chat = await native.client().chat.completions.with_raw_response.create(
         model="chat", messages=[{"role": "user", "content": "cache me once"}], temperature=0)
-    resp = await gateway.client().responses.with_raw_response.create(
+    resp = await native.client().responses.with_raw_response.create(
         model="chat", input="cache me once", temperature=0)
     assert chat.headers["x-podium-cache"] == "miss"
     assert resp.headers["x-podium-cache"] == "hit"
@@ -141,19 +148,19 @@ async def test_one_cache_behind_every_front_door(gateway: RunningGateway) -> Non
 
 
 @pytest.mark.parametrize("door", ["chat", "responses", "messages"])
-async def test_spans_are_the_same_at_every_front_door(gateway: RunningGateway,
+async def test_spans_are_the_same_at_every_front_door(native: RunningGateway,
                                                       door: str) -> None:
     ask = [{"role": "user", "content": "span me"}]
     if door == "chat":
-        await gateway.client().chat.completions.create(model="chat", messages=ask,
+        await native.client().chat.completions.create(model="chat", messages=ask,
                                                        max_completion_tokens=77)
     elif door == "responses":
-        await gateway.client().responses.create(model="chat", input="span me",
+        await native.client().responses.create(model="chat", input="span me",
                                                 max_output_tokens=77)
     else:
-        await anthropic_client(gateway).messages.create(model="chat", messages=ask,
+        await anthropic_client(native).messages.create(model="chat", messages=ask,
                                                         max_tokens=77)
-    spans = gateway.spans.get_finished_spans()
+    spans = native.spans.get_finished_spans()
     path = {"chat": "/v1/chat/completions", "responses": "/v1/responses",
             "messages": "/v1/messages"}[door]
     [server] = [s for s in spans if s.name == f"POST {path}"]
@@ -166,11 +173,11 @@ async def test_spans_are_the_same_at_every_front_door(gateway: RunningGateway,
     assert attrs["gen_ai.response.finish_reasons"] == ("stop",)
 
 
-async def test_models_by_id_have_the_lists_visibility(gateway: RunningGateway) -> None:
-    model = await gateway.client().models.retrieve("premium")
+async def test_models_by_id_have_the_lists_visibility(native: RunningGateway) -> None:
+    model = await native.client().models.retrieve("premium")
     assert (model.id, model.object) == ("premium", "model")
-    assert (await gateway.client().models.retrieve("auto")).id == "auto"
-    limited = gateway.client(LIMITED_KEY)          # may use "chat" only
+    assert (await native.client().models.retrieve("auto")).id == "auto"
+    limited = native.client(LIMITED_KEY)          # may use "chat" only
     assert [m.id async for m in limited.models.list()] == ["chat", "auto"]
     for hidden in ("premium", "no-such-model"):
         with pytest.raises(openai.NotFoundError) as err:
@@ -180,9 +187,9 @@ async def test_models_by_id_have_the_lists_visibility(gateway: RunningGateway) -
                                   "code": "model_not_found"}
 
 
-async def test_x_api_key_is_for_the_anthropic_endpoints_only(gateway: RunningGateway) -> None:
+async def test_x_api_key_is_for_the_anthropic_endpoints_only(native: RunningGateway) -> None:
     async with aiohttp.ClientSession() as session:
-        async with session.post(gateway.url + "/chat/completions",
+        async with session.post(native.url + "/chat/completions",
                                 headers={"x-api-key": APP_KEY},
                                 json={"model": "chat", "messages": [{"role": "user",
                                                                      "content": "hi"}]}) as r:
