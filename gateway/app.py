@@ -30,15 +30,16 @@ from gateway.http import (
     responses,
     reviews,
 )
+from gateway.http.dashboard_window import History
 from gateway.http.middleware import add_request_id, edge_middleware
 from gateway.observability import telemetry as telemetry_mod
 from gateway.observability.metrics import Metrics
 from gateway.observability.telemetry import Telemetry
 from gateway.runtime import GATEWAY, Gateway, Runtime
 from gateway.simulator import start_from_config
-from gateway.storage.backends import open_state, open_stores
+from gateway.storage.backends import journal_dir, open_state, open_stores
 from gateway.storage.responses import sweep
-from gateway.workers import watch_supervisor
+from gateway.workers import WORKER_ENV, watch_supervisor
 from plugins.registry import Governance
 
 
@@ -50,7 +51,7 @@ def build_app(config: GatewayConfig, telemetry: Telemetry | None = None,
     app.on_response_prepare.append(add_request_id)
     stores = open_stores(config)
     state = open_state(config)
-    governance = Governance.from_stores(stores, state)
+    governance = Governance.from_stores(stores, state, journal_dir(config))
     telemetry = telemetry or telemetry_mod.from_env(config.telemetry.service_name)
     app[GATEWAY] = Gateway(
         runtime=Runtime.compile(config, stores.keys, governance, telemetry.span),
@@ -58,6 +59,7 @@ def build_app(config: GatewayConfig, telemetry: Telemetry | None = None,
         responses=stores.responses,
         metrics=Metrics(t.name for t in config.teams), config_path=config_path)
     app[dashboard.ASSETS] = dashboard.load_assets()
+    app[dashboard.HISTORY] = History(os.getpid(), os.environ.get(WORKER_ENV))
     _add_routes(app.router)
     app.cleanup_ctx.append(_keystore_ctx)
     app.cleanup_ctx.append(_governance_ctx)
@@ -68,6 +70,7 @@ def build_app(config: GatewayConfig, telemetry: Telemetry | None = None,
         app.cleanup_ctx.append(_orphan_ctx)
     app.cleanup_ctx.append(_sighup_ctx)
     app.cleanup_ctx.append(_providers_ctx)
+    app.cleanup_ctx.append(dashboard.history_ctx)
     return app
 
 

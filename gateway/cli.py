@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config import Checked, ConfigError, GatewayConfig, load_checked
 from gateway.errors import AuthenticationFailed, PodiumError
 from gateway.observability import logs
 from gateway.pipeline.identity import (
@@ -43,19 +43,20 @@ def _config_path(arg: str | None) -> Path:
     return Path(__file__).resolve().parent.parent / DEFAULT_CONFIG
 
 
-def _loaded(arg: str | None, command: str) -> tuple[Path, GatewayConfig | None]:
+def _loaded(arg: str | None, command: str) -> tuple[Path, Checked | None]:
     """The config at --config (or the default), or None once its problems are on stderr:
-    listed in full by `check` and `serve`, counted with a pointer to `podium check` by the
-    other commands."""
+    listed in full by `check` and `serve` (with the warnings that would follow), counted with a
+    pointer to `podium check` by the other commands."""
     path = _config_path(arg)
     try:
-        return path, load_config(path)
+        return path, load_checked(path)
     except ConfigError as err:
-        problems = err.problems
+        problems, warnings = err.problems, err.warnings
     if command in _LISTS_PROBLEMS:
         print(_LISTS_PROBLEMS[command].format(path=path, n=len(problems)), file=sys.stderr)
         for problem in problems:
             print(f"  {problem}", file=sys.stderr)
+        _print_warnings(path, warnings)
     else:
         print(f"{path}: {len(problems)} problem(s); run 'podium check'", file=sys.stderr)
     return path, None
@@ -65,19 +66,31 @@ _LISTS_PROBLEMS = {"check": "{path}: {n} problem(s)",
                    "serve": "{path}: cannot serve, {n} problem(s):"}
 
 
+def _print_warnings(path: Path, warnings: Sequence[str]) -> None:
+    if warnings:
+        print(f"{path}: {len(warnings)} warning(s)", file=sys.stderr)
+        for warning in warnings:
+            print(f"  {warning}", file=sys.stderr)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
-    path, cfg = _loaded(args.config, "check")
-    if cfg is None:
+    path, checked = _loaded(args.config, "check")
+    if checked is None:
         return 1
+    cfg = checked.config
+    _print_warnings(path, checked.warnings)
     groups = {e.model_name for e in cfg.model_list}
     print(f"{path}: OK ({len(cfg.model_list)} deployments in {len(groups)} groups, "
-          f"{len(cfg.keys)} keys)")
-    return 0
+          f"{len(cfg.keys)} keys)" + (f", {len(checked.warnings)} warning(s)"
+                                      if checked.warnings else ""))
+    return 1 if args.strict and checked.warnings else 0
 
 
 def cmd_route(args: argparse.Namespace) -> int:
     """Print the routing decision for an OpenAI request read from stdin; calls no model.
-    The decision is made by the same hops as live traffic (`Planner.chat`)."""
+    The decision is made by the same hops as live traffic (`Planner.chat`). When nothing can
+    serve the request, every candidate is still printed with why it was dropped, then the error
+    live traffic would get."""
     import orjson
 
     from gateway.observability.telemetry import disabled
@@ -87,11 +100,12 @@ def cmd_route(args: argparse.Namespace) -> int:
     from routing.health import Health
     from routing.router import Router
 
-    _, cfg = _loaded(args.config, "route")
-    if cfg is None:
+    _, checked = _loaded(args.config, "route")
+    if checked is None:
         return 1
+    cfg = checked.config
     planner = Planner(Router(Catalog.from_config(cfg), cfg.routing), cfg.pii, Health(),
-                      disabled().span)
+                      disabled().span, strict=False)
     try:
         principal = _principal(cfg, args)
         parsed = validate_call(ChatCompletionRequest, orjson.loads(sys.stdin.buffer.read()))
@@ -103,11 +117,16 @@ def cmd_route(args: argparse.Namespace) -> int:
         return 2
     print(orjson.dumps(decision, option=orjson.OPT_INDENT_2).decode() if args.json
           else render_text(decision))
+    if decision.get("error"):
+        sys.stdout.flush()  # the table first, then why nothing can serve
+        print(f"error: {decision['error']['message']}", file=sys.stderr)
+        return 2
     return 0
 
 
 def _principal(cfg: GatewayConfig, args: argparse.Namespace) -> Principal:
-    """--key (a key's name or the key itself), --team, or an unrestricted caller."""
+    """--key (a key's name or the key itself), --team, or an unrestricted caller. A name the
+    config does not know is an error: explaining as nobody in particular would mislead."""
     teams = teams_by_name(cfg)
     if args.key:
         for entry in cfg.keys:
@@ -115,17 +134,25 @@ def _principal(cfg: GatewayConfig, args: argparse.Namespace) -> Principal:
                 return principal_for(entry, teams)
         found = KeyRing(cfg.keys, teams).find(digest_of(args.key))
         if found is None:
-            raise AuthenticationFailed(f"no key named {args.key!r} in the config")
+            known = ", ".join(sorted(k.name for k in cfg.keys)) or "none"
+            raise AuthenticationFailed(f"no key named {args.key!r} in the config "
+                                       f"(keys: {known})")
         return found
+    if args.team is not None:
+        known_teams = set(teams) | {k.team for k in cfg.keys if k.team is not None}
+        if args.team not in known_teams:
+            raise AuthenticationFailed(f"no team {args.team!r} in the config (teams: "
+                                       f"{', '.join(sorted(known_teams)) or 'none'})")
     return make_principal(key_id="explain", name="explain", team=teams.get(args.team or ""),
                           team_name=args.team, user=None, models=None)
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """Walk the hash-chained audit trail; exit 1 naming the first bad record."""
-    _, cfg = _loaded(args.config, "audit")
-    if cfg is None:
+    _, checked = _loaded(args.config, "audit")
+    if checked is None:
         return 2
+    cfg = checked.config
     where = (cfg.audit.path or cfg.storage.path) if cfg.storage.backend == "sqlite" \
         else "postgres audit trail"
     if cfg.storage.backend == "sqlite" and not Path(where).is_file():
@@ -154,36 +181,72 @@ async def _verify(cfg: GatewayConfig) -> VerifyResult:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    path, cfg = _loaded(args.config, "serve")
-    if cfg is None:
+    path, checked = _loaded(args.config, "serve")
+    if checked is None:
         return 1
-    from aiohttp import web
-
-    from gateway.app import build_app
-
+    cfg = checked.config
     logs.setup(cfg.logging.format, os.environ.get("PODIUM_LOG_LEVEL", cfg.logging.level))
     host = args.host or os.environ.get("PODIUM_HOST") or "127.0.0.1"
     port = int(args.port or os.environ.get("PODIUM_PORT") or 4000)
-    if args.workers > 1:
-        from gateway.workers import supervise
-
-        loop = _new_loop()
-        try:
-            return loop.run_until_complete(supervise(path, cfg, host, port, args.workers))
-        finally:
-            loop.close()
+    from gateway.ports import CannotListen
     from gateway.workers import WORKER_ENV
 
     in_pool = WORKER_ENV in os.environ  # the supervisor runs the simulator for the pool
-    logging.getLogger("podium").info("serving %s on http://%s:%d (pid %d)", path, host, port,
-                                     os.getpid())
-    app = build_app(cfg, start_simulator=not in_pool, config_path=path.resolve())
+    try:
+        if args.workers > 1:
+            return _supervise(path, checked, host, port, args.workers)
+        return _serve_one(path, checked, host, port, in_pool, args.reuse_port)
+    except CannotListen as err:
+        print(f"podium: {err}", file=sys.stderr)
+        return 1
+
+
+def _announce(checked: Checked) -> None:
+    """Config warnings, once per pool, before anything is served."""
+    log = logging.getLogger("podium")
+    for warning in checked.warnings:
+        log.warning("config: %s", warning)
+
+
+def _serve_one(path: Path, checked: Checked, host: str, port: int, in_pool: bool,
+               reuse_port: bool) -> int:
+    from aiohttp import web
+
+    from gateway.app import build_app
+    from gateway.ports import SIMULATOR_PORT_MOVED_BY, ensure_free, listening_socket
+
+    sock = listening_socket(host, port, reuse_port=reuse_port)
+    sim = checked.config.simulator
+    if sim.enabled and not in_pool:
+        ensure_free(sim.host, sim.port, what="the simulator", moved_by=SIMULATOR_PORT_MOVED_BY)
+    if not in_pool:
+        _announce(checked)
+    app = build_app(checked.config, start_simulator=not in_pool, config_path=path.resolve())
     _tune_gc()
-    web.run_app(app, host=host, port=port,
-                access_log=None, loop=_new_loop(), reuse_port=args.reuse_port or None,
-                shutdown_timeout=cfg.server.shutdown_timeout_s,
-                print=lambda msg: print(msg, flush=True))
+
+    def started(_: str) -> None:  # aiohttp calls this once every site is listening
+        logging.getLogger("podium").info("serving %s on http://%s:%d (pid %d)", path, host,
+                                         sock.getsockname()[1], os.getpid())
+
+    web.run_app(app, sock=sock, access_log=None, loop=_new_loop(),
+                shutdown_timeout=checked.config.server.shutdown_timeout_s, print=started)
     return 0
+
+
+def _supervise(path: Path, checked: Checked, host: str, port: int, workers: int) -> int:
+    from gateway.ports import GATEWAY_PORT_MOVED_BY, SIMULATOR_PORT_MOVED_BY, ensure_free
+    from gateway.workers import supervise
+
+    ensure_free(host, port, what="the gateway", moved_by=GATEWAY_PORT_MOVED_BY)
+    sim = checked.config.simulator
+    if sim.enabled:
+        ensure_free(sim.host, sim.port, what="the simulator", moved_by=SIMULATOR_PORT_MOVED_BY)
+    _announce(checked)
+    loop = _new_loop()
+    try:
+        return loop.run_until_complete(supervise(path, checked.config, host, port, workers))
+    finally:
+        loop.close()
 
 
 def _tune_gc() -> None:
@@ -232,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(func=cmd_audit)
     check = sub.add_parser("check", help="validate a config file")
     check.add_argument("--config", help=f"config file (default {DEFAULT_CONFIG})")
+    check.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
     check.set_defaults(func=cmd_check)
     add_router_commands(sub)
     return parser
@@ -240,4 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     logs.setup("text", os.environ.get("PODIUM_LOG_LEVEL", "INFO"))
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        code = int(args.func(args))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader left early (`podium route --explain ... | head`). As the Python docs
+        # advise for SIGPIPE: point stdout at devnull so the interpreter's own final flush
+        # cannot fail again, and exit with 1 as Python does on EPIPE; no traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return code

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-from gateway.config_base import Frozen, expand_env, format_loc
+from gateway.config_base import DataClass, Frozen, expand_env, format_loc, load_yaml
+from gateway.config_refs import assign_ids, review
 from plugins.settings import (
     ApprovalRule,
     AuditConfig,
@@ -25,24 +27,23 @@ from plugins.settings import (
     Limits,
     PluginRef,
     StorageConfig,
-    unknown_plugins,
 )
-from routing.rules import RouteSettings, RoutingConfig
+from routing.rules import RoutingConfig
 
-DataClass = Literal["public", "internal", "confidential", "restricted"]
 # `responses`: the deployment also speaks the OpenAI Responses API at `{api_base}/responses`,
 # so Responses requests are passed to it as they are (never assumed: declare it).
 Capability = Literal["tools", "json_schema", "vision", "streaming", "responses"]
 Mode = Literal["chat", "embedding"]
-RESERVED_MODEL_NAMES = frozenset({"auto"})
 
 
 class ConfigError(Exception):
-    """The config is unusable; `problems` holds every path-qualified message."""
+    """The config is unusable; `problems` holds every path-qualified message, `warnings` what
+    would be reported even if it were fixed."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], warnings: Iterable[str] = ()) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+        self.warnings = list(warnings)
 
 
 class LiteLLMParams(BaseModel):
@@ -64,6 +65,8 @@ class ModelInfo(Frozen):
     max_input_tokens: int | None = Field(default=None, gt=0)
     max_output_tokens: int | None = Field(default=None, gt=0)
     supports: tuple[Capability, ...] | None = None
+    # Unset stays public: data above public goes only where the config says it may. A team
+    # whose data_class no deployment is cleared for is reported (gateway/config_reach.py).
     data_clearance: DataClass = "public"
     region: str | None = None
     mode: Mode = "chat"
@@ -77,7 +80,7 @@ class ModelEntry(Frozen):
 
 class KeyCredential(Frozen):
     """A key given in the config, as itself or only as its sha256 (so the file holds no
-    secret). Exactly one of the two (`check_references` names a `keys:` entry that breaks it)."""
+    secret). Exactly one of the two (`config_refs.review` names a `keys:` entry that breaks it)."""
     key: SecretStr | None = None
     key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
     name: str = Field(min_length=1)
@@ -250,136 +253,63 @@ class GatewayConfig(Frozen):
     responses: ResponsesConfig = ResponsesConfig()
 
 
-# ---- cross references -----------------------------------------------------------------------
+# ---- loading --------------------------------------------------------------------------------
 
 def deployment_ids(cfg: GatewayConfig) -> list[str]:
     """Each entry's id: `model_info.id`, or model_name + its index within the group."""
-    seen: dict[str, int] = {}
-    ids = []
-    for entry in cfg.model_list:
-        index = seen.get(entry.model_name, 0)
-        seen[entry.model_name] = index + 1
-        ids.append(entry.model_info.id or f"{entry.model_name}-{index}")
-    return ids
+    return assign_ids((e.model_name, e.model_info.id) for e in cfg.model_list)
 
 
-def check_references(cfg: GatewayConfig) -> list[str]:
-    problems: list[str] = []
-    groups: dict[str, str] = {}
-    for i, entry in enumerate(cfg.model_list):
-        where = f"model_list[{i}]"
-        if entry.model_name in RESERVED_MODEL_NAMES:
-            problems.append(f"{where}.model_name: {entry.model_name!r} is reserved")
-        mode = groups.setdefault(entry.model_name, entry.model_info.mode)
-        if mode != entry.model_info.mode:
-            problems.append(f"{where}.model_info.mode: group {entry.model_name!r} mixes "
-                            f"{mode!r} and {entry.model_info.mode!r} deployments")
-    first_seen: dict[str, int] = {}
-    for i, dep_id in enumerate(deployment_ids(cfg)):
-        if dep_id in first_seen:
-            problems.append(f"model_list[{i}].model_info.id: duplicate deployment id {dep_id!r} "
-                            f"(also model_list[{first_seen[dep_id]}])")
-        first_seen.setdefault(dep_id, i)
-    problems += _check_keys(cfg, set(groups) | set(first_seen))
-    problems += _check_routing(cfg, set(groups), set(first_seen))
-    problems += _check_teams(cfg, set(groups) | set(first_seen))
-    model = cfg.cache.semantic.embedding_model
-    if model is not None and groups.get(model) != "embedding":
-        problems.append(f"cache.semantic.embedding_model: unknown embedding model {model!r}"
-                        + (f" (a {groups[model]} model group)" if model in groups else ""))
-    problems += unknown_plugins(cfg.plugins)
-    return problems
+@dataclass(frozen=True)
+class Checked:
+    """A valid config, and what is valid but surely not meant (see `gateway/config_refs.py`)."""
+    config: GatewayConfig
+    warnings: tuple[str, ...] = ()
 
 
-def _check_teams(cfg: GatewayConfig, model_names: set[str]) -> list[str]:
-    problems: list[str] = []
-    teams = {t.name for t in cfg.teams}
-    if len(teams) != len(cfg.teams):
-        problems.append("teams: team names must be unique")
-    for i, team in enumerate(cfg.teams):
-        problems += [f"teams[{i}].models[{j}]: unknown model {m!r}"
-                     for j, m in enumerate(team.models or ()) if m not in model_names]
-    if cfg.teams:
-        problems += [f"keys[{i}].team: unknown team {k.team!r}"
-                     for i, k in enumerate(cfg.keys) if k.team is not None and k.team not in teams]
-    jwt = cfg.auth.jwt
-    if jwt is not None and (jwt.jwks_file is None) == (jwt.jwks_url is None):
-        problems.append("auth.jwt: give exactly one of 'jwks_file' or 'jwks_url'")
-    return problems
-
-
-def _check_routing(cfg: GatewayConfig, groups: set[str], ids: set[str]) -> list[str]:
-    problems = _check_route_settings("routing.default", cfg.routing.default, groups, ids)
-    names: set[str] = set()
-    for i, rule in enumerate(cfg.routing.rules):
-        where = f"routing.rules[{i}]"
-        if rule.name in names:
-            problems.append(f"{where}.name: duplicate rule name {rule.name!r}")
-        names.add(rule.name)
-        problems += _check_route_settings(where, rule, groups, ids)
-        models = rule.match.model
-        for model in [models] if isinstance(models, str) else models or []:
-            if model not in groups | ids | RESERVED_MODEL_NAMES:
-                problems.append(f"{where}.match.model: unknown model {model!r}")
-    return problems
-
-
-def _check_route_settings(where: str, settings: RouteSettings, groups: set[str],
-                          ids: set[str]) -> list[str]:
-    problems = [f"{where}.fallbacks[{j}]: unknown model group {g!r}"
-                for j, g in enumerate(settings.fallbacks) if g not in groups]
-    problems += [f"{where}.weights.{d}: unknown deployment id {d!r}"
-                 for d in settings.weights if d not in ids]
-    return problems
-
-
-def _check_keys(cfg: GatewayConfig, model_names: set[str]) -> list[str]:
-    problems: list[str] = []
-    names: set[str] = set()
-    digests: set[str] = set()
-    for i, key in enumerate(cfg.keys):
-        where = f"keys[{i}]"
-        if (key.key is None) == (key.key_sha256 is None):
-            problems.append(f"{where}: give exactly one of 'key' or 'key_sha256'")
-            continue
-        if key.key is not None and not key.key.get_secret_value():
-            problems.append(f"{where}.key: is empty")
-        if key.name in names:
-            problems.append(f"{where}.name: duplicate key name {key.name!r}")
-        if key.digest() in digests:
-            problems.append(f"{where}: the same key is configured twice")
-        names.add(key.name)
-        digests.add(key.digest())
-        for j, model in enumerate(key.models or ()):
-            if model not in model_names:
-                problems.append(f"{where}.models[{j}]: unknown model {model!r}")
-    return problems
-
-
-# ---- loading --------------------------------------------------------------------------------
-
-def parse_config(raw: Any, env: Mapping[str, str] | None = None) -> GatewayConfig:
+def check_config(raw: Any, env: Mapping[str, str] | None = None,
+                 found: Iterable[str] = ()) -> Checked:
+    """Validate `raw`: the schema and the cross-references in one run, every problem with its
+    path (`found`: problems already met while reading it, such as duplicate YAML keys)."""
     if not isinstance(raw, dict):
         raise ConfigError(["(root): the config must be a mapping"])
-    expanded, problems = expand_env(raw, os.environ if env is None else env)
+    expanded, env_problems = expand_env(raw, os.environ if env is None else env)
+    problems = [*found, *env_problems]
+    findings = review(expanded)
+    cfg = None
     try:
         cfg = GatewayConfig.model_validate(expanded)
     except ValidationError as exc:
-        problems += [f"{format_loc(e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise ConfigError(problems) from None
-    problems += check_references(cfg)
-    if problems:
-        raise ConfigError(problems)
-    return cfg
+        problems += _schema_problems(exc)
+    problems += findings.errors
+    if problems or cfg is None:
+        raise ConfigError(problems, findings.warnings)
+    return Checked(cfg, tuple(findings.warnings))
 
 
-def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> GatewayConfig:
+def _schema_problems(exc: ValidationError) -> list[str]:
+    found = [f"{format_loc(e['loc'])}: {e['msg']}" for e in exc.errors()]
+    # An invalid entry also fails the list's length check; the entry's own problem says it all.
+    return [p for p in found
+            if not (p.startswith("model_list: Tuple should have at least 1 item")
+                    and any(q.startswith("model_list[") for q in found))]
+
+
+def parse_config(raw: Any, env: Mapping[str, str] | None = None) -> GatewayConfig:
+    return check_config(raw, env).config
+
+
+def load_checked(path: str | Path, env: Mapping[str, str] | None = None) -> Checked:
     try:
         text = Path(path).read_text()
     except OSError as exc:
         raise ConfigError([f"(file): cannot read {path}: {exc.strerror}"]) from None
     try:
-        raw = yaml.safe_load(text)
+        raw, duplicates = load_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError([f"(file): {path} is not valid YAML: {exc}"]) from None
-    return parse_config(raw, env)
+    return check_config(raw, env, duplicates)
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> GatewayConfig:
+    return load_checked(path, env).config

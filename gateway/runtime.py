@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config import ConfigError, GatewayConfig, load_checked
 from gateway.errors import PodiumError
 from gateway.observability.metrics import Metrics
 from gateway.observability.telemetry import SpanFactory, Telemetry
@@ -72,6 +72,7 @@ class ReloadResult:
     ok: bool
     problems: list[str]
     restart_required: list[str]
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass
@@ -162,7 +163,8 @@ class Gateway:
     async def reload(self, path: Path) -> ReloadResult:
         """Re-read the config at `path` and swap in its runtime, or keep the current one."""
         try:
-            cfg = await asyncio.to_thread(load_config, path)
+            checked = await asyncio.to_thread(load_checked, path)
+            cfg = checked.config
             runtime = Runtime.compile(cfg, self.keystore, self.governance, self.telemetry.span)
         except ConfigError as err:
             return self._rejected(path, err.problems)
@@ -174,7 +176,9 @@ class Gateway:
         self.start_litellm_if_needed()
         self.metrics.reloads.labels("ok").inc()
         log.info("config reloaded from %s", path, extra={"restart_required": restart})
-        return ReloadResult(True, [], restart)
+        for warning in checked.warnings:
+            log.warning("config: %s", warning)
+        return ReloadResult(True, [], restart, checked.warnings)
 
     def _rejected(self, path: Path, problems: list[str]) -> ReloadResult:
         self.metrics.reloads.labels("invalid").inc()

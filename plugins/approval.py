@@ -11,7 +11,7 @@ nothing held is ever released without an approval.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from gateway.errors import ReviewPending
@@ -22,7 +22,7 @@ from plugins.settings import ApprovalRule
 from routing.rules import RequestFacts
 
 
-def _one_of(expected: str | list[str] | None, actual: str | None) -> bool:
+def _one_of(expected: str | Sequence[str] | None, actual: str | None) -> bool:
     return expected is None or actual in ([expected] if isinstance(expected, str) else expected)
 
 

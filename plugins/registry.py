@@ -8,13 +8,16 @@ as keyword arguments and returning an object with the hooks of `plugins.base.Plu
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from gateway.config import GatewayConfig
 from gateway.observability.telemetry import SpanFactory
 from gateway.pipeline.identity import key_id_for
 from gateway.storage.contracts import AuditStore, ReviewStore, SharedState, SpendStore, Stores
+from gateway.storage.journal import ROTATE_S, Journal, recover
 from plugins.approval import ApprovalPlugin
 from plugins.audit import AuditPlugin
 from plugins.base import Plugin
@@ -32,22 +35,42 @@ class Governance:
     reviews: ReviewStore
     audit: AuditStore | None
     state: SharedState
+    journal_dir: Path | None = None    # None: no answer journal (an in-memory test store)
+    journal: Journal | None = field(default=None, init=False)
+    _rotating: asyncio.Task[None] | None = field(default=None, init=False)
 
     @classmethod
-    def from_stores(cls, stores: Stores, state: SharedState) -> Governance:
-        return cls(ledger=stores.spend, reviews=stores.reviews, audit=stores.audit, state=state)
+    def from_stores(cls, stores: Stores, state: SharedState,
+                    journal_dir: Path | None = None) -> Governance:
+        return cls(ledger=stores.spend, reviews=stores.reviews, audit=stores.audit, state=state,
+                   journal_dir=journal_dir)
 
     async def start(self) -> None:
         await self.ledger.start()
         await self.reviews.start()
         if self.audit is not None:
             await self.audit.start()
+        if self.journal_dir is not None:
+            await recover(self.journal_dir, self.audit, self.ledger)
+            self.journal = Journal(self.journal_dir)
+            self.journal.open()
+            self._rotating = asyncio.create_task(self._rotate(), name="podium-journal")
+
+    async def _rotate(self) -> None:
+        while self.journal is not None:
+            await asyncio.sleep(ROTATE_S)
+            await self.journal.rotate(self.audit, self.ledger)
 
     async def close(self) -> None:
+        if self._rotating is not None:
+            self._rotating.cancel()
+            await asyncio.gather(self._rotating, return_exceptions=True)
         if self.audit is not None:
             await self.audit.close()
         await self.reviews.close()
         await self.ledger.close()
+        if self.journal is not None:
+            await self.journal.close(self.audit, self.ledger)
 
 
 def _limits(cfg: GatewayConfig) -> tuple[dict[str, Limits], dict[str, Limits]]:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from gateway.config_base import Frozen
+from gateway.config_base import DataClass, Frozen
 from routing.rules import RuleMatch, valid_regex
 
 BudgetPeriod = Literal["day", "month", "total"]
@@ -35,6 +35,9 @@ class StorageConfig(Frozen):
     backend: Literal["sqlite", "postgres"] = "sqlite"
     path: str = "podium.sqlite3"
     dsn: SecretStr | None = None
+    # Answered requests are journaled here until their records are written, so a `kill -9`
+    # loses none (default: `<path>.answers` beside the database, or ./podium-answers).
+    journal_dir: str | None = None
 
     @model_validator(mode="after")
     def _postgres_needs_dsn(self) -> StorageConfig:
@@ -47,10 +50,20 @@ class AuditConfig(Frozen):
     enabled: bool = True
     path: str | None = None                              # default: storage.path
     include_content: bool = False                        # prompts and answers in records
+    # The key the chain is MACed with; normally ${PODIUM_AUDIT_KEY}, which is also read when
+    # this is unset. Without either, the embedded store generates one beside its database.
+    hmac_key: SecretStr | None = None
 
 
 class ApprovalMatch(RuleMatch):
-    data_class: str | list[str] | None = None
+    # One class or a list of them; a typo here would hold nothing, silently, so each must be
+    # one of the four (a single value is read as a list of one, for path-qualified errors).
+    data_class: tuple[DataClass, ...] | None = None
+
+    @field_validator("data_class", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
 
 
 class ApprovalRule(Frozen):
@@ -97,12 +110,3 @@ def third_party() -> dict[str, EntryPoint]:
 
 def plugin_ref(ref: PluginRef | str) -> PluginRef:
     return PluginRef(name=ref) if isinstance(ref, str) else ref
-
-
-def unknown_plugins(refs: tuple[PluginRef | str, ...]) -> list[str]:
-    """Path-qualified problems for names that are neither built in nor installed."""
-    installed = third_party()
-    return [f"plugins[{i}].name: unknown plugin {name!r} (not built in, and no "
-            f"{ENTRY_POINT_GROUP!r} entry point of that name is installed)"
-            for i, name in enumerate(plugin_ref(r).name for r in refs)
-            if name not in BUILTIN_ORDER and name not in installed]

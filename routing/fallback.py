@@ -10,6 +10,14 @@ What a failure does depends on its class:
 When everything failed, the error keeps every attempt's failure. A stream moves on only while
 nothing has been sent to the client. For a cascade, an answer that fails its checks escalates to
 the next deployment; the cost of every attempt is counted.
+
+Two words, used the same way by the headers, the metrics and the dashboard: an *attempt* is one
+upstream call (`x-podium-attempts` counts them, failed ones included); an *escalation* is a
+move to a later deployment because an answer failed a cascade check. `x-podium-escalations`
+counts those moves within one request, so the first attempt is never one, and an answer that
+failed its check but is delivered anyway (nothing later answered) adds none. A request with at
+least one is an *escalated request*: answered by a later deployment than the first because a
+check failed.
 """
 
 from __future__ import annotations
@@ -76,7 +84,7 @@ class CallResult(Generic[T]):
     failures: list[FailedAttempt] = field(default_factory=list)
     cost_usd: float = 0.0              # every successful attempt, escalated ones included
     usage: Usage = field(default_factory=Usage)
-    escalations: list[str] = field(default_factory=list)
+    escalations: list[str] = field(default_factory=list)  # "<deployment>: <failed check>"
     masked: bool = False               # the answer came from a pseudonymized request
     attempted: list[str] = field(default_factory=list)
     upstream_s: float = 0.0            # time spent waiting on upstreams, every attempt
@@ -165,6 +173,8 @@ class Caller:
         if escalated is not None:  # every answer failed its checks: the last is the best we have
             escalated.cost_usd, escalated.usage = walk.cost_usd, walk.usage
             escalated.upstream_s = walk.upstream_s
+            # The delivered answer's own failed check moved the request nowhere.
+            escalated.escalations = walk.escalations[:-1]
             return escalated
         raise _exhausted(walk)
 

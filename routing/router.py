@@ -22,6 +22,7 @@ from gateway.errors import (
     ModelNotFound,
     NoDeploymentAvailable,
     PermissionDenied,
+    PodiumError,
     UnsupportedRequest,
 )
 from gateway.pipeline.identity import Principal
@@ -40,6 +41,8 @@ from routing.rules import (
 from routing.tokens import TokenGauge
 
 AUTO = "auto"
+# A rule's fallback group the caller's allow-list excludes: listed, never tried.
+NOT_ALLOWED = "not in this key's models allow-list"
 
 
 class Scope(Protocol):
@@ -82,6 +85,9 @@ class RoutePlan:
     cache_ttl_s: float | None = None
     cache_any_temperature: bool = False
     learned: LearnedDecision | None = None   # score, threshold and decision of a learned rule
+    # Why nothing can serve, when the chain is empty: only from `plan(strict=False)`, which
+    # `--explain` uses to show every candidate; live traffic gets the error raised instead.
+    refusal: PodiumError | None = None
 
 
 class Router:
@@ -98,7 +104,10 @@ class Router:
                            if b is not None]
         self.tokens = TokenGauge(min(thresholds) if thresholds else None)
 
-    def plan(self, req: RouteRequest, principal: Principal, health: Health) -> RoutePlan:
+    def plan(self, req: RouteRequest, principal: Principal, health: Health, *,
+             strict: bool = True) -> RoutePlan:
+        """The plan for `req`; when no candidate is kept, raises the error the caller gets
+        (`strict`), or returns the plan with an empty chain and that error as `refusal`."""
         rule = self._match(req)
         settings = rule.settings if rule else self._config.default
         default = self._config.default
@@ -116,18 +125,20 @@ class Router:
                        frozenset(regions) if regions is not None else None)
         candidates = [judge(d, "group") for d in self._pool(req, principal)]
         for group in settings.fallbacks or default.fallbacks:
-            candidates += [judge(d, f"fallback:{group}")
-                           for d in self._catalog.groups[group] if principal.may_use(d.group)]
+            candidates += [judge(d, f"fallback:{group}") if principal.may_use(d.group)
+                           else judge.drop(d, f"fallback:{group}", NOT_ALLOWED)
+                           for d in self._catalog.groups[group]]
         kept = self._order([c for c in candidates if c.kept], strategy, settings.weights, health)
-        if not kept:
-            _raise_nothing_kept(req, candidates)
+        refusal = None if kept else nothing_kept(req, candidates)
+        if refusal is not None and strict:
+            raise refusal
         return RoutePlan(rule=rule.name if rule else "default", strategy=strategy,
                          chain=tuple(c.deployment for c in kept), candidates=tuple(candidates),
                          min_quality=min_quality, checks=settings.cascade,
                          cache_ttl_s=_pick(settings.cache_ttl_s, default.cache_ttl_s),
                          cache_any_temperature=bool(_pick(settings.cache_any_temperature,
                                                           default.cache_any_temperature)),
-                         learned=learned)
+                         learned=learned, refusal=refusal)
 
     def learned_settings(self, req: RouteRequest) -> LearnedSettings | None:
         """The learned section of the rule this request matches, if its strategy is learned:
@@ -205,15 +216,21 @@ class _Judge:
 
     def __call__(self, dep: Deployment, source: str) -> Candidate:
         req = self.req
-        expected = req.max_output_tokens or self.expected_output_tokens
-        cost = dep.cost(req.prompt_tokens, expected if req.mode == "chat" else 0)
         # Clearance first: when nothing is cleared, the caller must hear that, not a detail.
         reason = ((req.scope.refusal(dep, self.regions) if req.scope else None)
                   or _drop_reason(dep, req, self.min_quality)
                   or self.health.unavailable_reason(dep.id))
         if reason:
-            return Candidate(dep, False, reason, cost, source)
+            return self.drop(dep, source, reason)
+        cost = self._cost(dep)
         return Candidate(dep, True, f"eligible, estimated ${cost:.6f}", cost, source)
+
+    def drop(self, dep: Deployment, source: str, reason: str) -> Candidate:
+        return Candidate(dep, False, reason, self._cost(dep), source)
+
+    def _cost(self, dep: Deployment) -> float:
+        expected = self.req.max_output_tokens or self.expected_output_tokens
+        return dep.cost(self.req.prompt_tokens, expected if self.req.mode == "chat" else 0)
 
 
 def _learned_of(settings: RouteSettings, default: RouteSettings) -> LearnedSettings | None:
@@ -256,14 +273,18 @@ _HEALTH_WORDS = ("circuit", "rate-limited")
 _CLEARANCE_WORDS = ("cleared for", "region")
 
 
-def _raise_nothing_kept(req: RouteRequest, candidates: list[Candidate]) -> None:
-    details = "; ".join(f"{c.deployment.id}: {c.reason}" for c in candidates)
-    if candidates and all(c.reason.startswith(_CLEARANCE_WORDS) for c in candidates):
+def nothing_kept(req: RouteRequest, candidates: list[Candidate]) -> PodiumError:
+    """The error for a request no candidate can serve, classed by why they were dropped (a
+    fallback group the caller may not use says nothing about the request: left out)."""
+    judged = [c for c in candidates if c.reason != NOT_ALLOWED]
+    details = "; ".join(f"{c.deployment.id}: {c.reason}" for c in judged)
+    if judged and all(c.reason.startswith(_CLEARANCE_WORDS) for c in judged):
         data_class = getattr(req.scope, "data_class", "this")
-        raise PermissionDenied(
+        return PermissionDenied(
             f"No deployment of {req.model!r} is cleared for {data_class} data: {details}",
             code="no_cleared_deployment")
-    if any(c.reason.startswith(_HEALTH_WORDS) for c in candidates):
-        raise NoDeploymentAvailable(
+    if any(c.reason.startswith(_HEALTH_WORDS) for c in judged):
+        return NoDeploymentAvailable(
             f"No deployment of {req.model!r} is available right now: {details}")
-    raise UnsupportedRequest(f"No deployment of {req.model!r} can serve this request: {details}")
+    return UnsupportedRequest(f"No deployment of {req.model!r} can serve this request: "
+                              f"{details}")

@@ -8,7 +8,7 @@ fallback groups. Regexes are compiled once, at load, and a bad one is a config e
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -140,7 +140,7 @@ class RequestFacts:
     last_user_message: str
 
 
-def _one_of(expected: str | list[str] | None, actual: str | None) -> bool:
+def _one_of(expected: str | Sequence[str] | None, actual: str | None) -> bool:
     if expected is None:
         return True
     return actual in ([expected] if isinstance(expected, str) else expected)

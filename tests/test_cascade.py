@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import GatewayFactory, Upstream, base_config, deployment
 from tests.support.asking import HI
+from tests.support.metrics import scrape, total
 
 
 def cascade_config(url: str, cheap: str) -> dict[str, Any]:
@@ -71,3 +72,38 @@ async def test_cascade_json_schema_and_stream(upstream: Upstream,
     assert set(json.loads(text)) == {"answer", "score"}
     assert usage is not None and usage.completion_tokens > 0
     assert upstream.models_called() == ["sim-offschema", "sim-strong"]
+
+
+async def test_an_escalation_is_a_move_to_a_later_deployment(upstream: Upstream,
+                                                            make_gateway: GatewayFactory,
+                                                            ) -> None:
+    """Both answers fail the check, so the last is delivered: two attempts, one escalation
+    (the first attempt is none, and the delivered answer's own failed check moves nothing),
+    and the metric counts one escalated request, as the dashboard does."""
+    config = cascade_config(upstream.url, "sim-refuse")
+    config["model_list"][1] = deployment("chat", "sim-refuse-strong", upstream.url, quality=90,
+                                         input_cost_per_token=1e-6, output_cost_per_token=1e-6)
+    gw = await make_gateway(config)
+    raw = await gw.client().chat.completions.with_raw_response.create(model="chat", messages=HI)
+    assert raw.headers["x-podium-deployment"] == "sim-refuse-strong"
+    assert (raw.headers["x-podium-attempts"], raw.headers["x-podium-escalations"]) == ("2", "1")
+    again = await gw.client().chat.completions.with_raw_response.create(
+        model="chat", messages=[{"role": "user", "content": "another"}])
+    assert again.headers["x-podium-escalations"] == "1"
+    samples = await scrape(gw.url)
+    assert total(samples, "podium_cascade_escalations_total", route="default") == 2
+    assert total(samples, "podium_requests_total", route="default") == 2
+
+
+async def test_a_failed_check_with_nothing_after_it_is_no_escalation(
+        upstream: Upstream, make_gateway: GatewayFactory) -> None:
+    config = cascade_config(upstream.url, "sim-refuse")
+    config["model_list"][1] = deployment("chat", "sim-error500", upstream.url, quality=90,
+                                         input_cost_per_token=1e-6, output_cost_per_token=1e-6)
+    gw = await make_gateway(config)
+    raw = await gw.client().chat.completions.with_raw_response.create(model="chat", messages=HI)
+    # The refusal failed its check, the next deployment failed outright: the first answers.
+    assert raw.headers["x-podium-deployment"] == "sim-refuse"
+    assert raw.headers["x-podium-attempts"] == "2"
+    assert "x-podium-escalations" not in raw.headers
+    assert total(await scrape(gw.url), "podium_cascade_escalations_total") == 0

@@ -137,8 +137,9 @@ def test_podium_check_prints_every_problem_and_exits_1(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "model_list[0].model_info.quality: Input should be greater than or equal to 0" \
         in result.stderr
-    # Cross-references are checked once every field is valid: "ghost" is reported next time.
-    assert "1 problem(s)" in result.stderr
+    # Cross-references are checked in the same run, not only once the schema is clean.
+    assert "2 problem(s)" in result.stderr and "keys[0].models[0]: unknown model 'ghost'" \
+        in result.stderr
     broken = tmp_path / "broken.yaml"
     broken.write_text("model_list: [unclosed")
     result = run_check(broken)

@@ -8,6 +8,7 @@ SDK against a real gateway in front of the simulator.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +23,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from gateway.app import build_app
 from gateway.config import AdminKeyEntry, parse_config
 from gateway.http import dashboard
+from gateway.http.dashboard_window import History
 from gateway.observability import telemetry
 from gateway.runtime import GATEWAY, Gateway
 from tests.conftest import ADMIN, APP_KEY, Upstream, base_config, deployment
 from tests.support.cdp import Page, browser, open_page
+from tests.support.metrics import scrape, total
 
 RESEARCH_KEY = "sk-test-research-0123456789"
 HI = [{"role": "user", "content": "hi"}]
@@ -71,6 +74,8 @@ async def dash(upstream: Upstream, tmp_path: Path) -> AsyncIterator[DashGateway]
     cfg = {"key_store": {"path": ":memory:"},
            "storage": {"path": str(tmp_path / "podium.sqlite3")}, **dashboard_config(upstream.url)}
     app = build_app(parse_config(cfg, env={}), telemetry.with_exporter(InMemorySpanExporter()))
+    # History sampled often, so a test of a few seconds has some to reload (default: 5 s).
+    app[dashboard.HISTORY] = History(os.getpid(), every_s=0.25)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     yield DashGateway(base=f"http://127.0.0.1:{server.port}", server=server)
@@ -296,6 +301,88 @@ async def test_browser_dashboard_shows_live_data(dash: DashGateway, page: Page,
     png = await page.screenshot(path)
     print(f"dashboard screenshot: {path}")
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 50_000
+
+
+async def refusals(dash: DashGateway) -> None:
+    """Requests Podium refuses itself: an unknown model, a field out of range."""
+    client = dash.client(APP_KEY)
+    with pytest.raises(openai.NotFoundError):
+        await client.chat.completions.create(model="no-such-model", messages=HI)
+    with pytest.raises(openai.BadRequestError):
+        await client.chat.completions.create(model="chat", messages=HI, temperature=5)
+
+
+# What the page shows: each tile's raw value and note, the since-start totals, the escalations.
+PAGE_NUMBERS = """(() => {
+  const tile = (id) => { const e = document.getElementById(id);
+    return { value: e.dataset.value === "" ? null : Number(e.dataset.value),
+             note: e.querySelector("small").textContent }; };
+  const ids = ["kpi-rate", "kpi-p95", "kpi-spend", "kpi-cache", "kpi-errors"];
+  return { tiles: Object.fromEntries(ids.map((id) => [id, tile(id)])),
+           totals: Object.fromEntries([...document.querySelectorAll("#totals [data-total]")]
+             .map((e) => [e.dataset.total, Number(e.dataset.value)])),
+           escalations: document.getElementById("bars-escalations").innerText,
+           pid: document.body.dataset.pid,
+           status: document.getElementById("status-text").textContent };
+})()"""
+
+
+@BROWSER_TIMEOUT
+@pytest.mark.provisioned("chromium")
+async def test_browser_numbers_equal_the_data_and_metrics(dash: DashGateway, page: Page) -> None:
+    """After a mix of traffic (cache hits and misses, escalations, refusals), every number on
+    the page is the one /admin/dashboard/data and /metrics give; a reload keeps the charts."""
+    await log_in(page, dash.base, ADMIN)
+    await page.wait_for("Number(document.body.dataset.polls) >= 1", "the dashboard")
+    for wave in range(3):
+        await generate_traffic(dash, wave)
+    await refusals(dash)
+    polls = await page.evaluate("Number(document.body.dataset.polls)")
+    await page.wait_for(f"Number(document.body.dataset.polls) >= {polls + 2}", "a later poll")
+    shown = await page.evaluate(PAGE_NUMBERS)
+    _, _, text = await fetch("GET", dash.base + "/admin/dashboard/data?window=300",
+                             headers={"Authorization": f"Bearer {ADMIN}"})
+    snap, metrics = json.loads(text), await scrape(dash.base + "/v1")
+    w, tiles, totals = snap["window"], shown["tiles"], shown["totals"]
+
+    # The tiles: the gateway's window, as it computed it (all of it: younger than 5 minutes).
+    assert w["from_start"] and all(t["note"].endswith("· since start") for t in tiles.values())
+    assert tiles["kpi-rate"]["note"].startswith(f"{int(w['requests'])} requests")
+    assert tiles["kpi-p95"]["value"] == w["p95_s"] and w["p95_s"] is not None
+    assert tiles["kpi-spend"]["value"] == w["spend_usd"] > 0
+    assert tiles["kpi-cache"]["value"] == w["cache_hit_rate"]
+    assert tiles["kpi-cache"]["note"].startswith(
+        f"{int(w['cache_hits'])} hits of {int(w['cache_lookups'])} lookups")
+    assert tiles["kpi-errors"]["value"] == w["error_share"]
+    assert f"{int(w['rejected'])} refused" in tiles["kpi-errors"]["note"]
+    # The totals: /metrics' counters since start, and here the window holds them all.
+    assert totals["requests"] == w["requests"] == total(metrics, "podium_requests_total")
+    # Refused: every 4xx Podium answered, the 400 refused before routing included.
+    assert totals["refused"] == w["rejected"] == total(metrics, "podium_rejections_total") == 3
+    assert totals["hits"] == w["cache_hits"] == total(
+        metrics, "podium_cache_requests_total", result="hit") == 5  # 1 + 2 + 2: HI, once cached
+    assert totals["escalated"] == w["escalated"] == total(
+        metrics, "podium_cascade_escalations_total") == 3
+    assert totals["spend"] == pytest.approx(total(metrics, "podium_cost_usd_total"))
+    assert totals["spend"] == pytest.approx(w["spend_usd"])
+    # Escalated requests of the rule's requests: never more escalations than requests.
+    routed = total(metrics, "podium_requests_total", route="careful-cascade")
+    assert f"3 of {int(routed)} requests" in shown["escalations"] and routed == 3
+    assert shown["pid"] == str(os.getpid()) and f"pid {os.getpid()}" in shown["status"]
+
+    # A reload keeps the charts: the first poll brings the gateway's history.
+    await page.navigate(dash.base + "/dashboard")
+    await page.wait_for("Number(document.body.dataset.polls) === 1", "the reloaded page's poll")
+    assert await page.evaluate(
+        "Number(document.getElementById('chart-rate').dataset.points)") >= 3
+    assert await page.evaluate(
+        "Number(document.getElementById('chart-latency').dataset.points)") >= 3
+    # Another window: the tiles are computed for it, by the gateway.
+    await page.evaluate("document.querySelector('.range button[data-window=\"3600\"]')"
+                        ".click(); true")
+    await page.wait_for("document.body.dataset.window === '3600'", "the 1 h window")
+    assert (await page.evaluate(PAGE_NUMBERS))["tiles"]["kpi-p95"]["value"] == w["p95_s"]
+    assert page.errors() == [], "no script errors, no CSP violations"
 
 
 @BROWSER_TIMEOUT

@@ -12,7 +12,15 @@ import openai
 import pytest
 
 from plugins.base import BasePlugin, Outcome, RequestContext
-from tests.conftest import APP_KEY, LIMITED_KEY, UPSTREAM_KEY, RunningGateway, Upstream
+from tests.conftest import (
+    APP_KEY,
+    LIMITED_KEY,
+    UPSTREAM_KEY,
+    GatewayFactory,
+    RunningGateway,
+    Upstream,
+    base_config,
+)
 from tests.support.waiting import until
 
 TOOLS = [
@@ -247,3 +255,23 @@ async def test_a_failure_after_answering_never_sends_a_second_response(
     after = [r for r in caplog.records if r.getMessage().startswith("error after answering")]
     assert len(after) == 2 and all(r.exc_info for r in after)
     assert not [r for r in caplog.records if r.getMessage().startswith("unhandled error")]
+
+
+async def test_unknown_fields_pass_through_and_are_named_at_debug(
+        make_gateway: GatewayFactory, upstream: Upstream,
+        caplog: pytest.LogCaptureFixture) -> None:
+    gw = await make_gateway(base_config(upstream.url))  # the native OpenAI-compatible path
+    caplog.set_level("INFO", logger="podium.ingress")
+    body = {"seed": 7, "frobnicate": {"level": 3}}
+    await gw.client().chat.completions.create(model="chat", messages=[
+        {"role": "user", "content": "one"}], extra_body=body)
+    assert not [r for r in caplog.records if r.name == "podium.ingress"]  # quiet at info
+    caplog.set_level("DEBUG", logger="podium.ingress")
+    await gw.client().chat.completions.create(model="chat", messages=[
+        {"role": "user", "content": "two"}], extra_body=body)
+    [line] = [r.getMessage() for r in caplog.records if r.name == "podium.ingress"]
+    # A documented OpenAI parameter Podium does not read (seed) is not "unrecognised".
+    assert line == "request fields not recognised, passed through as they are: frobnicate"
+    sent = [r.body for r in upstream.recorded if isinstance(r.body, dict)]
+    assert [b.get("frobnicate") for b in sent] == [{"level": 3}] * 2
+    assert all(b.get("seed") == 7 for b in sent)

@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -49,8 +52,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     port, sim_port = free_port(), free_port()
     env = {**os.environ, "PODIUM_PORT": str(port), "PODIUM_SIM_PORT": str(sim_port),
            "PODIUM_STATE_DIR": str(tmp_path_factory.mktemp("state"))}
-    env.pop("PODIUM_CONFIG", None)
-    env.pop("PODIUM_KEY", None)
+    for name in ("PODIUM_CONFIG", "PODIUM_KEY", "PODIUM_ADMIN_KEY"):
+        env.pop(name, None)
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -118,3 +121,30 @@ def test_curl_quick_start(served: int) -> None:
                             timeout=CEILING_S)
     assert result.returncode == 0
     assert '"content":"Simulated answer from sim-small: Hello!"' in result.stdout
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_admin_quick_start_and_signing_in(served: int) -> None:
+    """The README's admin key works on /admin and signs in to the dashboard, which flags it."""
+    [script] = blocks("admin")
+    result = subprocess.run(["sh", "-c", script.replace("127.0.0.1:4000", f"127.0.0.1:{served}")],
+                            capture_output=True, text=True, timeout=CEILING_S)
+    assert result.returncode == 0 and json.loads(result.stdout)["object"] == "list"
+    key = re.search(r"Bearer (sk-[\w-]+)", script)
+    assert key is not None and "sign in with it" in README
+    base = f"http://127.0.0.1:{served}"
+    form = urllib.parse.urlencode({"key": key.group(1)}).encode()
+    login = urllib.request.Request(base + "/dashboard/login", data=form, method="POST")
+    opener = urllib.request.build_opener(NoRedirect)
+    with opener.open(login, timeout=CEILING_S) as resp:
+        assert resp.status == 303
+        cookie = resp.headers["Set-Cookie"].split(";")[0]
+    page = urllib.request.Request(base + "/dashboard", headers={"Cookie": cookie})
+    with urllib.request.urlopen(page, timeout=CEILING_S) as resp:
+        body = resp.read().decode()
+    assert 'id="dashboard"' in body and 'id="dev-banner"' in body
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def http_error_303(self, req: Any, fp: Any, code: int, msg: str, headers: Any) -> Any:
+        return fp

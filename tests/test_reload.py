@@ -155,3 +155,17 @@ async def test_sighup_reloads_a_running_gateway(upstream: Upstream, tmp_path: Pa
     finally:
         proc.terminate()
         await asyncio.to_thread(proc.wait, 30)
+
+
+async def test_a_reload_reports_its_warnings(served: Any, upstream: Upstream, tmp_path: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    path, base = served
+    cfg = config(upstream.url, tmp_path)
+    cfg["teams"] = [{"name": "support", "data_class": "restricted"}]  # reaches nothing
+    write(path, cfg)
+    caplog.set_level("WARNING", logger="podium")
+    status, body = await admin_reload(base)
+    assert status == 200, body
+    [warning] = body["warnings"]
+    assert warning.startswith("teams[0]: team 'support' can reach no deployment")
+    assert f"config: {warning}" in caplog.messages

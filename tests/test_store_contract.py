@@ -36,16 +36,12 @@ from gateway.storage.contracts import (
     Store,
 )
 from gateway.storage.keystore import KeyStore
-from gateway.storage.postgres import (
-    PgAuditLog,
-    PgKeyStore,
-    PgResponseLog,
-    PgReviewQueue,
-    PgSpendLedger,
-)
+from gateway.storage.postgres import PgKeyStore, PgResponseLog, PgReviewQueue, PgSpendLedger
+from gateway.storage.postgres_audit import PgAuditLog
 from gateway.storage.records import AuditRecord, Review, SpendRow, StoredResponse
 from gateway.storage.responses import ResponseLog
-from gateway.storage.sqlite import AuditLog, ReviewQueue, SpendLedger
+from gateway.storage.sqlite import ReviewQueue, SpendLedger
+from gateway.storage.sqlite_audit import AuditLog
 from plugins.settings import Limits
 from tests.support.waiting import until
 
@@ -92,7 +88,8 @@ class Backend:
 
     async def audit(self) -> AuditStore:
         return await self._started(
-            PgAuditLog(self.dsn) if self.dsn else AuditLog(self._file("podium")))
+            PgAuditLog(self.dsn, AUDIT_KEY) if self.dsn
+            else AuditLog(self._file("podium"), AUDIT_KEY))
 
     async def reviews(self) -> ReviewStore:
         return await self._started(
@@ -349,12 +346,14 @@ async def test_audit_query_filters(backend: Backend) -> None:
     assert await ids({}, limit=2) == ["req-4", "req-3"]
 
 
+AUDIT_KEY = "test-audit-key-not-a-secret"
+
 FOLLOW = "does not follow the previous record (a record was removed, inserted or reordered)"
 TAMPERING = {
     "edit": (["UPDATE {t}audit SET record = replace(record, '\"pii\":{{\"email\":2}}', "
               "'\"pii\":{{\"email\":0}}') WHERE seq = 2"],
              "record seq=2 (request req-2): content does not match its hash "
-             "(the record was altered)"),
+             "(the record was altered, or the audit key changed)"),
     "delete": (["DELETE FROM {t}audit WHERE seq = 2"], f"record seq=3 (request req-3): {FOLLOW}"),
     "reorder": (["UPDATE {t}audit SET seq = -1 WHERE seq = 2",
                  "UPDATE {t}audit SET seq = 2 WHERE seq = 3",

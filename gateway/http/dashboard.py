@@ -14,27 +14,42 @@ config. Any worker with the same config verifies it; removing or rotating the ke
 session made with it. The key itself is never in a cookie, a URL, a log or the page.
 
 The snapshot is cumulative (counters since the process started, summed over workers through
-`Metrics.exposition()`); the page keeps its own history and draws rates and time series.
+`Metrics.exposition()`), plus the window every tile shows and, on request, the last hour of
+history (`dashboard_window.py`), so a reload of the page keeps its charts.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import html
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
-from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.config import AdminKeyEntry
-from gateway.errors import AuthenticationFailed, PermissionDenied, RouteNotFound
+from gateway.config import AdminKeyEntry, GatewayConfig
+from gateway.config_base import DEVELOPMENT_ADMIN_KEY
+from gateway.errors import AuthenticationFailed, BadRequest, PermissionDenied, RouteNotFound
+from gateway.http.dashboard_window import (
+    KEEP_S,
+    WINDOWS_S,
+    History,
+    Point,
+    Samples,
+    buckets,
+    parse_exposition,
+    quantile,
+    sample_forever,
+    sum_by,
+    window,
+)
 from gateway.pipeline.egress import json_response
 from gateway.runtime import GATEWAY, Gateway
 
@@ -60,6 +75,11 @@ class Asset:
 
 
 ASSETS: web.AppKey[dict[str, Asset]] = web.AppKey("podium.dashboard_assets", dict)
+HISTORY: web.AppKey[History] = web.AppKey("podium.dashboard_history", History)
+DEV_BANNER = ('<p class="banner" id="dev-banner" role="alert"><b>Development admin key.</b> '
+              "This gateway accepts the admin key published in the README: anyone who has read "
+              "it can sign in here. Set PODIUM_ADMIN_KEY (or replace admin_keys) before others "
+              "can reach this gateway.</p>")
 
 
 def load_assets() -> dict[str, Asset]:
@@ -151,8 +171,9 @@ def _cookie_attrs(request: web.Request) -> dict[str, Any]:
 
 # ---- pages ----------------------------------------------------------------------------------
 
-def _html(request: web.Request, name: str, status: int = 200, error: str = "") -> web.Response:
-    body = request.app[ASSETS][name].body
+def _html(request: web.Request, name: str, status: int = 200, error: str = "",
+          banner: str = "") -> web.Response:
+    body = request.app[ASSETS][name].body.replace(b"<!--banner-->", banner.encode())
     if error:
         body = body.replace(b"<!--error-->", f'<p class="error" role="alert">'
                             f"{html.escape(error)}</p>".encode())
@@ -163,7 +184,14 @@ def _html(request: web.Request, name: str, status: int = 200, error: str = "") -
 async def page(request: web.Request) -> web.Response:
     if session_admin(request) is None:
         return _html(request, "login.html")
-    return _html(request, "dashboard.html")
+    development = uses_development_key(request.app[GATEWAY].runtime.config)
+    return _html(request, "dashboard.html", banner=DEV_BANNER if development else "")
+
+
+def uses_development_key(config: GatewayConfig) -> bool:
+    """Whether an admin key is the development one from the README (see config_base)."""
+    return any(e.key is not None and e.key.get_secret_value() == DEVELOPMENT_ADMIN_KEY
+               for e in config.admin_keys)
 
 
 def _see_dashboard(request: web.Request) -> web.Response:
@@ -183,8 +211,8 @@ async def login(request: web.Request) -> web.Response:
     except AuthenticationFailed:
         return _html(request, "login.html", 401, "That is not a valid admin key.")
     except PermissionDenied:
-        return _html(request, "login.html", 403,
-                     "That key is valid, but it is not an admin key.")
+        return _html(request, "login.html", 403, "That key is valid, but it is not an admin "
+                     "key (admin keys are listed under admin_keys: in the config).")
     digest = _digest_for(rt.config.admin_keys, name, key.strip())
     response = _see_dashboard(request)
     response.set_cookie(SESSION_COOKIE, sign_session(name, digest), max_age=SESSION_TTL_S,
@@ -216,55 +244,32 @@ async def asset(request: web.Request) -> web.Response:
 # ---- data -----------------------------------------------------------------------------------
 
 async def data(request: web.Request) -> web.Response:
+    """The snapshot; `?window=300|900|3600` (seconds, default 300) for the tiles, and
+    `?history=1` for the last hour of points as well (the page asks once, when it loads)."""
     await dashboard_admin(request)
-    gw = request.app[GATEWAY]
-    body = await snapshot(gw)
+    raw = request.query.get("window", str(WINDOWS_S[0]))
+    if not raw.isdigit() or int(raw) not in WINDOWS_S:
+        raise BadRequest(f"window must be one of {', '.join(map(str, WINDOWS_S))} (seconds).",
+                         param="window")
+    gw, history = request.app[GATEWAY], request.app[HISTORY]
+    body = await snapshot(gw, history, int(raw), request.query.get("history") == "1")
     return json_response(body, {"Cache-Control": "no-store"})
 
 
-Samples = dict[str, list[tuple[dict[str, str], float]]]
+def _point(gw: Gateway, samples: Samples | None = None) -> Point:
+    samples = samples if samples is not None else parse_exposition(
+        gw.metrics.exposition().decode())
+    return Point.of(samples, time.time(), {d.id: d.group for d in gw.runtime.catalog.deployments})
 
 
-def parse_exposition(text: str) -> Samples:
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if not s.name.endswith("_created"):
-                samples.setdefault(s.name, []).append((s.labels, s.value))
-    return samples
-
-
-def sum_by(samples: Samples, name: str, label: str, skip: Iterable[str] = ()) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for labels, value in samples.get(name, ()):
-        key = labels.get(label, "")
-        if key not in skip:
-            out[key] = out.get(key, 0.0) + value
-    return {k: round(v, 10) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
-
-
-def buckets(samples: Samples, name: str) -> list[tuple[float, float]]:
-    """Cumulative (upper bound, count) pairs of a histogram, summed over its label sets."""
-    by_le: dict[float, float] = {}
-    for labels, value in samples.get(name + "_bucket", ()):
-        le = float(labels["le"])
-        by_le[le] = by_le.get(le, 0.0) + value
-    return sorted(by_le.items())
-
-
-def quantile(q: float, cumulative: list[tuple[float, float]]) -> float | None:
-    """Prometheus' histogram_quantile: linear interpolation inside the bucket."""
-    if not cumulative or cumulative[-1][1] <= 0:
-        return None
-    rank, lower, below = q * cumulative[-1][1], 0.0, 0.0
-    for upper, count in cumulative:
-        if count >= rank:
-            if upper == float("inf"):
-                return lower
-            inside = count - below
-            return lower + (upper - lower) * ((rank - below) / inside if inside else 1.0)
-        lower, below = upper, count
-    return lower
+async def history_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Sample this process's view of the metrics for as long as it serves."""
+    gw = app[GATEWAY]
+    sampler = asyncio.create_task(sample_forever(app[HISTORY], lambda: _point(gw)),
+                                  name="podium-dashboard-history")
+    yield
+    sampler.cancel()
+    await asyncio.gather(sampler, return_exceptions=True)
 
 
 def _feedback(samples: Samples, label: str) -> dict[str, dict[str, float]]:
@@ -275,10 +280,13 @@ def _feedback(samples: Samples, label: str) -> dict[str, dict[str, float]]:
             for k, n in counts.items() if n > 0}
 
 
-async def snapshot(gw: Gateway) -> dict[str, Any]:
-    """Everything the page shows, as cumulative counters plus current state."""
+async def snapshot(gw: Gateway, history: History, window_s: int = WINDOWS_S[0],
+                   with_history: bool = False) -> dict[str, Any]:
+    """Everything the page shows: cumulative counters, the window every tile shows, current
+    state; with the last hour of points when asked."""
     await gw.sync_breakers()
     samples = parse_exposition(gw.metrics.exposition().decode())
+    point = _point(gw, samples)
     catalog = gw.runtime.catalog.deployments
     requests = "podium_requests_total"
     spend_dep = sum_by(samples, "podium_cost_usd_total", "deployment")
@@ -314,12 +322,18 @@ async def snapshot(gw: Gateway) -> dict[str, Any]:
     pending = await gw.governance.reviews.list("pending")
     statuses = sum_by(samples, requests, "status")
     return {
-        "object": "dashboard.snapshot", "server_time": now,
+        "object": "dashboard.snapshot", "server_time": point.t,
         "config_loaded_at": gw.runtime.loaded_at,
+        "worker": {"pid": history.pid, "index": history.worker},
+        "development_admin_key": uses_development_key(gw.runtime.config),
+        "window": window(point, history, window_s), "point": point.as_json(),
+        **({"history": history.since(point.t - KEEP_S)} if with_history else {}),
         "requests": {
             "total": sum(statuses.values()),
             "errors": sum(v for k, v in statuses.items() if k.startswith("5")),
-            "rejected": sum(v for k, v in statuses.items() if k.startswith("4")),
+            # Every 4xx Podium answered, also those refused before a request was governed
+            # (a bad key or body): podium_rejections_total, as the refusals panel counts them.
+            "rejected": point.rejected,
             "by_status": statuses,
             "by_endpoint": sum_by(samples, requests, "endpoint"),
             "by_route": sum_by(samples, requests, "route", skip=("none",)),

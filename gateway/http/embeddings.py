@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.http.governed import accounted, identify, new_context
+from gateway.http.governed import accounted, identify, journal_answer, new_context
 from gateway.pipeline.egress import podium_headers, send_json, to_base64
 from gateway.pipeline.ingress import EmbeddingRequest, read_json, validate_call
 from gateway.pipeline.route import embedding_reservation
@@ -36,4 +36,6 @@ async def embeddings(request: web.Request) -> web.Response:
             body = {**body, "data": [{**d, "embedding": to_base64(d["embedding"])}
                                      for d in body["data"]]}
         ctx.outcome.status = 200
-        return await send_json(request, body, podium_headers(ctx))
+        headers = podium_headers(ctx)
+        journal_answer(gw, ctx)
+        return await send_json(request, body, headers)

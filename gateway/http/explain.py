@@ -21,4 +21,4 @@ async def route_explain(request: web.Request) -> web.Response:
                            await read_json(request, rt.config.server.max_body_bytes))
     await gw.sync_breakers()
     decision = await gw.planner(rt).chat(principal, parsed, request.headers)
-    return json_response(explain(decision, gw.health))
+    return json_response(explain(decision, gw.health, callers_view=True))

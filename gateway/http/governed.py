@@ -48,7 +48,27 @@ async def accounted(request: web.Request, rt: Runtime,
         raise
     finally:
         await rt.chain.on_complete(ctx, ctx.outcome)
+        journal = request.app[GATEWAY].governance.journal
+        if journal is not None:
+            journal.accounted(ctx.request_id)  # its records are with the stores now
         _observe(request, ctx)
+
+
+def journal_answer(gw: Gateway, ctx: RequestContext) -> None:
+    """Right before an answer leaves: a compact record of it that outlives a `kill -9`
+    (gateway/storage/journal.py), until the request's own records are written."""
+    journal = gw.governance.journal
+    if journal is None:
+        return
+    p, outcome = ctx.principal, ctx.outcome
+    deployment = outcome.deployment or (ctx.cache.deployment if ctx.cache else None)
+    journal.answered({
+        "time": ctx.started_at, "request_id": ctx.request_id, "key_id": p.key_id,
+        "key_name": p.name, "team": p.team, "status": 200, "endpoint": ctx.endpoint,
+        "model": ctx.model, "deployment": deployment, "trace_id": ctx.trace_id,
+        "prompt_tokens": outcome.usage.prompt_tokens,
+        "completion_tokens": outcome.usage.completion_tokens,
+        "cost_usd": round(outcome.cost_usd, 10)})
 
 
 def _observe(request: web.Request, ctx: RequestContext) -> None:

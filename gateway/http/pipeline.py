@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import PodiumError
+from gateway.http.governed import journal_answer
 from gateway.observability.metrics import Metrics
 from gateway.pipeline.cache import CacheLookup, assemble
 from gateway.pipeline.context import RequestContext
@@ -86,12 +87,12 @@ async def run_chat(gw: Gateway, rt: Runtime, ctx: RequestContext,
     if lookup.hit is not None:
         ctx.decide("cache", "hit", lookup.result().kind or "")
         ctx.outcome.settled = True  # nothing more to pay than a semantic lookup's embedding
-        return await _whole(rt, ctx, lookup.hit.answer)
+        return await _whole(gw, rt, ctx, lookup.hit.answer)
     # Whole answers are needed to check a cascade or to hold one for review: those buffer.
     if ctx.stream and decision.plan.strategy != "cascade" and ctx.hold is None:
         return await _stream(gw, rt, ctx, decision, lookup, wire)
     answer, native = await _call(gw, rt, ctx, decision, wire)
-    served = await _whole(rt, ctx, answer, native)
+    served = await _whole(gw, rt, ctx, answer, native)
     served.keep = lambda: lookup.keep(answer, ctx.outcome.deployment)
     return served
 
@@ -115,13 +116,14 @@ async def _call(gw: Gateway, rt: Runtime, ctx: RequestContext, decision: RouteDe
     return answer, result.answer.native
 
 
-async def _whole(rt: Runtime, ctx: RequestContext, answer: dict[str, Any],
+async def _whole(gw: Gateway, rt: Runtime, ctx: RequestContext, answer: dict[str, Any],
                  native: dict[str, Any] | None = None) -> Served:
     """A whole answer through the response-side plugins; for a streamed request, as the
     chunks a stream of it would have carried."""
     ctx.outcome.answer = answer
     await rt.chain.on_response(ctx, ctx.outcome)
     headers = podium_headers(ctx)
+    journal_answer(gw, ctx)
     if ctx.stream:
         return Served(headers, chunks=_Relay(rt.chain, ctx)(completion_chunks(answer)))
     return Served(headers, answer=answer, native=native)
@@ -137,7 +139,8 @@ async def _stream(gw: Gateway, rt: Runtime, ctx: RequestContext, decision: Route
     chunks = stream.chunks()
     if stream.masked and scope.pseudonymizer is not None:
         chunks = unmask_stream(chunks, scope.pseudonymizer)
-    relay = _Relay(rt.chain, ctx, stream, gw.metrics, [] if lookup.policy.write else None)
+    relay = _Relay(rt.chain, ctx, stream, gw.metrics, [] if lookup.policy.write else None,
+                   lambda: journal_answer(gw, ctx))
 
     async def keep() -> None:
         if relay.seen is not None and ctx.outcome.error_code is None:
@@ -155,6 +158,7 @@ class _Relay:
     stream: OpenStream | None = None
     metrics: Metrics | None = None
     seen: list[dict[str, Any]] | None = None
+    done: Callable[[], None] | None = None   # once a live stream ended well, before its end
 
     async def __call__(self, chunks: AsyncIterator[dict[str, Any]],
                        ) -> AsyncIterator[dict[str, Any]]:
@@ -173,8 +177,12 @@ class _Relay:
             raise
         finally:
             if self.stream is not None:
-                await self.stream.abandon()  # a no-op unless the client left mid-stream
+                # Ended, broken off, or left by the client mid-stream (then closed here, and
+                # billed for what it produced): the outcome learns its usage and cost.
+                await self.stream.abandon()
                 self.ctx.outcome.streamed(self.stream)
+        if self.stream is not None and self.done is not None:
+            self.done()
 
     def _first_chunk(self) -> None:
         if self.metrics is not None and self.stream is not None:

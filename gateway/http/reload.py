@@ -19,4 +19,5 @@ async def admin_reload(request: web.Request) -> web.Response:
         raise BadRequest("The new config is invalid; the current one stays: "
                          + "; ".join(result.problems[:10]), code="invalid_config")
     return json_response({"status": "reloaded", "loaded_at": gw.runtime.loaded_at,
-                          "restart_required": result.restart_required})
+                          "restart_required": result.restart_required,
+                          "warnings": list(result.warnings)})

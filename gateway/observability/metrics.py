@@ -73,8 +73,10 @@ class Metrics:
         self.fallbacks = Counter("podium_fallbacks_total", "Failed attempts that moved on to "
                                  "another deployment or a retry", ["deployment", "kind"],
                                  registry=reg)
-        self.escalations = Counter("podium_cascade_escalations_total", "Cascade escalations",
-                                   ["route"], registry=reg)
+        self.escalations = Counter("podium_cascade_escalations_total", "Escalated requests: "
+                                   "answered by a later deployment than the first because a "
+                                   "cascade check failed (requests, not attempts)", ["route"],
+                                   registry=reg)
         self.breaker = Gauge("podium_breaker_state", "Circuit breaker: 0 closed, 1 half-open, "
                              "2 open", ["deployment"], registry=reg, multiprocess_mode="max")
         self.rejections = Counter("podium_rejections_total", "Requests refused by Podium, by "
@@ -136,8 +138,8 @@ class Metrics:
             self._at(self.tokens, dep, "input").inc(outcome.usage.prompt_tokens)
             self._at(self.tokens, dep, "output").inc(outcome.usage.completion_tokens)
             self._at(self.cost, dep, team_label).inc(outcome.cost_usd)
-        if ctx.escalations and ctx.plan is not None:
-            self._at(self.escalations, ctx.plan.rule).inc(ctx.escalations)
+        if ctx.escalations and ctx.plan is not None:  # one per escalated request
+            self._at(self.escalations, ctx.plan.rule).inc()
 
     def exposition(self) -> bytes:
         if self._multiproc:

@@ -1,14 +1,17 @@
 """Hop 1, ingress: the raw HTTP body → a typed, validated request that keeps the original body.
 
 The typed model is what the pipeline reads; the original JSON object is what is forwarded, so a
-field Podium does not know (a new OpenAI parameter, a provider extension) passes through untouched.
+field Podium does not know (a new OpenAI parameter, a provider extension) passes through untouched
+to OpenAI-compatible upstreams. Which top-level fields were neither read by Podium nor among
+OpenAI's documented parameters is logged at debug level (and only worked out when debug is on).
 Validation is strict (no "1" for 1, no 0 for false) because the OpenAI API is.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import orjson
 from aiohttp import web
@@ -24,10 +27,15 @@ from pydantic import (
 from gateway.config_base import format_loc
 from gateway.errors import BadRequest, InvalidJSON, PayloadTooLarge
 
+log = logging.getLogger("podium.ingress")
+_LOGGED_FIELDS = 20                    # at most this many names per debug line
+
 
 class _Open(BaseModel):
     # Unknown fields are allowed and forwarded: the OpenAI API grows faster than any gateway.
     model_config = ConfigDict(extra="allow", frozen=True, strict=True)
+    # Parameters of the API that Podium forwards without reading (not "unrecognised").
+    documented: ClassVar[frozenset[str]] = frozenset()
 
 
 # Fields that would choose where a call goes or what it carries if a provider library took them
@@ -107,6 +115,11 @@ class ChatCompletionRequest(_Open):
     functions: list[FunctionDef] | None = None
     response_format: ResponseFormat | None = None
     metadata: dict[str, str] | None = None
+    documented = frozenset({
+        "audio", "frequency_penalty", "function_call", "logit_bias", "logprobs", "modalities",
+        "parallel_tool_calls", "prediction", "presence_penalty", "prompt_cache_key",
+        "reasoning_effort", "safety_identifier", "seed", "service_tier", "stop", "store",
+        "tool_choice", "top_logprobs", "user", "verbosity", "web_search_options"})
 
     @property
     def wants_usage_in_stream(self) -> bool:
@@ -140,6 +153,7 @@ class EmbeddingRequest(_Open):
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: int | None = Field(default=None, ge=1, le=MAX_DIMENSIONS)
+    documented = frozenset({"user"})
 
     @field_validator("input")
     @classmethod
@@ -206,7 +220,19 @@ def validate_call(model: type[T], body: dict[str, Any]) -> Parsed[T]:
     """`validate` for a body that will be sent to a model: no control fields, bounded nesting."""
     refuse_control_fields(body)
     refuse_deep_nesting(body)
-    return validate(model, body)
+    parsed = validate(model, body)
+    if log.isEnabledFor(logging.DEBUG):
+        unrecognised = unrecognised_fields(parsed.typed)
+        if unrecognised:
+            log.debug("request fields not recognised, passed through as they are: %s",
+                      ", ".join(unrecognised[:_LOGGED_FIELDS]))
+    return parsed
+
+
+def unrecognised_fields(typed: BaseModel) -> list[str]:
+    """Top-level fields that Podium neither reads nor knows as documented parameters."""
+    documented = typed.documented if isinstance(typed, _Open) else frozenset()
+    return sorted(name[:64] for name in typed.model_extra or {} if name not in documented)
 
 
 def validate(model: type[T], body: dict[str, Any]) -> Parsed[T]:

@@ -30,7 +30,7 @@ from gateway.pipeline.permissions import (
 )
 from routing.catalog import Deployment
 from routing.health import Health
-from routing.router import RoutePlan, Router, RouteRequest
+from routing.router import NOT_ALLOWED, RoutePlan, Router, RouteRequest
 from routing.rules import RequestFacts
 from routing.tokens import TokenGauge
 
@@ -47,11 +47,13 @@ class RouteDecision:
 @dataclass(frozen=True)
 class Planner:
     """What the two hops run on: one config's router and PII settings, the process's health,
-    and where their spans go."""
+    and where their spans go. Not `strict` (for `--explain`): a request nothing can serve gets
+    a plan with every candidate and the error as `plan.refusal`, instead of the error."""
     router: Router
     pii: PIIConfig
     health: Health
     span: SpanFactory
+    strict: bool = True
 
     async def chat(self, principal: Principal, parsed: Parsed[ChatCompletionRequest],
              headers: Mapping[str, str]) -> RouteDecision:
@@ -97,7 +99,7 @@ class Planner:
 
     def _plan(self, req: RouteRequest, principal: Principal) -> RoutePlan:
         with self.span("podium.route") as span:
-            plan = self.router.plan(req, principal, self.health)
+            plan = self.router.plan(req, principal, self.health, strict=self.strict)
             _plan_attributes(span, req, plan)
             return plan
 
@@ -179,11 +181,16 @@ def _last_user_text(messages: list[Any]) -> str:
     return ""
 
 
-def explain(decision: RouteDecision, health: Health) -> dict[str, Any]:
-    """The decision as data: the chain, and every candidate with why it was kept or dropped."""
+def explain(decision: RouteDecision, health: Health, *,
+            callers_view: bool = False) -> dict[str, Any]:
+    """The decision as data: the chain, and every candidate with why it was kept or dropped
+    (in the `callers_view`, not the deployments of groups the caller may not use); `error` when
+    nothing can serve it."""
     plan, req, scope = decision.plan, decision.request, decision.scope
     candidates = []
     for c in plan.candidates:
+        if callers_view and c.reason == NOT_ALLOWED:
+            continue
         h = health.snapshot(c.deployment.id)
         candidates.append({
             "deployment": c.deployment.id, "group": c.deployment.group, "source": c.source,
@@ -198,7 +205,8 @@ def explain(decision: RouteDecision, health: Health) -> dict[str, Any]:
             "data_class": scope.data_class, "data_class_reasons": scope.reasons,
             "strategy": plan.strategy, "min_quality": plan.min_quality,
             "prompt_tokens": req.prompt_tokens, "needs": sorted(req.needs),
-            "chain": [d.id for d in plan.chain], "candidates": candidates}
+            "chain": [d.id for d in plan.chain], "candidates": candidates,
+            **({"error": plan.refusal.fields()} if plan.refusal is not None else {})}
 
 
 def render_text(decision: Mapping[str, Any]) -> str:
@@ -206,7 +214,7 @@ def render_text(decision: Mapping[str, Any]) -> str:
         f"model {decision['model']!r} -> rule {decision['rule']!r}, strategy "
         f"{decision['strategy']}, min quality {decision['min_quality']}, "
         f"~{decision['prompt_tokens']} prompt tokens, needs {decision['needs'] or 'nothing'}",
-        "plan: " + " -> ".join(decision["chain"]),
+        "plan: " + (" -> ".join(decision["chain"]) or "none: nothing can serve this request"),
         "candidates:",
     ]
     for c in decision["candidates"]:

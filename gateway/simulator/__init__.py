@@ -12,6 +12,7 @@ import logging
 from aiohttp import web
 
 from gateway.config import SimulatorConfig
+from gateway.ports import SIMULATOR_PORT_MOVED_BY, CannotListen
 from gateway.simulator.server import (
     RECORDED,
     RecordedRequest,
@@ -32,6 +33,10 @@ async def start_from_config(sim: SimulatorConfig) -> web.AppRunner | None:
     models = {name: SimModel(latency_ms=m.latency_ms, fail_rate=m.fail_rate)
               for name, m in sim.models.items()}
     key = sim.api_key.get_secret_value() if sim.api_key else None
-    runner, port = await start_simulator(sim.host, sim.port, models, api_key=key)
+    try:
+        runner, port = await start_simulator(sim.host, sim.port, models, api_key=key)
+    except OSError as err:
+        raise CannotListen("the simulator", sim.host, sim.port, err,
+                           SIMULATOR_PORT_MOVED_BY) from None
     log.info("simulator (not a real model) listening on http://%s:%d/v1", sim.host, port)
     return runner

@@ -70,6 +70,10 @@ class SpendStore(Store, Protocol):
         """Write every queued row now."""
         ...
 
+    async def has(self, request_id: str) -> bool:
+        """Whether a row of this request was written (queued ones not included)."""
+        ...
+
     async def spent_since(self, column: str, value: str, since: float) -> float:
         """Total cost where `column` ("key_id" or "team") = value and ts >= since."""
         ...
@@ -93,8 +97,13 @@ class AuditStore(Store, Protocol):
         """Records newest first, filtered by key_id, team, status, request_id, since, until."""
         ...
 
+    async def has(self, request_id: str) -> bool:
+        """Whether a record of this request was appended (queued ones not included)."""
+        ...
+
     async def verify(self) -> VerifyResult:
-        """Walk the chain from the first record; name the first one that does not fit."""
+        """Walk the chain from the first record; name the first one that does not fit; check
+        that it reaches the checkpoint (see audit_chain.py)."""
         ...
 
 

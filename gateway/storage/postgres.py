@@ -1,7 +1,8 @@
 """The durable stores in PostgreSQL (`storage.backend: postgres`), on asyncpg.
 
 They behave exactly like the SQLite stores (`keystore.py`, `sqlite.py`): the same records
-(`records.py`), the same hash chain (`audit_chain.py`); both pass
+(`records.py`), the same audit chain (`audit_chain.py`; the audit trail is in
+`postgres_audit.py`); both pass
 `tests/test_store_contract.py`. Each store owns one small `asyncpg.Pool`, opened by `start()`
 (which also creates its tables, serialized across processes by an advisory lock) and closed by
 `close()`. Tables are prefixed `podium_`, so they can share a database; pick a schema through
@@ -16,12 +17,6 @@ on a pooled connection, a prepared single-row SELECT) and reloads the index when
 revocation committed by any process is refused by the very next `find` in every process.
 LISTEN/NOTIFY was not chosen: notifications arrive asynchronously, so a `find` just after a
 revoke elsewhere could still accept the key, and a dropped listener connection loses them.
-
-Audit chain. An append runs in one READ COMMITTED transaction that first takes
-`pg_advisory_xact_lock(_AUDIT_LOCK)`, then reads the last hash and inserts the batch in order
-(`seq` is a BIGSERIAL, drawn under the lock). The lock is released only at COMMIT, and the next
-appender reads the last hash in a statement after it got the lock, so it always sees the rows
-just committed: any number of writers in any number of processes form one chain in `seq` order.
 """
 
 from __future__ import annotations
@@ -29,23 +24,19 @@ from __future__ import annotations
 import asyncio
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import asyncpg
-import orjson
 
 from gateway.errors import BadRequest
 from gateway.pipeline.identity import DigestIndex
-from gateway.storage.audit_chain import GENESIS, ChainCheck, VerifyResult, chain_hash
 from gateway.storage.batch import BatchWriter
-from gateway.storage.records import AuditRecord, Review, SpendRow, StoredKey, StoredResponse
+from gateway.storage.records import Review, SpendRow, StoredKey, StoredResponse
 from plugins.settings import Limits
 
 T = TypeVar("T")
 
 _DDL_LOCK = 0x706F_6469_756D_0001    # "podium" + 1: one process creates the schema at a time
-_AUDIT_LOCK = 0x706F_6469_756D_0002  # "podium" + 2: one audit append at a time, database-wide
 _POOL_MAX = 4
 
 _KEYS_DDL = """
@@ -73,25 +64,11 @@ CREATE TABLE IF NOT EXISTS podium_spend (
     team TEXT, model TEXT, deployment TEXT, status INTEGER, prompt_tokens INTEGER,
     completion_tokens INTEGER, cost_usd DOUBLE PRECISION NOT NULL);
 CREATE INDEX IF NOT EXISTS podium_spend_ts ON podium_spend (ts);
+CREATE INDEX IF NOT EXISTS podium_spend_request_id ON podium_spend (request_id);
 """
 _SPEND_GROUPS = {"key": "key_id", "team": "team", "model": "model", "deployment": "deployment",
                  "day": "to_char(to_timestamp(ts) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"}
 _SPEND_COLUMNS = {"key_id": "key_id", "team": "team"}
-
-_AUDIT_DDL = """
-CREATE TABLE IF NOT EXISTS podium_audit (
-    seq BIGSERIAL PRIMARY KEY, ts DOUBLE PRECISION NOT NULL, request_id TEXT NOT NULL,
-    key_id TEXT, team TEXT, status INTEGER, record TEXT NOT NULL, prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL);
-"""
-# Filter values arrive as strings (query parameters); SQLite compares them with numeric
-# affinity, PostgreSQL needs them typed. A value that does not convert matches nothing.
-_AUDIT_FILTERS: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "key_id": ("key_id = ${}", str), "team": ("team = ${}", str),
-    "status": ("status = ${}", int), "request_id": ("request_id = ${}", str),
-    "since": ("ts >= ${}", float), "until": ("ts < ${}", float),
-    "trace_id": ("(record::jsonb ->> 'trace_id') = ${}", str),
-    "event": ("(record::jsonb ->> 'event') = ${}", str)}
 
 _REVIEWS_DDL = """
 CREATE TABLE IF NOT EXISTS podium_reviews (
@@ -199,7 +176,7 @@ class PgKeyStore(_PgStore):
         self._version = version
 
 
-class _BatchedStore(_PgStore, ABC):
+class BatchedStore(_PgStore, ABC):
     _name = "batch"
 
     def __init__(self, dsn: str) -> None:
@@ -224,11 +201,15 @@ class _BatchedStore(_PgStore, ABC):
         """Write one batch in one transaction; raise to have it retried with the next."""
 
 
-class PgSpendLedger(_BatchedStore):
+class PgSpendLedger(BatchedStore):
     _ddl, _what, _name = _SPEND_DDL, "spend ledger", "spend"
 
     def submit(self, row: SpendRow) -> None:
         self._writer.submit(row)
+
+    async def has(self, request_id: str) -> bool:
+        return bool(await self._db().fetchval(
+            "SELECT EXISTS (SELECT 1 FROM podium_spend WHERE request_id = $1)", request_id))
 
     async def _write(self, batch: list[SpendRow]) -> None:
         async with self._db().acquire() as conn, conn.transaction():
@@ -252,63 +233,6 @@ class PgSpendLedger(_BatchedStore):
             since or 0.0, until or 1e12)
         return [{group_by: r[0], "requests": r[1], "succeeded": r[2], "prompt_tokens": r[3],
                  "completion_tokens": r[4], "cost_usd": round(r[5], 10)} for r in rows]
-
-
-class PgAuditLog(_BatchedStore):
-    _ddl, _what, _name = _AUDIT_DDL, "audit log", "audit"
-
-    def submit(self, record: AuditRecord) -> None:
-        self._writer.submit(record)
-
-    async def _write(self, batch: list[AuditRecord]) -> None:
-        texts = [r.text() for r in batch]
-        async with self._db().acquire() as conn, conn.transaction(isolation="read_committed"):
-            await conn.execute(f"SELECT pg_advisory_xact_lock({_AUDIT_LOCK})")
-            prev = await conn.fetchval(
-                "SELECT hash FROM podium_audit ORDER BY seq DESC LIMIT 1") or GENESIS
-            rows = []
-            for record, text in zip(batch, texts, strict=True):
-                digest = chain_hash(prev, text)
-                rows.append((record.time, record.request_id, record.key_id, record.team,
-                             record.status, text, prev, digest))
-                prev = digest
-            await conn.executemany(
-                "INSERT INTO podium_audit (ts, request_id, key_id, team, status, record, "
-                "prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", rows)
-
-    async def query(self, filters: Mapping[str, str], limit: int = 100) -> list[dict[str, Any]]:
-        await self.flush()
-        where, args = [], []
-        for name, value in filters.items():
-            if name in _AUDIT_FILTERS:
-                clause, convert = _AUDIT_FILTERS[name]
-                try:
-                    args.append(convert(value))
-                except (TypeError, ValueError):
-                    return []
-                where.append(clause.format(len(args)))
-        sql = "SELECT seq, record, hash FROM podium_audit"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += f" ORDER BY seq DESC LIMIT ${len(args) + 1}"
-        rows = await self._db().fetch(sql, *args, limit)
-        return [{"seq": r["seq"], **orjson.loads(r["record"]), "hash": r["hash"]} for r in rows]
-
-    async def verify(self) -> VerifyResult:
-        """Walk the chain from the first record; name the first one that does not fit."""
-        await self.flush()
-        check = ChainCheck()
-        try:
-            async with self._db().acquire() as conn, \
-                    conn.transaction(isolation="repeatable_read", readonly=True):
-                async for row in conn.cursor(
-                        "SELECT seq, request_id, record, prev_hash, hash FROM podium_audit "
-                        "ORDER BY seq", prefetch=1000):
-                    if (failed := check.add(*row)) is not None:
-                        return failed
-        except asyncpg.PostgresError as exc:
-            return VerifyResult(False, 0, f"cannot read the audit table: {exc}")
-        return check.ok()
 
 
 class PgReviewQueue(_PgStore):

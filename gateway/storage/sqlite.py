@@ -1,4 +1,5 @@
-"""The embedded durable stores, in SQLite: spend ledger, audit trail, review queue.
+"""The embedded durable stores, in SQLite: spend ledger, review queue (and, in sqlite_audit.py,
+the audit trail).
 
 One file (`storage.path`; the audit trail may have its own, `audit.path`) that several worker
 processes share. The ledger and the audit trail are appended to in batches by a writer thread
@@ -11,24 +12,24 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-import orjson
-
 from gateway.errors import BadRequest
-from gateway.storage.audit_chain import GENESIS, ChainCheck, VerifyResult, chain_hash
 from gateway.storage.batch import BatchWriter
-from gateway.storage.records import AuditRecord, Review, SpendRow
+from gateway.storage.records import Review, SpendRow
 
 T = TypeVar("T")
 
 def sqlite_connect(path: str, schema: str) -> sqlite3.Connection:
     """The embedded stores' connection: autocommit (transactions are explicit), WAL so readers
-    never wait for the writer, usable from the writer thread, and the schema in place."""
+    never wait for the writer, usable from the writer thread, and the schema in place. A missing
+    folder is made (PODIUM_STATE_DIR may name one that does not exist yet)."""
+    if path != ":memory:" and not path.startswith("file:"):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     db.execute("PRAGMA journal_mode=WAL")
-    db.execute(schema)
+    db.executescript(schema)
     return db
 
 
@@ -85,7 +86,9 @@ CREATE TABLE IF NOT EXISTS spend (
     ts REAL NOT NULL, request_id TEXT NOT NULL, key_id TEXT, key_name TEXT, team TEXT,
     model TEXT, deployment TEXT, status INTEGER, prompt_tokens INTEGER,
     completion_tokens INTEGER, cost_usd REAL NOT NULL
-)"""
+);
+CREATE INDEX IF NOT EXISTS spend_request_id ON spend (request_id);
+"""
 _SPEND_GROUPS = {"key": "key_id", "team": "team", "model": "model",
                  "deployment": "deployment", "day": "date(ts, 'unixepoch')"}
 
@@ -99,6 +102,11 @@ class SpendLedger(BatchedSQLiteStore[SpendRow]):
             db.execute("BEGIN")
             db.executemany("INSERT INTO spend VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                            [r.values() for r in rows])
+
+    async def has(self, request_id: str) -> bool:
+        row = self._read().execute("SELECT 1 FROM spend WHERE request_id = ? LIMIT 1",
+                                   (request_id,)).fetchone()
+        return row is not None
 
     async def spent_since(self, column: str, value: str, since: float) -> float:
         row = self._read().execute(
@@ -116,78 +124,6 @@ class SpendLedger(BatchedSQLiteStore[SpendRow]):
             f"GROUP BY 1 ORDER BY 6 DESC", (since or 0.0, until or 1e12)).fetchall()
         return [{group_by: r[0], "requests": r[1], "succeeded": r[2], "prompt_tokens": r[3],
                  "completion_tokens": r[4], "cost_usd": round(r[5], 10)} for r in rows]
-
-
-# ---- audit trail --------------------------------------------------------------------------
-
-_AUDIT_SCHEMA = """
-CREATE TABLE IF NOT EXISTS audit (
-    seq INTEGER PRIMARY KEY,
-    ts REAL NOT NULL,
-    request_id TEXT NOT NULL,
-    key_id TEXT, team TEXT, status INTEGER,
-    record TEXT NOT NULL,
-    prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL
-)"""
-_FILTERS = {"key_id": "key_id = ?", "team": "team = ?", "status": "status = ?",
-            "request_id": "request_id = ?", "since": "ts >= ?", "until": "ts < ?",
-            "trace_id": "json_extract(record, '$.trace_id') = ?",
-            "event": "json_extract(record, '$.event') = ?"}
-
-
-class AuditLog(BatchedSQLiteStore[AuditRecord]):
-    _schema, _what = _AUDIT_SCHEMA, "audit log"
-
-    def _write_batch(self, records: list[AuditRecord]) -> None:
-        db = self._conn()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            row = db.execute("SELECT hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-            prev = row[0] if row else GENESIS
-            for record in records:
-                text = record.text()
-                digest = chain_hash(prev, text)
-                db.execute("INSERT INTO audit (ts, request_id, key_id, team, status, record, "
-                           "prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                           (record.time, record.request_id, record.key_id, record.team,
-                            record.status, text, prev, digest))
-                prev = digest
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-
-    async def query(self, filters: Mapping[str, str], limit: int = 100) -> list[dict[str, Any]]:
-        await self.flush()
-        where = [(_FILTERS[k], v) for k, v in filters.items() if k in _FILTERS]
-        sql = "SELECT seq, record, hash FROM audit"
-        if where:
-            sql += " WHERE " + " AND ".join(w for w, _ in where)
-        sql += " ORDER BY seq DESC LIMIT ?"
-        rows = self._read().execute(sql, [*(v for _, v in where), limit]).fetchall()
-        return [{"seq": seq, **orjson.loads(text), "hash": digest} for seq, text, digest in rows]
-
-    async def verify(self) -> VerifyResult:
-        await self.flush()
-        return verify(self._path)
-
-
-def verify(path: str) -> VerifyResult:
-    """Walk the chain from the first record; name the first one that does not fit."""
-    db = sqlite3.connect(path)
-    try:
-        rows = db.execute("SELECT seq, request_id, record, prev_hash, hash FROM audit "
-                          "ORDER BY seq").fetchall()
-    except sqlite3.OperationalError as exc:
-        return VerifyResult(False, 0, f"cannot read the audit table: {exc}")
-    finally:
-        db.close()
-    check = ChainCheck()
-    for row in rows:
-        if (failed := check.add(*row)) is not None:
-            return failed
-    return check.ok()
 
 
 # ---- review queue -------------------------------------------------------------------------

@@ -1,12 +1,16 @@
-// Polls /admin/dashboard/data every 2 s, keeps the history in memory and draws it.
+// Polls /admin/dashboard/data every 2 s and draws it. The gateway keeps the last hour of
+// history (so a reload keeps the charts) and computes the window every tile shows; the page
+// shows those numbers as they are, so it always agrees with the data endpoint.
 import { barChart, colorFor, html, lineChart } from "./charts.js";
 
 const POLL_MS = 2000;
 const KEEP_S = 3600;
-const RATE_S = 10;     // request rate over the last 10 s
-const ROLLING_S = 30;  // latency percentiles and cache hit rate over the last 30 s
+const RATE_S = 10;     // each point of the request-rate chart: the last 10 s before it
+const ROLLING_S = 30;  // each point of the latency and cache charts: the last 30 s before it
 
-const state = { history: [], last: null, window: 300, polls: 0, failures: 0 };
+const state = { history: [], last: null, window: 300, polls: 0, failures: 0, timer: null,
+  busy: false, again: false };
+const WINDOW_TEXT = { 300: "last 5 min", 900: "last 15 min", 3600: "last hour" };
 
 // ---- formatting -----------------------------------------------------------------------------
 const fmt = {
@@ -30,22 +34,21 @@ const teamName = (t) => TEAM_NAMES[t] || t;
 const BREAKER_TEXT = { closed: "closed", half_open: "half-open", open: "open" };
 
 // ---- history --------------------------------------------------------------------------------
-function record(snap) {
-  const lat = snap.latency.buckets;
+// One record per point of the gateway's history (cumulative counters at one moment).
+function record(point) {
   return {
-    t: snap.server_time,
-    total: snap.requests.total, errors: snap.requests.errors,
-    les: lat.map(([le]) => (le === null ? Infinity : le)), counts: lat.map(([, n]) => n),
-    overhead: snap.latency.overhead_buckets.map(([, n]) => n),
-    hit: snap.cache.hit || 0, miss: snap.cache.miss || 0,
-    spendTeam: snap.spend.by_team, spendModel: snap.spend.by_model,
+    t: point.t, total: point.requests, errors: point.errors,
+    les: point.latency.map(([le]) => (le === null ? Infinity : le)),
+    counts: point.latency.map(([, n]) => n), overhead: point.overhead.map(([, n]) => n),
+    hit: point.cache_hits, lookups: point.cache_lookups,
+    spendTeam: point.spend_by_team, spendModel: point.spend_by_model,
   };
 }
 
-function remember(snap) {
-  const rec = record(snap);
+function remember(rec) {
   const prev = state.history[state.history.length - 1];
-  if (prev && (rec.total < prev.total || rec.t <= prev.t)) state.history = [];  // restarted
+  if (prev && rec.t <= prev.t) return;
+  if (prev && rec.total < prev.total) state.history = [];  // another process, restarted
   state.history.push(rec);
   while (state.history.length && state.history[0].t < rec.t - KEEP_S) state.history.shift();
 }
@@ -74,10 +77,12 @@ function quantile(q, les, counts) {
   return lower;
 }
 
-function series() {
+// The charts' points inside the window [t0, now] (each from the records before it).
+function series(t0) {
   const h = state.history, rate = [], p50 = [], p95 = [], cache = [], errors = [], ovh = [];
   for (let i = 0; i < h.length; i++) {
     const cur = h[i];
+    if (cur.t < t0) continue;
     const r = before(i, RATE_S);
     if (r) {
       const dt = cur.t - r.t;
@@ -92,25 +97,28 @@ function series() {
       if (cur.overhead.length === cur.les.length) {
         ovh.push([cur.t, quantile(0.95, cur.les, cur.overhead.map((n, k) => n - (w.overhead[k] || 0)))]);
       }
-      const looked = cur.hit + cur.miss - w.hit - w.miss;
+      const looked = cur.lookups - w.lookups;
       cache.push([cur.t, looked > 0 ? (cur.hit - w.hit) / looked : null]);
     }
   }
   return { rate, errors, p50, p95, cache, ovh };
 }
 
-function spendSeries(field, rename) {
-  const names = new Set(state.history.flatMap((r) => Object.keys(r[field])));
+function spendSeries(field, t0, rename) {
+  const shown = state.history.filter((r) => r.t >= t0);
+  const names = new Set(shown.flatMap((r) => Object.keys(r[field])));
   return [...names].map((name) => ({
     name: rename ? rename(name) : name, color: colorFor(`${field}:${name}`),
-    points: state.history.map((r) => [r.t, r[field][name] ?? 0]),
+    points: shown.map((r) => [r.t, r[field][name] ?? 0]),
   })).sort((a, b) => b.points[b.points.length - 1][1] - a.points[a.points.length - 1][1]);
 }
 
 // ---- rendering ------------------------------------------------------------------------------
-function kpi(id, value, note, tone) {
+// A tile: its value as shown, the raw number behind it (data-value), a note, a tone.
+function kpi(id, value, raw, note, tone) {
   const el = document.getElementById(id);
   el.querySelector("b").textContent = value;
+  el.dataset.value = raw === null || raw === undefined ? "" : String(raw);
   if (note !== undefined) el.querySelector("small").textContent = note;
   el.dataset.tone = tone || "";
 }
@@ -122,53 +130,57 @@ function rows(obj, label = (k) => k) {
 function render() {
   const snap = state.last;
   if (!snap) return;
-  // The time axis covers the window, or only the history there is (at least a minute).
-  const now = snap.server_time, first = state.history.length ? state.history[0].t : now;
-  const t0 = Math.max(now - state.window, Math.min(first, now - 60));
-  const s = series();
-  const latest = (pts) => { const p = [...pts].reverse().find((q) => q[1] !== null); return p ? p[1] : null; };
+  // Every tile and chart covers the chosen window, as the gateway computed it for the tiles.
+  const now = snap.server_time, w = snap.window, t0 = now - state.window;
+  const span = w.from_start ? "since start" : WINDOW_TEXT[state.window];
+  const s = series(t0);
+  // The time axis: the window, or only the history there is in it (at least a minute).
+  const first = state.history.length ? state.history[0].t : now;
+  const axis0 = Math.max(t0, Math.min(first, now - 60));
 
-  const rate = latest(s.rate);
-  kpi("kpi-rate", rate === null ? "–" : fmt.rate(rate), `${fmt.count(snap.requests.total)} requests since start`);
-  const p95 = latest(s.p95) ?? snap.latency.p95_s;
-  kpi("kpi-p95", fmt.secs(p95), `p50 ${fmt.secs(latest(s.p50) ?? snap.latency.p50_s)} · last 30 s`,
+  kpi("kpi-rate", w.rate_per_s === null ? "–" : fmt.rate(w.rate_per_s), w.rate_per_s,
+    `${fmt.count(w.requests)} requests · ${span}`);
+  const p95 = w.p95_s;
+  kpi("kpi-p95", fmt.secs(p95), p95, w.requests ? `p50 ${fmt.secs(w.p50_s)} · ${span}` : `no requests · ${span}`,
     p95 > 5 ? "bad" : p95 > 1 ? "warn" : "");
-  const spent = Object.values(snap.spend.by_team).reduce((a, b) => a + b, 0);
-  kpi("kpi-spend", fmt.usd(spent), `${fmt.count((snap.tokens.input || 0) + (snap.tokens.output || 0))} tokens since start`);
-  const looked = (snap.cache.hit || 0) + (snap.cache.miss || 0);
-  kpi("kpi-cache", looked ? fmt.pct(snap.cache.hit / looked) : "–", `${fmt.count(snap.cache.hit || 0)} hits of ${fmt.count(looked)} lookups`);
-  const errShare = snap.requests.total ? snap.requests.errors / snap.requests.total : 0;
-  kpi("kpi-errors", fmt.pct(errShare), `${fmt.count(snap.requests.errors)} errors · ${fmt.count(snap.requests.rejected)} refused (4xx)`,
-    errShare > 0.05 ? "bad" : errShare > 0 ? "warn" : "");
+  kpi("kpi-spend", fmt.usd(w.spend_usd), w.spend_usd, `${fmt.count(w.tokens)} tokens · ${span}`);
+  kpi("kpi-cache", fmt.pct(w.cache_hit_rate), w.cache_hit_rate,
+    `${fmt.count(w.cache_hits)} hits of ${fmt.count(w.cache_lookups)} lookups · ${span}`);
+  kpi("kpi-errors", fmt.pct(w.error_share), w.error_share,
+    `${fmt.count(w.errors)} errors · ${fmt.count(w.rejected)} refused · ${span}`,
+    w.error_share > 0.05 ? "bad" : w.error_share > 0 ? "warn" : "");
   const open = snap.deployments.filter((d) => d.breaker !== "closed");
-  kpi("kpi-breakers", `${open.length} / ${snap.deployments.length}`,
-    open.length ? open.map((d) => d.id).join(", ") : "all closed", open.length ? "bad" : "good");
-  kpi("kpi-reviews", String(snap.reviews.pending), "held answers", snap.reviews.pending ? "warn" : "");
+  kpi("kpi-breakers", `${open.length} / ${snap.deployments.length}`, open.length,
+    open.length ? open.map((d) => d.id).join(", ") : "all closed · now", open.length ? "bad" : "good");
+  kpi("kpi-reviews", String(snap.reviews.pending), snap.reviews.pending, "held answers · now",
+    snap.reviews.pending ? "warn" : "");
+  renderTotals(snap);
 
   lineChart(document.getElementById("chart-rate"), {
-    t0, t1: now, format: fmt.rate, tick: fmt.tick, area: true, series: [
+    t0: axis0, t1: now, format: fmt.rate, tick: fmt.tick, area: true, series: [
       { name: "all requests", color: "#4e9af1", points: s.rate },
       { name: "5xx errors", color: "#e5484d", points: s.errors }] });
   lineChart(document.getElementById("chart-latency"), {
-    t0, t1: now, format: fmt.secs, empty: "No requests in the last 30 s", series: [
+    t0: axis0, t1: now, format: fmt.secs, empty: `No requests in the ${WINDOW_TEXT[state.window]}`, series: [
       { name: "p50", color: "#2bc48a", points: s.p50 },
       { name: "p95", color: "#f5a524", points: s.p95 },
       { name: "gateway overhead p95", color: "#a77bf3", points: s.ovh, dashed: true }] });
   lineChart(document.getElementById("chart-spend-team"), {
-    t0, t1: now, format: fmt.usd, series: spendSeries("spendTeam", teamName), empty: "No spend yet" });
+    t0: axis0, t1: now, format: fmt.usd, series: spendSeries("spendTeam", t0, teamName), empty: "No spend yet" });
   lineChart(document.getElementById("chart-spend-model"), {
-    t0, t1: now, format: fmt.usd, series: spendSeries("spendModel"), empty: "No spend yet" });
+    t0: axis0, t1: now, format: fmt.usd, series: spendSeries("spendModel", t0), empty: "No spend yet" });
   lineChart(document.getElementById("chart-cache"), {
-    t0, t1: now, format: fmt.pct, tick: (v) => `${Math.round(v * 100)}%`, yMax: 1, area: true, empty: "No cache lookups in the last 30 s",
+    t0: axis0, t1: now, format: fmt.pct, tick: (v) => `${Math.round(v * 100)}%`, yMax: 1, area: true, empty: `No cache lookups in the ${WINDOW_TEXT[state.window]}`,
     series: [{ name: "hit rate", color: "#2fc1d6", points: s.cache }] });
 
   barChart(document.getElementById("bars-rules"), rows(snap.requests.by_route),
     { format: fmt.count, empty: "No routed requests yet." });
   barChart(document.getElementById("bars-deployments"), rows(snap.requests.by_deployment),
     { format: fmt.count, empty: "No deployment has answered yet." });
+  // Escalated requests (answered by a later deployment because a check failed), of the rule's.
   barChart(document.getElementById("bars-escalations"), rows(snap.escalations).map((r) => ({
-    ...r, note: snap.requests.by_route[r.label] ? `of ${fmt.count(snap.requests.by_route[r.label])} requests` : "" })),
-  { format: fmt.count, empty: "No cascade has escalated." });
+    ...r, note: `of ${fmt.count(snap.requests.by_route[r.label] || 0)} requests` })),
+  { format: fmt.count, empty: "No request has escalated." });
   barChart(document.getElementById("bars-rejections"), rows(snap.rejections).map((r) => ({ ...r, color: "#f5a524" })),
     { format: fmt.count, empty: "Nothing refused." });
   // Scores run from 0 (bad) to 1 (good): a full bar is a perfect mean, coloured by how good.
@@ -182,6 +194,28 @@ function render() {
   barChart(document.getElementById("bars-feedback-rule"), feedbackRows(snap.feedback.by_route), feedbackOpts);
   renderHealth(snap.deployments);
   renderReviews(snap.reviews, now);
+}
+
+// Since the process (or pool) started: the counters /metrics reports.
+function renderTotals(snap) {
+  const el = document.getElementById("totals");
+  const spent = Object.values(snap.spend.by_team).reduce((a, b) => a + b, 0);
+  const items = [
+    ["requests", snap.requests.total, fmt.count, "requests"],
+    ["hits", snap.cache.hit || 0, fmt.count, "cache hits"],
+    ["escalated", Object.values(snap.escalations).reduce((a, b) => a + b, 0), fmt.count, "escalated"],
+    ["refused", snap.requests.rejected, fmt.count, "refused"],
+    ["spend", spent, fmt.usd, "spent"],
+  ];
+  el.replaceChildren();
+  html("span", "muted", "Since start: ", el);
+  for (const [key, value, format, label] of items) {
+    const item = html("span", "total", null, el);
+    item.dataset.total = key;
+    item.dataset.value = String(value);
+    html("b", null, format(value), item);
+    html("span", "muted", ` ${label} `, item);
+  }
 }
 
 function renderHealth(deployments) {
@@ -233,23 +267,35 @@ function setStatus(ok, text) {
 }
 
 async function poll() {
+  if (state.busy) { state.again = true; return; }  // a range change during a poll: poll again after
+  state.busy = true;
+  clearTimeout(state.timer);
+  const first = state.polls === 0;
   try {
-    const resp = await fetch("/admin/dashboard/data", { credentials: "same-origin", cache: "no-store" });
+    const url = `/admin/dashboard/data?window=${state.window}${first ? "&history=1" : ""}`;
+    const resp = await fetch(url, { credentials: "same-origin", cache: "no-store" });
     if (resp.status === 401) { window.location.assign("/dashboard"); return; }
     if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
     const snap = await resp.json();
+    if (snap.history) state.history = snap.history.map(record);
     state.last = snap;
     state.failures = 0;
-    remember(snap);
+    remember(record(snap.point));
     render();
     state.polls += 1;
     document.body.dataset.polls = String(state.polls);
-    setStatus(true, `live · ${new Date(snap.server_time * 1000).toLocaleTimeString([], { hour12: false })}`);
+    const who = snap.worker.index === null ? `pid ${snap.worker.pid}` : `worker ${snap.worker.index}, pid ${snap.worker.pid}`;
+    document.body.dataset.pid = String(snap.worker.pid);
+    document.body.dataset.window = String(snap.window.seconds);
+    setStatus(true, `live · ${new Date(snap.server_time * 1000).toLocaleTimeString([], { hour12: false })} · ${who}`);
   } catch (err) {
     state.failures += 1;
     setStatus(false, `disconnected (${err.message || err}); retrying`);
+  } finally {
+    state.busy = false;
   }
-  setTimeout(poll, POLL_MS);
+  if (state.again) { state.again = false; poll(); return; }
+  state.timer = setTimeout(poll, POLL_MS);
 }
 
 for (const button of document.querySelectorAll(".range button")) {
@@ -257,6 +303,7 @@ for (const button of document.querySelectorAll(".range button")) {
     state.window = Number(button.dataset.window);
     for (const b of document.querySelectorAll(".range button")) b.classList.toggle("active", b === button);
     render();
+    poll();  // the tiles' numbers for the new window come from the gateway
   });
 }
 let resizeQueued = false;
