@@ -35,12 +35,16 @@ from gateway.http.middleware import add_request_id, edge_middleware
 from gateway.observability import telemetry as telemetry_mod
 from gateway.observability.metrics import Metrics
 from gateway.observability.telemetry import Telemetry
-from gateway.runtime import GATEWAY, Gateway, Runtime
+from gateway.runtime import GATEWAY, Gateway, Runtime, compile_learned
 from gateway.simulator import start_from_config
 from gateway.storage.backends import journal_dir, open_state, open_stores
 from gateway.storage.responses import sweep
 from gateway.workers import WORKER_ENV, watch_supervisor
 from plugins.registry import Governance
+
+# How often the calibration task looks for a learned rule due to recalibrate (each rule's own
+# `recalibrate_every_s` decides when it is); waking costs nothing measurable.
+CALIBRATION_TICK_S = 1.0
 
 
 def build_app(config: GatewayConfig, telemetry: Telemetry | None = None,
@@ -53,8 +57,9 @@ def build_app(config: GatewayConfig, telemetry: Telemetry | None = None,
     state = open_state(config)
     governance = Governance.from_stores(stores, state, journal_dir(config))
     telemetry = telemetry or telemetry_mod.from_env(config.telemetry.service_name)
+    learned = compile_learned(config, config_path.parent if config_path else None)
     app[GATEWAY] = Gateway(
-        runtime=Runtime.compile(config, stores.keys, governance, telemetry.span),
+        runtime=Runtime.compile(config, stores.keys, governance, telemetry.span, learned),
         keystore=stores.keys, governance=governance, telemetry=telemetry, state=state,
         responses=stores.responses,
         metrics=Metrics(t.name for t in config.teams), config_path=config_path)
@@ -71,6 +76,7 @@ def build_app(config: GatewayConfig, telemetry: Telemetry | None = None,
     app.cleanup_ctx.append(_sighup_ctx)
     app.cleanup_ctx.append(_providers_ctx)
     app.cleanup_ctx.append(dashboard.history_ctx)
+    app.cleanup_ctx.append(_calibration_ctx)
     return app
 
 
@@ -171,6 +177,22 @@ async def _simulator_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     if gw.simulator is not None:
         await gw.simulator.cleanup()
+
+
+async def _calibration_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Learned rules with a target share recalibrate on their schedule from this process's
+    own recent scores (each worker from its share of the traffic: see docs/learned-router.md
+    for why that is not shared through Redis)."""
+    task = asyncio.create_task(_recalibrate_forever(app[GATEWAY]), name="podium-calibration")
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def _recalibrate_forever(gw: Gateway) -> None:
+    while True:
+        await asyncio.sleep(CALIBRATION_TICK_S)
+        await gw.recalibrate()
 
 
 async def _providers_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -14,8 +14,9 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from gateway.config import Checked, ConfigError, GatewayConfig, load_checked
+from gateway.config import Checked, ConfigError, GatewayConfig, load_checked, load_config
 from gateway.errors import AuthenticationFailed, PodiumError
 from gateway.observability import logs
 from gateway.pipeline.identity import (
@@ -28,6 +29,7 @@ from gateway.pipeline.identity import (
 )
 from gateway.storage.audit_chain import VerifyResult
 from routing.learned.commands import add_router_commands
+from routing.learned.live import LearnedRules
 
 DEFAULT_CONFIG = "config/gateway.yaml"
 
@@ -49,9 +51,18 @@ def _loaded(arg: str | None, command: str) -> tuple[Path, Checked | None]:
     pointer to `podium check` by the other commands."""
     path = _config_path(arg)
     try:
-        return path, load_checked(path)
+        checked = load_checked(path)
+        if command == "check":  # serve checks them as it compiles; route below
+            LearnedRules.compile(checked.config.routing, path.parent)
+        return path, checked
     except ConfigError as err:
         problems, warnings = err.problems, err.warnings
+    _print_problems(path, problems, warnings, command)
+    return path, None
+
+
+def _print_problems(path: Path, problems: list[str], warnings: Sequence[str],
+                    command: str) -> None:
     if command in _LISTS_PROBLEMS:
         print(_LISTS_PROBLEMS[command].format(path=path, n=len(problems)), file=sys.stderr)
         for problem in problems:
@@ -59,7 +70,6 @@ def _loaded(arg: str | None, command: str) -> tuple[Path, Checked | None]:
         _print_warnings(path, warnings)
     else:
         print(f"{path}: {len(problems)} problem(s); run 'podium check'", file=sys.stderr)
-    return path, None
 
 
 _LISTS_PROBLEMS = {"check": "{path}: {n} problem(s)",
@@ -100,12 +110,17 @@ def cmd_route(args: argparse.Namespace) -> int:
     from routing.health import Health
     from routing.router import Router
 
-    _, checked = _loaded(args.config, "route")
+    path, checked = _loaded(args.config, "route")
     if checked is None:
         return 1
     cfg = checked.config
+    try:
+        learned = LearnedRules.compile(cfg.routing, path.parent)
+    except ConfigError as err:
+        _print_problems(path, err.problems, (), "route")
+        return 1
     planner = Planner(Router(Catalog.from_config(cfg), cfg.routing), cfg.pii, Health(),
-                      disabled().span, strict=False)
+                      disabled().span, learned, strict=False)
     try:
         principal = _principal(cfg, args)
         parsed = validate_call(ChatCompletionRequest, orjson.loads(sys.stdin.buffer.read()))
@@ -221,7 +236,11 @@ def _serve_one(path: Path, checked: Checked, host: str, port: int, in_pool: bool
         ensure_free(sim.host, sim.port, what="the simulator", moved_by=SIMULATOR_PORT_MOVED_BY)
     if not in_pool:
         _announce(checked)
-    app = build_app(checked.config, start_simulator=not in_pool, config_path=path.resolve())
+    try:
+        app = build_app(checked.config, start_simulator=not in_pool, config_path=path.resolve())
+    except ConfigError as err:  # found while compiling: a learned rule's head file
+        _print_problems(path, err.problems, (), "serve")
+        return 1
     _tune_gc()
 
     def started(_: str) -> None:  # aiohttp calls this once every site is listening
@@ -237,6 +256,11 @@ def _supervise(path: Path, checked: Checked, host: str, port: int, workers: int)
     from gateway.ports import GATEWAY_PORT_MOVED_BY, SIMULATOR_PORT_MOVED_BY, ensure_free
     from gateway.workers import supervise
 
+    try:  # each worker loads the heads again; a broken one must stop the pool here
+        LearnedRules.compile(checked.config.routing, path.parent)
+    except ConfigError as err:
+        _print_problems(path, err.problems, (), "serve")
+        return 1
     ensure_free(host, port, what="the gateway", moved_by=GATEWAY_PORT_MOVED_BY)
     sim = checked.config.simulator
     if sim.enabled:
@@ -297,8 +321,39 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config", help=f"config file (default {DEFAULT_CONFIG})")
     check.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
     check.set_defaults(func=cmd_check)
-    add_router_commands(sub)
+    add_router_commands(sub, read_audit=read_router_outcomes)
     return parser
+
+
+def read_router_outcomes(config: str | None, embedder: str, since: float | None,
+                         limit: int) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """What `podium router train --from-audit` learns from: the audit trail that the config
+    names (SQLite or PostgreSQL), read through the storage layer."""
+    path = _config_path(config)
+    try:
+        cfg = load_config(path)
+    except ConfigError as err:
+        raise ValueError(f"{path}: {len(err.problems)} problem(s); run 'podium check'") \
+            from None
+    where = cfg.audit.path or cfg.storage.path
+    if cfg.audit.enabled and cfg.storage.backend == "sqlite" and not Path(where).is_file():
+        raise ValueError(f"{where}: no audit trail here")
+    return asyncio.run(_router_outcomes(cfg, embedder, since, limit))
+
+
+async def _router_outcomes(cfg: GatewayConfig, embedder: str, since: float | None,
+                           limit: int) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    from gateway.storage.backends import open_stores
+    from gateway.storage.learning import router_outcomes
+
+    audit = open_stores(cfg).audit
+    if audit is None:
+        raise ValueError("the audit trail is disabled (audit.enabled: false): nothing to learn")
+    await audit.start()
+    try:
+        return await router_outcomes(audit, embedder, since, limit)
+    finally:
+        await audit.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

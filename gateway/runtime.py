@@ -30,7 +30,7 @@ from gateway.observability.metrics import Metrics
 from gateway.observability.telemetry import SpanFactory, Telemetry
 from gateway.pipeline.auth import Authenticator
 from gateway.pipeline.cache import Cache
-from gateway.pipeline.route import Planner
+from gateway.pipeline.route import FeaturePolicy, Planner
 from gateway.pipeline.semantic_cache import SemanticCache
 from gateway.storage.contracts import KeyStoreBackend, ResponseStore, SharedState
 from plugins.chain import PluginChain
@@ -38,6 +38,7 @@ from plugins.registry import Governance, build_chain
 from routing.catalog import Catalog, Deployment
 from routing.fallback import Caller
 from routing.health import Health
+from routing.learned.live import LearnedRules
 from routing.providers.base import Provider, Usage
 from routing.providers.litellm import LiteLLMProvider
 from routing.providers.openai import OpenAICompatibleProvider, is_openai_compatible
@@ -57,14 +58,34 @@ class Runtime:
     router: Router
     chain: PluginChain
     loaded_at: int
+    learned: LearnedRules = field(default_factory=LearnedRules)
 
     @classmethod
     def compile(cls, config: GatewayConfig, store: KeyStoreBackend, governance: Governance,
-                span: SpanFactory) -> Runtime:
+                span: SpanFactory, learned: LearnedRules | None = None) -> Runtime:
+        """`learned`: the config's learned rules, compiled (`compile_learned`); a config with
+        learned rules and none given is compiled here (heads relative to the working dir)."""
         catalog = Catalog.from_config(config)
         return cls(config=config, catalog=catalog, auth=Authenticator(config, store),
                    router=Router(catalog, config.routing),
-                   chain=build_chain(config, governance, span), loaded_at=int(time.time()))
+                   chain=build_chain(config, governance, span), loaded_at=int(time.time()),
+                   learned=learned if learned is not None
+                   else compile_learned(config, None))
+
+
+def compile_learned(config: GatewayConfig, base_dir: Path | None,
+                    previous: LearnedRules | None = None) -> LearnedRules:
+    """The config's learned rules, heads read from files (relative to `base_dir`, the config
+    file's folder); `ConfigError` naming the path when a head is missing or broken."""
+    return LearnedRules.compile(config.routing, base_dir, _records_features(config), previous)
+
+
+def _records_features(config: GatewayConfig) -> bool:
+    return config.audit.enabled and config.audit.router_features
+
+
+def feature_policy(config: GatewayConfig) -> FeaturePolicy:
+    return FeaturePolicy(_records_features(config), config.audit.include_content)
 
 
 @dataclass(frozen=True)
@@ -103,7 +124,15 @@ class Gateway:
 
     def planner(self, rt: Runtime) -> Planner:
         """The permissions and route hops, on one config's router and this process's health."""
-        return Planner(rt.router, rt.config.pii, self.health, self.telemetry.span)
+        return Planner(rt.router, rt.config.pii, self.health, self.telemetry.span, rt.learned,
+                       feature_policy(rt.config))
+
+    async def recalibrate(self) -> None:
+        """Recalibrate the learned rules' target shares that are due, and report them."""
+        learned = self.runtime.learned
+        await learned.recalibrate()
+        for name, rule in learned:
+            self.metrics.learned_calibration(name, rule)
 
     def attempt_done(self, dep: Deployment, operation: str, seconds: float, outcome: str,
                      usage: Usage, response_model: str | None) -> None:
@@ -165,7 +194,10 @@ class Gateway:
         try:
             checked = await asyncio.to_thread(load_checked, path)
             cfg = checked.config
-            runtime = Runtime.compile(cfg, self.keystore, self.governance, self.telemetry.span)
+            learned = await asyncio.to_thread(compile_learned, cfg, path.parent,
+                                              self.runtime.learned)
+            runtime = Runtime.compile(cfg, self.keystore, self.governance, self.telemetry.span,
+                                      learned)
         except ConfigError as err:
             return self._rejected(path, err.problems)
         except (OSError, ValueError, PodiumError) as err:  # e.g. a JWKS file that cannot be read

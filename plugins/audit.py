@@ -4,7 +4,9 @@ Three events are on record: a request (`request_record`, by the plugin, whatever
 outcome), a reviewer's decision on a held answer (`review_record`) and a caller's feedback on
 an earlier request (`feedback_record`). The trail itself (append-only, hash-chained) is in
 `gateway/storage/`. Records never hold keys; prompts and answers only with
-`audit.include_content: true`.
+`audit.include_content: true`. A request under a cascade or learned rule also gets a `router`
+section (routing/learned/outcomes.py): what the learned router trains on, with the prompt's
+hashed features where `audit.router_features` and the request's data allow it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from gateway.storage.contracts import AuditStore
 from gateway.storage.records import AuditRecord, Review
 from plugins.base import BasePlugin, Outcome, RequestContext
+from routing.learned.outcomes import router_section
 
 
 def request_record(ctx: RequestContext, outcome: Outcome, include_content: bool) -> AuditRecord:
@@ -31,6 +34,12 @@ def request_record(ctx: RequestContext, outcome: Outcome, include_content: bool)
         "error_code": outcome.error_code, "review_id": outcome.review_id,
         "cache": ctx.cache.state if ctx.cache is not None else None, "stream": ctx.stream,
     }
+    if ctx.plan is not None:
+        cached = ctx.cache is not None and ctx.cache.hit   # a stored answer is no new outcome
+        router = router_section(ctx.plan, None if cached else outcome.deployment,
+                                outcome.checks, ctx.features)
+        if router is not None:
+            details["router"] = router
     if include_content:
         details["request_messages"] = ctx.body.get("messages")
         details["answer"] = outcome.answer

@@ -53,6 +53,10 @@ class AuditConfig(Frozen):
     # The key the chain is MACed with; normally ${PODIUM_AUDIT_KEY}, which is also read when
     # this is unset. Without either, the embedded store generates one beside its database.
     hmac_key: SecretStr | None = None
+    # For requests under a cascade or learned rule: the prompt's hashed features (not its
+    # text) for `podium router train --from-audit`; never for requests in which PII was found
+    # or whose data is confidential or restricted (docs/learned-router.md, "Privacy").
+    router_features: bool = True
 
 
 class ApprovalMatch(RuleMatch):

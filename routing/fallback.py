@@ -88,6 +88,7 @@ class CallResult(Generic[T]):
     masked: bool = False               # the answer came from a pseudonymized request
     attempted: list[str] = field(default_factory=list)
     upstream_s: float = 0.0            # time spent waiting on upstreams, every attempt
+    checks: list[tuple[str, bool]] = field(default_factory=list)  # (deployment, passed)
 
 
 @dataclass
@@ -98,6 +99,7 @@ class _Walk:
     cost_usd: float = 0.0
     usage: Usage = field(default_factory=Usage)
     escalations: list[str] = field(default_factory=list)
+    checks: list[tuple[str, bool]] = field(default_factory=list)  # each checked answer's verdict
     larger_than: int | None = None     # after a context-length error: only larger windows
     guard: Guard | None = None
     attempted: list[str] = field(default_factory=list)
@@ -158,6 +160,8 @@ class Caller:
             walk.cost_usd += dep.cost(usage.prompt_tokens, usage.completion_tokens)
             walk.usage += usage
             verdict = check(answer) if check else None
+            if check is not None:
+                walk.checks.append((dep.id, verdict is None))
             if verdict is not None:
                 span.add_event("cascade.escalate", {"deployment": dep.id, "reason": verdict})
                 walk.escalations.append(f"{dep.id}: {verdict}")
@@ -166,7 +170,8 @@ class Caller:
             result = CallResult(answer, dep, walk.number, walk.failures, walk.cost_usd,
                                 walk.usage, walk.escalations,
                                 masked=bool(guard and guard.masks_for(dep)),
-                                attempted=walk.attempted, upstream_s=walk.upstream_s)
+                                attempted=walk.attempted, upstream_s=walk.upstream_s,
+                                checks=walk.checks)
             if verdict is None:
                 return result
             escalated = result

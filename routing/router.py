@@ -143,10 +143,21 @@ class Router:
     def learned_settings(self, req: RouteRequest) -> LearnedSettings | None:
         """The learned section of the rule this request matches, if its strategy is learned:
         tells the caller to score the request (off the event loop if costly) before `plan`."""
+        found = self.learned_rule(req)
+        return found[1] if found is not None else None
+
+    def learned_rule(self, req: RouteRequest) -> tuple[str, LearnedSettings] | None:
+        """The name ("default" when no rule matches) and learned section of the rule this
+        chat request matches, if its strategy is learned; else None."""
+        if req.mode != "chat":
+            return None
         rule = self._match(req)
         settings = rule.settings if rule else self._config.default
         strategy = settings.strategy or self._config.default.strategy
-        return _learned_of(settings, self._config.default) if strategy == "learned" else None
+        section = _learned_of(settings, self._config.default)
+        if strategy != "learned" or section is None:
+            return None
+        return (rule.name if rule else "default"), section
 
     def visible_groups(self, principal: Principal) -> list[str]:
         return [g for g in self._catalog.groups if principal.may_use(g)]

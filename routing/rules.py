@@ -171,3 +171,19 @@ class CompiledRule:
                 and all(facts.headers.get(k) == v for k, v in self.headers.items())
                 and (self.message_re is None
                      or self.message_re.search(facts.last_user_message) is not None))
+
+
+def learned_sections(routing: RoutingConfig) -> list[tuple[str, str, LearnedSettings]]:
+    """(rule name, config path of its section, section) for every rule whose strategy is
+    learned: its own section, or the default's when it inherits the strategy or the section."""
+    default = routing.default
+    found = []
+    if default.strategy == "learned" and default.learned is not None:
+        found.append(("default", "routing.default.learned", default.learned))
+    for i, rule in enumerate(routing.rules):
+        section = rule.learned or default.learned
+        if (rule.strategy or default.strategy) == "learned" and section is not None:
+            where = (f"routing.rules[{i}].learned" if rule.learned is not None
+                     else "routing.default.learned")
+            found.append((rule.name, where, section))
+    return found

@@ -162,7 +162,10 @@ def test_scorer_caches_by_digest_within_its_bound_and_measures_its_cost() -> Non
     scorer.score(prompts[0])                       # evicted (cache of 2): scored again
     assert scorer.misses == 4
     assert first == [head.score(f, scorer.embedder) for f in prompts]
-    assert scorer.runs_off_loop == (scorer.cost_ms > 1.0)
+    assert scorer.runs_off_loop == (scorer.cost_ms > scorer.off_loop_ms)
+    short, long = PromptFeatures.of_prompt("why?"), PromptFeatures.of_prompt("why? " * 400)
+    assert 0 < scorer.expected_ms(short) < scorer.expected_ms(long)  # grows with the text
+    assert scorer.off_loop_for(long) == (scorer.expected_ms(long) > scorer.off_loop_ms)
 
 
 # ---- calibration -----------------------------------------------------------------------------

@@ -207,7 +207,8 @@ def test_a_quality_target_uses_the_heads_labels(tmp_path: Path) -> None:
 
 def test_routing_imports_no_numpy_until_a_learned_rule_is_built() -> None:
     """The gateway's start-up pays for numpy only when a config has a learned rule."""
-    code = "import sys, routing.router, gateway.config; print('numpy' in sys.modules)"
+    code = ("import sys, routing.router, gateway.config, gateway.app, gateway.cli; "
+            "print('numpy' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                          text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -250,3 +250,13 @@ def test_specific_keywords(schema: Schema | bool, expected: Any) -> None:
 def test_unsatisfiable_schemas_raise(schema: Schema | bool) -> None:
     with pytest.raises(SchemaUnsatisfiable):
         instance(schema)
+
+
+def test_an_exclusive_bound_of_one_is_a_number_not_a_draft4_flag() -> None:
+    """Found by the property test above: `1 == True`, so a bound of 1 was read as Draft 4's
+    boolean flag and the bound lost."""
+    for schema in ({"type": "integer", "exclusiveMinimum": 1},
+                   {"oneOf": [{"type": "integer", "exclusiveMinimum": 1}]},
+                   {"type": "number", "exclusiveMinimum": 1, "maximum": 1.5},
+                   {"type": "integer", "exclusiveMaximum": 1}):
+        jsonschema.validate(instance(schema), schema)

@@ -85,6 +85,18 @@ async def test_scripted_json_truncated_and_n_answers(client: Client) -> None:
     assert [c["index"] for c in body["choices"]] == [0, 1, 2]
 
 
+async def test_a_fails_on_model_refuses_only_prompts_with_its_word(client: Client) -> None:
+    """A cheap model that cannot do one kind of task: what cascade and learned-router tests
+    script their outcomes with."""
+    hard = [{"role": "user", "content": "Evaluate the INTEGRAL of x from 0 to 1."}]
+    _, refused = await chat(client, "cheap-fails-on-integral", messages=hard)
+    _, answered = await chat(client, "cheap-fails-on-integral")
+    _, other = await chat(client, "strong", messages=hard)
+    assert refused["choices"][0]["message"]["content"].startswith("I'm sorry, but I can't")
+    assert answered["choices"][0]["message"]["content"].startswith("Simulated answer from")
+    assert other["choices"][0]["message"]["content"].startswith("Simulated answer from")
+
+
 async def test_tool_calls(client: Client) -> None:
     _, body = await chat(client, tools=TOOLS)
     choice = body["choices"][0]

@@ -36,6 +36,7 @@ from gateway.storage.contracts import (
     Store,
 )
 from gateway.storage.keystore import KeyStore
+from gateway.storage.learning import router_outcomes
 from gateway.storage.postgres import PgKeyStore, PgResponseLog, PgReviewQueue, PgSpendLedger
 from gateway.storage.postgres_audit import PgAuditLog
 from gateway.storage.records import AuditRecord, Review, SpendRow, StoredResponse
@@ -347,6 +348,32 @@ async def test_audit_query_filters(backend: Backend) -> None:
 
 
 AUDIT_KEY = "test-audit-key-not-a-secret"
+
+
+async def test_audit_records_a_learned_router_trains_on(backend: Backend) -> None:
+    """`podium router train --from-audit` reads through the store: request records whose
+    features one embedder made (newest first, within a window) and the feedback given."""
+    log = await backend.audit()
+    router = {"strategy": "cascade", "first": "cheap", "tier": "weak", "checks": [],
+              "embedder": "hashed", "features": {"embedder": "hashed"}}
+    records = [_record(1, "key_a", "x", 200) | {"router": router},
+               _record(2, "key_a", "x", 200),
+               _record(3, "key_a", "x", 200) | {"router": {**router, "embedder": "wordllama"}},
+               _record(4, "key_a", "x", 200) | {"router": router},
+               {"time": 1005.0, "request_id": "req-4", "key_id": "key_a", "team": "x",
+                "status": None, "event": "feedback", "score": 0.25},
+               {"time": 1006.0, "request_id": "req-4", "key_id": "key_a", "team": "x",
+                "status": None, "event": "feedback", "score": 0.75}]
+    for record in records:
+        log.submit(AuditRecord.from_json(record))
+    requests, feedback = await router_outcomes(log, "hashed", None, 100)
+    assert [r["request_id"] for r in requests] == ["req-4", "req-1"]
+    assert requests[0]["router"] == router and feedback == {"req-4": 0.5}
+    recent, _ = await router_outcomes(log, "hashed", 1002.0, 100)
+    assert [r["request_id"] for r in recent] == ["req-4"]
+    assert [r["request_id"] for r in (await router_outcomes(log, "hashed", None, 1))[0]] \
+        == ["req-4"]
+
 
 FOLLOW = "does not follow the previous record (a record was removed, inserted or reordered)"
 TAMPERING = {

@@ -50,6 +50,7 @@ from gateway.http.dashboard_window import (
     sum_by,
     window,
 )
+from gateway.observability.learned_metrics import learned_report
 from gateway.pipeline.egress import json_response
 from gateway.runtime import GATEWAY, Gateway
 
@@ -357,6 +358,7 @@ async def snapshot(gw: Gateway, history: History, window_s: int = WINDOWS_S[0],
             {"id": r.id, "rule": r.rule, "team": r.team, "model": r.model,
              "created_at": int(r.created_at)} for r in pending[:REVIEWS_SHOWN]]},
         "feedback": {"by_deployment": feedback_dep, "by_route": _feedback(samples, "route")},
+        "learned": learned_report(samples),
     }
 
 

@@ -78,9 +78,9 @@ async def run_chat(gw: Gateway, rt: Runtime, ctx: RequestContext,
     await gw.sync_breakers()
     planner = gw.planner(rt)
     ctx.permitted(await planner.permit_chat(ctx.principal, parsed, headers))
-    decision = planner.route_chat(ctx.principal, parsed, headers, ctx.permission)
+    decision = await planner.route_chat(ctx.principal, parsed, headers, ctx.permission)
     ctx.routed(decision.request, decision.plan, chat_reservation(
-        decision, parsed.typed, rt.config.routing.expected_output_tokens))
+        decision, parsed.typed, rt.config.routing.expected_output_tokens), decision.features)
     ctx.held(await rt.chain.on_request(ctx))
     lookup = await gw.cache.look_up(ctx, headers, rt.config, rt.router)
     ctx.looked_up(lookup.result())

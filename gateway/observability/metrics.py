@@ -29,6 +29,7 @@ from prometheus_client import (
     multiprocess,
 )
 
+from gateway.observability.learned_metrics import LearnedMetrics, LearnedState
 from gateway.pipeline.context import RequestContext
 
 _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
@@ -88,6 +89,7 @@ class Metrics:
                                   "by the deployment and rule of the rated request",
                                   ["deployment", "route"], buckets=(0.25, 0.5, 0.75, 1.0),
                                   registry=reg)
+        self.learned = LearnedMetrics(reg)
 
     def _at(self, metric: Counter | Histogram, *values: str) -> Any:
         """`metric.labels(*values)`, remembered: labels() validates and locks on every call.
@@ -140,6 +142,12 @@ class Metrics:
             self._at(self.cost, dep, team_label).inc(outcome.cost_usd)
         if ctx.escalations and ctx.plan is not None:  # one per escalated request
             self._at(self.escalations, ctx.plan.rule).inc()
+        if ctx.plan is not None and ctx.plan.learned is not None:
+            self._at(self.learned.decisions, ctx.plan.rule, ctx.plan.learned.decision).inc()
+
+    def learned_calibration(self, rule: str, state: LearnedState) -> None:
+        """A learned rule's calibration as it stands (set by the calibration task)."""
+        self.learned.calibration(rule, state)
 
     def exposition(self) -> bytes:
         if self._multiproc:

@@ -4,7 +4,7 @@ A `RequestContext` is made once the caller is known and the body is valid (ident
 Each later hop then fills in its own part, in order, through its own method:
 
     permissions                 permitted(scope)
-    route                       routed(route, plan, reserved)
+    route                       routed(route, plan, reserved, features)
     plugins, request side       held(hold)        from the `Hold` a plugin returned
                                 counted(bucket)   rate limits: where they counted it
                                 earmarked(...)    budgets: what they hold for it, and where
@@ -35,6 +35,7 @@ from gateway.pipeline.permissions import PermissionScope
 from gateway.storage.contracts import BudgetReservation
 from routing.attempts import OpenStream
 from routing.fallback import CallResult
+from routing.learned.features import RecordedFeatures
 from routing.providers.base import Usage
 from routing.router import RoutePlan, RouteRequest
 from routing.rules import RequestFacts
@@ -86,6 +87,7 @@ class Outcome:
     review_id: str | None = None
     upstream_s: float = 0.0            # time spent waiting on upstreams
     settled: bool = False              # cost_usd is final (known before the answer was sent)
+    checks: list[tuple[str, bool]] = field(default_factory=list)  # cascade: (deployment, passed)
 
     def failed(self, err: PodiumError) -> None:
         self.status, self.error_code = err.status, err.code
@@ -98,6 +100,7 @@ class Outcome:
         self.usage, self.upstream_s = result.usage, result.upstream_s
         self.cost_usd += result.cost_usd  # after a semantic lookup's, if any
         self.settled = True
+        self.checks = result.checks
 
     def opened(self, stream: OpenStream) -> None:
         """A stream whose first chunk arrived: who answers; usage and cost come at its end."""
@@ -124,6 +127,7 @@ class RequestContext:
     route: RouteRequest | None = None
     plan: RoutePlan | None = None
     reserved: Reservation = Reservation()
+    features: RecordedFeatures | None = None  # the prompt's, for the audit trail (route hop)
     hold: Hold | None = None
     window_bucket: int | None = None   # the rate-limit bucket this request was counted in
     earmark: BudgetReservation | None = None  # what its budgets hold for it
@@ -138,10 +142,12 @@ class RequestContext:
         self._unset("scope", self.scope)
         self.scope = scope
 
-    def routed(self, route: RouteRequest, plan: RoutePlan, reserved: Reservation) -> None:
+    def routed(self, route: RouteRequest, plan: RoutePlan, reserved: Reservation,
+               features: RecordedFeatures | None = None) -> None:
         self._after("route", self.scope)
         self._unset("plan", self.plan)
         self.route, self.plan, self.reserved = route, plan, reserved
+        self.features = features
 
     def held(self, hold: Hold | None) -> None:
         self._after("plugins", self.plan)

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from gateway.errors import PodiumError
 from gateway.pipeline.context import RequestContext
+from routing.router import RoutePlan
 
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                 "X-Accel-Buffering": "no"}
@@ -36,7 +37,7 @@ def podium_headers(ctx: RequestContext) -> dict[str, str]:
     outcome, cache = ctx.outcome, ctx.cache
     headers: dict[str, str] = {}
     if ctx.plan is not None:
-        headers["x-podium-route"] = ctx.plan.rule
+        headers["x-podium-route"] = route_header(ctx.plan)
     if cache is not None:
         headers["x-podium-cache"] = cache.state
         if cache.kind is not None:
@@ -52,6 +53,22 @@ def podium_headers(ctx: RequestContext) -> dict[str, str]:
     if ctx.escalations:
         headers["x-podium-escalations"] = str(ctx.escalations)
     return headers
+
+
+def route_header(plan: RoutePlan) -> str:
+    """`x-podium-route`: the rule that decided; for a learned rule also its decision, the
+    score and threshold behind it and the quality it required, as `; name=value` parameters:
+    `support; decision=escalate; score=0.4123; threshold=0.2871; quality=90`."""
+    learned = plan.learned
+    if learned is None:
+        return plan.rule
+    parts = [plan.rule, f"decision={learned.decision}"]
+    if learned.score is not None and learned.threshold is not None:
+        parts += [f"score={learned.score:.4f}", f"threshold={learned.threshold:.4f}"]
+    parts.append(f"quality={learned.min_quality}")
+    if learned.header_override is not None:
+        parts.append(f"header-min-quality={learned.header_override}")
+    return "; ".join(parts)
 
 
 def json_response(body: Any, headers: Mapping[str, str] | None = None,

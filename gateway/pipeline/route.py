@@ -10,7 +10,7 @@ into data.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from opentelemetry import trace
@@ -23,6 +23,7 @@ from gateway.pipeline.identity import Principal
 from gateway.pipeline.ingress import ChatCompletionRequest, EmbeddingRequest, Parsed
 from gateway.pipeline.messages import text_of
 from gateway.pipeline.permissions import (
+    RANK,
     PermissionScope,
     resolve_embedding_scope,
     resolve_scope,
@@ -30,6 +31,9 @@ from gateway.pipeline.permissions import (
 )
 from routing.catalog import Deployment
 from routing.health import Health
+from routing.learned.features import RecordedFeatures
+from routing.learned.live import LearnedRules
+from routing.learned.quality import LearnedDecision
 from routing.router import NOT_ALLOWED, RoutePlan, Router, RouteRequest
 from routing.rules import RequestFacts
 from routing.tokens import TokenGauge
@@ -42,47 +46,88 @@ class RouteDecision:
     scope: PermissionScope
     request: RouteRequest
     plan: RoutePlan
+    features: RecordedFeatures | None = None   # the prompt's features, for the audit trail
+
+
+@dataclass(frozen=True, slots=True)
+class FeaturePolicy:
+    """Whether a cascade or learned request's prompt features go into its audit record. They
+    are hashed n-grams, not text, but a dictionary of likely words can recover much of a
+    prompt from them: so never where PII was found or for confidential and restricted data,
+    unless the trail keeps the text itself anyway (`audit.include_content`)."""
+    enabled: bool = False
+    any_data: bool = False
+
+    def allows(self, scope: PermissionScope) -> bool:
+        if not self.enabled:
+            return False
+        return self.any_data or (not scope.findings and RANK[scope.data_class] <= _INTERNAL)
+
+
+_INTERNAL = RANK["internal"]
 
 
 @dataclass(frozen=True)
 class Planner:
-    """What the two hops run on: one config's router and PII settings, the process's health,
-    and where their spans go. Not `strict` (for `--explain`): a request nothing can serve gets
-    a plan with every candidate and the error as `plan.refusal`, instead of the error."""
+    """What the two hops run on: one config's router, learned rules and PII settings, the
+    process's health, and where their spans go. Not `strict` (for `--explain`): a request
+    nothing can serve gets a plan with every candidate and the error as `plan.refusal`, instead
+    of the error."""
     router: Router
     pii: PIIConfig
     health: Health
     span: SpanFactory
+    learned: LearnedRules = field(default_factory=LearnedRules)
+    features: FeaturePolicy = FeaturePolicy()
     strict: bool = True
 
     async def chat(self, principal: Principal, parsed: Parsed[ChatCompletionRequest],
-             headers: Mapping[str, str]) -> RouteDecision:
-        """Both hops for a chat request."""
+                   headers: Mapping[str, str]) -> RouteDecision:
+        """Both hops for a chat request, as an explanation (live traffic sequences them
+        itself, `permit_chat` then `route_chat`)."""
         scope = await self.permit_chat(principal, parsed, headers)
-        return self.route_chat(principal, parsed, headers, scope)
+        return await self.route_chat(principal, parsed, headers, scope, live=False)
 
     async def permit_chat(self, principal: Principal, parsed: Parsed[ChatCompletionRequest],
-                    headers: Mapping[str, str]) -> PermissionScope:
+                          headers: Mapping[str, str]) -> PermissionScope:
         with self.span("podium.permissions") as span:
             scope = await resolve_scope(principal, parsed.typed, parsed.body, headers,
                                         self.pii)
             scope_attributes(span, scope)
             return scope
 
-    def route_chat(self, principal: Principal, parsed: Parsed[ChatCompletionRequest],
-                   headers: Mapping[str, str], scope: PermissionScope) -> RouteDecision:
+    async def route_chat(self, principal: Principal, parsed: Parsed[ChatCompletionRequest],
+                         headers: Mapping[str, str], scope: PermissionScope,
+                         live: bool = True) -> RouteDecision:
+        """The route hop for a chat request: under a learned rule the prompt is scored first
+        (its difficulty sets the required quality), then planned like any other. An
+        explanation (`live` false) decides alike but is not traffic: it does not move the
+        calibration and keeps no features."""
         req = chat_route_request(parsed.typed, parsed.body, principal, headers,
                                  self.router.tokens, scope)
-        return RouteDecision(scope, req, self._plan(req, principal))
+        record = live and self.features.allows(scope)
+        messages = parsed.body["messages"]
+        with self.span("podium.route") as span:
+            learned = self.router.learned_rule(req)
+            assessed = (await self.learned.assess(learned[0], messages, record, live)
+                        if learned is not None else None)
+            if assessed is not None:
+                req = replace(req, difficulty=assessed.difficulty)
+            plan = self.router.plan(req, principal, self.health, strict=self.strict)
+            _plan_attributes(span, req, plan)
+        kept = assessed.features if assessed is not None else None
+        if kept is None and record and plan.strategy == "cascade":
+            kept = self.learned.record(messages)
+        return RouteDecision(scope, req, plan, kept)
 
     async def embedding(self, principal: Principal, emb: EmbeddingRequest,
-                  headers: Mapping[str, str]) -> RouteDecision:
+                        headers: Mapping[str, str]) -> RouteDecision:
         """Both hops for an embeddings request."""
         scope = await self.permit_embedding(principal, emb, headers)
         return self.route_embedding(principal, emb, scope)
 
     async def permit_embedding(self, principal: Principal, emb: EmbeddingRequest,
-                         headers: Mapping[str, str]) -> PermissionScope:
+                               headers: Mapping[str, str]) -> PermissionScope:
         with self.span("podium.permissions") as span:
             scope = await resolve_embedding_scope(principal, _texts(emb), headers, self.pii)
             scope_attributes(span, scope)
@@ -142,6 +187,10 @@ def _plan_attributes(span: trace.Span, req: RouteRequest, plan: RoutePlan) -> No
         "podium.route.min_quality": plan.min_quality,
         "podium.route.chain": [d.id for d in plan.chain],
         "podium.route.prompt_tokens": req.prompt_tokens})
+    if plan.learned is not None:
+        span.set_attributes({f"podium.route.learned.{k}": v
+                             for k, v in learned_fields(plan.learned).items()
+                             if v is not None and k != "reason"})
     for c in plan.candidates:
         span.add_event("candidate", {"deployment": c.deployment.id, "kept": c.kept,
                                      "reason": c.reason, "source": c.source})
@@ -204,9 +253,22 @@ def explain(decision: RouteDecision, health: Health, *,
     return {"object": "route.explanation", "model": req.model, "rule": plan.rule,
             "data_class": scope.data_class, "data_class_reasons": scope.reasons,
             "strategy": plan.strategy, "min_quality": plan.min_quality,
+            "learned": learned_fields(plan.learned) if plan.learned is not None else None,
             "prompt_tokens": req.prompt_tokens, "needs": sorted(req.needs),
             "chain": [d.id for d in plan.chain], "candidates": candidates,
             **({"error": plan.refusal.fields()} if plan.refusal is not None else {})}
+
+
+def learned_fields(d: LearnedDecision) -> dict[str, Any]:
+    """A learned rule's decision as explain, the span and the audit record show it."""
+    return {"decision": d.decision, "score": _rounded(d.score),
+            "threshold": _rounded(d.threshold), "threshold_source": d.source or None,
+            "quality": d.min_quality, "header_min_quality": d.header_override,
+            "reason": d.reason}
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
 
 
 def render_text(decision: Mapping[str, Any]) -> str:
@@ -217,6 +279,8 @@ def render_text(decision: Mapping[str, Any]) -> str:
         "plan: " + (" -> ".join(decision["chain"]) or "none: nothing can serve this request"),
         "candidates:",
     ]
+    if decision.get("learned"):
+        lines.insert(1, f"learned: {decision['learned']['reason']}")
     for c in decision["candidates"]:
         mark = "kept   " if c["kept"] else "dropped"
         lines.append(f"  {mark} {c['deployment']:<20} q={c['quality']:<3} "

@@ -3,7 +3,8 @@ the chunks a stream of it carries (derived from the whole answer, so streamed an
 always agree). A user message containing `[[say:TEXT]]` is answered with exactly TEXT, and
 `[[long:N]]` with N words (a long answer from a short prompt; `max_tokens` still cuts it); a model
 name containing one of `_KEYWORD_ANSWERS`' keywords gets a scripted poor answer, for cascade
-checks to catch; "tinychunks" models stream 4 characters at a time.
+checks to catch, and one containing `fails-on-WORD` refuses just the prompts that mention WORD;
+"tinychunks" models stream 4 characters at a time.
 
 Structured output is honoured: `response_format` `json_schema` with a schema is answered with a
 valid instance of it (`schema_instance`), so `parse(Model)` clients work offline; `json_object`
@@ -40,6 +41,10 @@ _KEYWORD_ANSWERS: tuple[tuple[str, str], ...] = (
     ("refuse", "I'm sorry, but I can't help with that."),
     ("empty", ""),
 )
+_REFUSAL = _KEYWORD_ANSWERS[1][1]
+# "fails-on-WORD" in a model name: it refuses every prompt whose last user turn contains WORD
+# (case-insensitive) and answers the rest normally: a cheap model that fails one kind of task.
+_FAILS_ON = re.compile(r"fails-on-([a-z0-9]+)")
 
 
 @dataclass(eq=False)  # exceptions must stay hashable
@@ -92,6 +97,9 @@ def _answer_text(body: Json) -> str:
             return answer
     users = [m for m in body["messages"] if m.get("role") == "user"]
     last_user = " ".join(_texts(users[-1].get("content"))) if users else ""
+    weak_spot = _FAILS_ON.search(model)
+    if weak_spot and weak_spot.group(1) in last_user.lower():
+        return _REFUSAL   # a model that cannot do this kind of prompt, for a cascade to catch
     if marker := _SAY_MARKER.search(last_user):  # a scripted answer overrides every other rule
         return marker.group(1)
     if marker := _LONG_MARKER.search(last_user):

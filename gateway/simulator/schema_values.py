@@ -87,7 +87,9 @@ class _Bounds(NamedTuple):
 def _bounds(schema: Mapping[str, Any]) -> _Bounds:
     low, high = _num(schema.get("minimum")), _num(schema.get("maximum"))
     flags = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
-    if True in flags:   # Draft 4: booleans that make minimum/maximum exclusive
+    # Draft 4: booleans that make minimum/maximum exclusive. Not `True in flags`: 1 == True, so
+    # that would read Draft 2020's `exclusiveMinimum: 1` as a Draft 4 flag.
+    if any(flag is True for flag in flags):
         return _Bounds(low, high, flags[0] is True, flags[1] is True)
     xlow, xhigh = _num(flags[0]), _num(flags[1])
     low_open = high_open = False

@@ -94,7 +94,9 @@ class AuditStore(Store, Protocol):
         ...
 
     async def query(self, filters: Mapping[str, str], limit: int = 100) -> list[dict[str, Any]]:
-        """Records newest first, filtered by key_id, team, status, request_id, since, until."""
+        """Records newest first, filtered by key_id, team, status, request_id, since, until,
+        trace_id, event, and router_embedder (the embedder of the features kept for the
+        learned router; see routing/learned/outcomes.py)."""
         ...
 
     async def has(self, request_id: str) -> bool:

@@ -44,7 +44,8 @@ _AUDIT_FILTERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "status": ("status = ${}", int), "request_id": ("request_id = ${}", str),
     "since": ("ts >= ${}", float), "until": ("ts < ${}", float),
     "trace_id": ("(record::jsonb ->> 'trace_id') = ${}", str),
-    "event": ("(record::jsonb ->> 'event') = ${}", str)}
+    "event": ("(record::jsonb ->> 'event') = ${}", str),
+    "router_embedder": ("(record::jsonb #>> '{{router,embedder}}') = ${}", str)}
 _ROWS = ("SELECT seq, ts, request_id, key_id, team, status, record, prev_hash, hash "
          "FROM podium_audit ORDER BY seq")
 

@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS audit_meta (name TEXT PRIMARY KEY, value TEXT NOT NUL
 _FILTERS = {"key_id": "key_id = ?", "team": "team = ?", "status": "status = ?",
             "request_id": "request_id = ?", "since": "ts >= ?", "until": "ts < ?",
             "trace_id": "json_extract(record, '$.trace_id') = ?",
-            "event": "json_extract(record, '$.event') = ?"}
+            "event": "json_extract(record, '$.event') = ?",
+            "router_embedder": "json_extract(record, '$.router.embedder') = ?"}
 _ROWS = "SELECT seq, ts, request_id, key_id, team, status, record, prev_hash, hash FROM audit"
 
 

@@ -89,12 +89,17 @@ class ShareCalibrator:
             self._recent.append(score)
             self._since += 1
 
+    def due(self, now: float | None = None) -> bool:
+        """Whether `tick` would recalibrate now: the time has come and there is something new."""
+        now = time.monotonic() if now is None else now
+        return (now - self._last >= self.every_s and self._since > 0
+                and len(self._recent) >= MIN_RECENT_SCORES)
+
     def tick(self, now: float | None = None) -> Calibration:
         """Recalibrate if due (and there is something new); returns the calibration in force."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            due = (now - self._last >= self.every_s and self._since > 0
-                   and len(self._recent) >= MIN_RECENT_SCORES)
+            due = self.due(now)
             recent = list(self._recent) if due else []
             self._since = 0 if due else self._since
         if due:

@@ -11,26 +11,49 @@ import argparse
 import json
 import random
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from routing.learned.outcomes import PASS_SCORE
 
 if TYPE_CHECKING:
     from routing.learned.evaluate import Evaluation
     from routing.learned.labels import LabelledSet
+    from routing.learned.outcomes import LabelReport
 
 _NEEDS_EXTRA = ("podium router {} needs the 'learned' extra (numpy, scikit-learn): "
                 "pip install 'podium[learned]'")
 
 
-def add_router_commands(sub: Any) -> None:
-    """Register `router train` and `router eval` on the `podium` sub-parsers."""
+# (config path or None, embedder name, since (unix seconds) or None, most records) →
+# (request records with a `router` section, newest first; mean feedback score by request id).
+AuditReader = Callable[[str | None, str, float | None, int],
+                       tuple[list[dict[str, Any]], dict[str, float]]]
+
+
+def add_router_commands(sub: Any, read_audit: AuditReader | None = None) -> None:
+    """Register `router train` and `router eval` on the `podium` sub-parsers; `read_audit`
+    reads the gateway's audit trail for `train --from-audit` (the CLI passes it in: the
+    storage layer sits above routing)."""
     router = sub.add_parser("router", help="train and evaluate the learned router")
     commands = router.add_subparsers(dest="router_command", required=True)
     train = commands.add_parser("train", help="fit a difficulty head on labelled prompts")
-    _data_options(train)
+    _data_options(train, required=False)
     train.add_argument("--out", required=True, type=Path, help="where to write the head (JSON)")
-    train.set_defaults(func=cmd_train)
+    audit = train.add_argument_group("labels from the gateway's own audit trail")
+    audit.add_argument("--from-audit", action="store_true",
+                       help="also train on cascade outcomes and feedback the gateway recorded")
+    audit.add_argument("--config", help="the gateway config naming the audit trail "
+                                        "(default: as `podium serve`)")
+    audit.add_argument("--since", type=_since, help="only records this recent: 90m, 24h, 7d, "
+                                                    "or unix seconds")
+    audit.add_argument("--max-records", type=int, default=50_000,
+                       help="the newest N records at most (default 50000)")
+    audit.add_argument("--pass-score", type=float, default=PASS_SCORE,
+                       help="feedback at or above this is a good answer (default 0.5)")
+    train.set_defaults(func=cmd_train, read_audit=read_audit)
     ev = commands.add_parser("eval", help="held-out quality-vs-cost curves, with guard rows")
     _data_options(ev)
     ev.add_argument("--folds", type=int, default=5, help="k of the k-fold split (default 5)")
@@ -42,8 +65,19 @@ def add_router_commands(sub: Any) -> None:
     ev.set_defaults(func=cmd_eval)
 
 
-def _data_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, action="append", type=Path,
+def _since(text: str) -> float:
+    """A duration back from now (`90m`, `24h`, `7d`) or a unix time, as unix seconds."""
+    units = {"m": 60, "h": 3600, "d": 86400}
+    try:
+        if text[-1:] in units:
+            return time.time() - float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration or a time: {text!r}") from None
+
+
+def _data_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--data", required=required, action="append", type=Path,
                         help="labelled prompts: RouteLLM's MMLU folder, its GSM8K CSV, or "
                              "JSONL {prompt, <model>: correct|score}; repeat for several")
     parser.add_argument("--weak", help="the weak (cheap) model's column (default: RouteLLM's)")
@@ -59,31 +93,61 @@ def _data_options(parser: argparse.ArgumentParser) -> None:
 def _load(args: argparse.Namespace) -> list[LabelledSet]:
     from routing.learned.labels import load_examples
 
-    return [load_examples(p, args.weak, args.strong) for p in args.data]
+    return [load_examples(p, args.weak, args.strong) for p in args.data or ()]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     try:
+        from routing.learned.embedders import make_embedder
         from routing.learned.labels import LabelError
-        from routing.learned.train import train_head
+        from routing.learned.train import train_mixed
     except ImportError:
         print(_NEEDS_EXTRA.format("train"), file=sys.stderr)
+        return 2
+    if not args.data and not args.from_audit:
+        print("error: give --data FILE, --from-audit, or both", file=sys.stderr)
         return 2
     try:
         sets = _load(args)
         examples = [e for s in sets for e in s.examples]
-        head = train_head(examples, args.embedder, alphas=(3.0, 10.0, 30.0),
-                          length_prior=args.length_prior, seed=args.seed,
-                          provenance={"data": [str(p) for p in args.data],
-                                      "weak_model": sets[0].weak_model,
-                                      "strong_model": sets[0].strong_model})
-    except (LabelError, ValueError, RuntimeError) as err:
+        emb = make_embedder(args.embedder)
+        report = _audit_labels(args, emb.name, emb.params) if args.from_audit else None
+        kept = [(la.features, la.weak, la.strong) for la in report.labels] if report else []
+        head = train_mixed(examples, kept, args.embedder, alphas=(3.0, 10.0, 30.0),
+                           length_prior=args.length_prior, seed=args.seed,
+                           provenance=_provenance(args, sets, report))
+    except (LabelError, ValueError, RuntimeError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     head.save(args.out)
-    print(f"{args.out}: head trained on {len(examples)} prompts "
-          f"(embedder {head.embedder}, alpha {head.provenance['alpha']})")
+    held_out = head.provenance.get("held_out_apgr")
+    print(f"{args.out}: head trained on {len(examples) + len(kept)} prompts "
+          f"(embedder {head.embedder}, alpha {head.provenance['alpha']}"
+          + (f", held-out APGR {held_out}" if held_out is not None else "") + ")")
     return 0
+
+
+def _audit_labels(args: argparse.Namespace, embedder: str,
+                  params: dict[str, Any]) -> LabelReport:
+    from routing.learned.outcomes import labels_from_audit
+
+    if args.read_audit is None:
+        raise RuntimeError("--from-audit needs the gateway's storage (run it as `podium`)")
+    requests, feedback = args.read_audit(args.config, embedder, args.since, args.max_records)
+    report = labels_from_audit(requests, feedback, embedder, params, args.pass_score)
+    print(report.summary())
+    return report
+
+
+def _provenance(args: argparse.Namespace, sets: Sequence[LabelledSet],
+                report: LabelReport | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"data": [str(p) for p in args.data or ()]}
+    if sets:
+        out |= {"weak_model": sets[0].weak_model, "strong_model": sets[0].strong_model}
+    if report is not None:
+        out["audit"] = {"labels": dict(report.kinds), "skipped": dict(report.skipped),
+                        "feedback_used": report.feedback_used, "since": args.since}
+    return out
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

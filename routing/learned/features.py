@@ -53,6 +53,40 @@ class PromptFeatures:
                 math.log(max(self.turns, 1)))
 
 
+@dataclass(frozen=True, slots=True)
+class RecordedFeatures:
+    """A prompt's features as the audit trail keeps them for training (`router train
+    --from-audit`): the embedder's nonzero coordinates, not the text, and the raw sizes.
+    Values are rounded to 5 decimals (they are at most 1: an L2-normalised vector), which moves
+    a score by far less than the spread between prompts and keeps a record small."""
+    embedder: str
+    params: Mapping[str, Any]
+    index: tuple[int, ...]
+    value: tuple[float, ...]
+    text_chars: int
+    total_chars: int
+    turns: int
+
+    def features(self) -> PromptFeatures:
+        """Sizes only (the text is not kept): what `PromptFeatures.sizes` needs."""
+        return PromptFeatures("", self.text_chars, self.turns, self.total_chars)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"embedder": self.embedder, "params": dict(self.params),
+                "index": list(self.index), "value": list(self.value),
+                "sizes": [self.text_chars, self.total_chars, self.turns]}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RecordedFeatures:
+        """The inverse of `to_json`; KeyError, TypeError or ValueError for anything else."""
+        index, value = tuple(map(int, data["index"])), tuple(map(float, data["value"]))
+        text_chars, total_chars, turns = map(int, data["sizes"])
+        if len(index) != len(value):
+            raise ValueError("index and value differ in length")
+        return cls(str(data["embedder"]), dict(data["params"]), index, value, text_chars,
+                   total_chars, turns)
+
+
 def _text_of(content: Any) -> str:
     if isinstance(content, str):
         return content

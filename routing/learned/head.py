@@ -61,7 +61,11 @@ class LinearHead:
 
     def score(self, features: PromptFeatures, embedder: Embedder) -> float:
         """The difficulty score of one prompt (higher: the strong model is needed more)."""
-        index, values = embedder.embed(features.text)
+        return self.score_embedded(features, *embedder.embed(features.text))
+
+    def score_embedded(self, features: PromptFeatures, index: np.ndarray,
+                       values: np.ndarray) -> float:
+        """`score` for a text already embedded (by this head's embedder)."""
         text = float(self.text_weights[index] @ values) if len(index) else 0.0
         sizes = sum(w * x for w, x in zip(self.size_weights, features.sizes(), strict=True))
         return self.intercept + text + sizes

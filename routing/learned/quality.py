@@ -31,6 +31,12 @@ class LearnedDecision:
     threshold: float | None
     source: str                       # where the threshold came from
     header_override: int | None = None  # x-podium-min-quality, which wins when present
+    floor: int = 0                    # the rule's floor: the quality of its cheap tier
+
+    @property
+    def required_quality(self) -> int:
+        """What the plan required: the header's quality when it overrides, else the rule's."""
+        return self.header_override if self.header_override is not None else self.min_quality
 
     @property
     def reason(self) -> str:
@@ -64,9 +70,9 @@ def decide(difficulty: Difficulty | None, floor: int, ceiling: int,
     """The learned rule's decision for one request. Unscored requests get the ceiling: when the
     router cannot judge, it errs toward quality, never toward a model that may fail."""
     if difficulty is None:
-        return LearnedDecision(ceiling, "unscored", None, None, "", header_min_quality)
+        return LearnedDecision(ceiling, "unscored", None, None, "", header_min_quality, floor)
     quality, decision = required_quality(difficulty.score, difficulty.calibration, floor,
                                          ceiling)
     cal = difficulty.calibration
     return LearnedDecision(quality, decision, difficulty.score, cal.threshold, cal.source,
-                           header_min_quality)
+                           header_min_quality, floor)

@@ -23,6 +23,7 @@ from sklearn.model_selection import KFold
 
 from routing.learned.calibration import knots_of, quality_curve
 from routing.learned.embedders import Embedder, make_embedder
+from routing.learned.features import SIZE_FEATURES, RecordedFeatures
 from routing.learned.head import HeadCalibration, LinearHead
 from routing.learned.labels import Example
 from routing.learned.metrics import apgr, routing_curve
@@ -44,6 +45,21 @@ def design(examples: Sequence[Example], embedder: Embedder) -> sp.csr_matrix:
         return sp.csr_matrix((0, embedder.dim + n_sizes), dtype=np.float32)
     return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
                          shape=(len(examples), embedder.dim + n_sizes), dtype=np.float32)
+
+
+def design_recorded(recorded: Sequence[RecordedFeatures], dim: int) -> sp.csr_matrix:
+    """`design` for features the audit trail kept (their embedder's vectors, no text)."""
+    rows, cols, vals = [], [], []
+    for i, r in enumerate(recorded):
+        sizes = r.features().sizes()
+        rows.append(np.full(len(r.index) + len(sizes), i))
+        cols.append(np.concatenate([np.asarray(r.index, np.int64),
+                                    dim + np.arange(len(sizes))]))
+        vals.append(np.asarray([*r.value, *sizes], np.float32))
+    if not rows:
+        return sp.csr_matrix((0, dim + len(SIZE_FEATURES)), dtype=np.float32)
+    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                         shape=(len(recorded), dim + len(SIZE_FEATURES)), dtype=np.float32)
 
 
 def targets(examples: Sequence[Example]) -> tuple[np.ndarray, np.ndarray]:
@@ -101,6 +117,27 @@ def train_head(examples: Sequence[Example], embedder: str = "hashed",
                     provenance)
 
 
+def train_mixed(examples: Sequence[Example], kept: Sequence[tuple[RecordedFeatures, float, float]],
+                embedder: str = "hashed", alphas: Sequence[float] = ALPHAS,
+                length_prior: float = 0.0, seed: int = 0,
+                provenance: Mapping[str, Any] | None = None) -> LinearHead:
+    """A head from labelled prompts (text) and from the audit trail's labels (recorded
+    features, `routing/learned/outcomes.py`) together: the same design matrix for both."""
+    emb = make_embedder(embedder)
+    n = len(examples) + len(kept)
+    if n < 10:
+        raise ValueError(f"need at least 10 labelled examples to train, got {n}")
+    weak, strong = targets(examples)
+    weak = np.concatenate([weak, [w for _, w, _ in kept]])
+    strong = np.concatenate([strong, [s for _, _, s in kept]])
+    if len(set((strong - weak).tolist())) < 2:
+        raise ValueError("every label says the same (no prompt needs the strong model more "
+                         "than another): there is nothing to learn yet")
+    X = sp.vstack([design(examples, emb), design_recorded([f for f, _, _ in kept], emb.dim)],
+                  format="csr")
+    return fit_head(X, weak, strong, emb, alphas, length_prior, seed, provenance)
+
+
 def fit_head(X: sp.csr_matrix, weak: np.ndarray, strong: np.ndarray, emb: Embedder,
              alphas: Sequence[float] = ALPHAS, length_prior: float = 0.0, seed: int = 0,
              provenance: Mapping[str, Any] | None = None) -> LinearHead:
@@ -123,8 +160,16 @@ def fit_head(X: sp.csr_matrix, weak: np.ndarray, strong: np.ndarray, emb: Embedd
             examples=len(weak)),
         provenance={**dict(provenance or {}), "alpha": alpha, "length_prior": length_prior,
                     "examples": len(weak), "seed": seed,
+                    "held_out_apgr": _apgr_or_none(held_out, weak, strong),
                     "weak_quality": round(float(weak.mean()), 4),
                     "strong_quality": round(float(strong.mean()), 4)})
+
+
+def _apgr_or_none(scores: np.ndarray, weak: np.ndarray, strong: np.ndarray) -> float | None:
+    """Held-out APGR, or None where it means nothing (the strong model is no better)."""
+    if strong.mean() <= weak.mean():
+        return None
+    return round(float(apgr(routing_curve(scores, weak, strong), weak.mean(), strong.mean())), 4)
 
 
 def head_scores(head: LinearHead, X: sp.csr_matrix) -> np.ndarray:

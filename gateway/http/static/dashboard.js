@@ -2,6 +2,7 @@
 // history (so a reload keeps the charts) and computes the window every tile shows; the page
 // shows those numbers as they are, so it always agrees with the data endpoint.
 import { barChart, colorFor, html, lineChart } from "./charts.js";
+import { renderLearned } from "./learned.js";
 
 const POLL_MS = 2000;
 const KEEP_S = 3600;
@@ -194,6 +195,7 @@ function render() {
   barChart(document.getElementById("bars-feedback-rule"), feedbackRows(snap.feedback.by_route), feedbackOpts);
   renderHealth(snap.deployments);
   renderReviews(snap.reviews, now);
+  renderLearned(document.getElementById("learned"), snap.learned);
 }
 
 // Since the process (or pool) started: the counters /metrics reports.
