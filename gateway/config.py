@@ -31,7 +31,9 @@ from plugins.settings import (
 )
 from routing.rules import RoutingConfig
 
-Capability = Literal["tools", "json_schema", "vision", "streaming"]
+# `responses`: the deployment also speaks the OpenAI Responses API at `{api_base}/responses`,
+# so Responses requests are passed to it as they are (never assumed: declare it).
+Capability = Literal["tools", "json_schema", "vision", "streaming", "responses"]
 Mode = Literal["chat", "embedding"]
 
 
@@ -209,6 +211,12 @@ class SimulatorConfig(Frozen):
     models: dict[str, SimModelConfig] = {}
 
 
+class ResponsesConfig(Frozen):
+    # What `POST /v1/responses` keeps (per key) for `previous_response_id` and GET/DELETE.
+    retention_s: float = Field(default=30 * 86400.0, gt=0)   # OpenAI's own default: 30 days
+    sweep_interval_s: float = Field(default=60.0, gt=0)      # how often expired rows go
+
+
 class GatewayConfig(Frozen):
     model_list: tuple[ModelEntry, ...] = Field(min_length=1)
     keys: tuple[KeyEntry, ...] = ()
@@ -230,6 +238,7 @@ class GatewayConfig(Frozen):
     simulator: SimulatorConfig = SimulatorConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     dashboard: DashboardConfig = DashboardConfig()
+    responses: ResponsesConfig = ResponsesConfig()
 
 
 # ---- loading --------------------------------------------------------------------------------

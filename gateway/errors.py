@@ -8,6 +8,7 @@
     ├── PermissionDenied             403     permission_error         model_not_allowed (varies)
     ├── ModelNotFound                404     invalid_request_error    model_not_found
     ├── RouteNotFound                404     invalid_request_error    not_found
+    ├── ResponseNotFound             404     invalid_request_error    not_found
     ├── MethodNotAllowed             405     invalid_request_error    method_not_allowed
     ├── RequestTimeout               408     invalid_request_error    request_timeout
     ├── PayloadTooLarge              413     invalid_request_error    request_too_large
@@ -98,6 +99,12 @@ class ModelNotFound(PodiumError):
 
 
 class RouteNotFound(PodiumError):
+    status, type, code = 404, "invalid_request_error", "not_found"
+
+
+class ResponseNotFound(PodiumError):
+    """A stored response that is not this caller's: absent, expired, deleted or another key's
+    all look the same (404, never 403), so that no caller learns that someone else's id exists."""
     status, type, code = 404, "invalid_request_error", "not_found"
 
 

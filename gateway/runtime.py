@@ -32,7 +32,7 @@ from gateway.pipeline.auth import Authenticator
 from gateway.pipeline.cache import Cache
 from gateway.pipeline.route import FeaturePolicy, Planner
 from gateway.pipeline.semantic_cache import SemanticCache
-from gateway.storage.contracts import KeyStoreBackend, SessionStore, SharedState
+from gateway.storage.contracts import KeyStoreBackend, ResponseStore, SessionStore, SharedState
 from plugins.chain import PluginChain
 from plugins.registry import Governance, build_chain
 from routing.catalog import Catalog, Deployment
@@ -104,6 +104,7 @@ class Gateway:
     governance: Governance
     state: SharedState
     sessions: SessionStore             # dashboard sessions (http/sessions.py)
+    responses: ResponseStore           # stored Responses API answers (conversation state)
     litellm: LiteLLMProvider = field(default_factory=LiteLLMProvider)
     native: OpenAICompatibleProvider = field(default_factory=OpenAICompatibleProvider)
     health: Health = field(default_factory=Health)
@@ -227,6 +228,10 @@ def _needs_restart(old: GatewayConfig, new: GatewayConfig) -> list[str]:
                   "shutdown_timeout_s"):
         if getattr(old.server, bound) != getattr(new.server, bound):
             changed.append(f"server.{bound}")
+    if old.server.max_body_bytes != new.server.max_body_bytes:
+        changed.append("server.max_body_bytes")
+    if old.responses.sweep_interval_s != new.responses.sweep_interval_s:
+        changed.append("responses.sweep_interval_s")  # retention_s applies at once
     # The cache's bounds size the store made at start; its TTLs and the semantic settings are
     # read per request and apply at once.
     for bound in ("max_entries", "max_bytes"):

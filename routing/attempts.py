@@ -188,6 +188,9 @@ def request_attributes(operation: str, dep: Deployment, body: Mapping[str, Any],
         attrs["server.port"] = dep.server_port
     for name, attr in _REQUEST_ATTRS.items():
         value = body.get(name)
+        if name == "max_tokens" and value is None:
+            # The newer name (and what the Responses and Messages front doors translate to).
+            value = body.get("max_completion_tokens")
         if isinstance(value, int | float) and not isinstance(value, bool):
             attrs[attr] = value
     return attrs

@@ -28,9 +28,9 @@ from gateway.errors import ProviderError
 from gateway.simulator import RECORDED, RecordedRequest, start_simulator
 from routing.catalog import Deployment, compile_deployment
 from routing.providers.base import Attempt, Provider
+from routing.providers.http_wire import EventSplitter
 from routing.providers.litellm import LiteLLMProvider
 from routing.providers.openai import OpenAICompatibleProvider, is_openai_compatible
-from routing.providers.reading import EventSplitter
 from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -40,6 +40,7 @@ from gateway.errors import (
 )
 from gateway.pipeline.egress import SENT
 from gateway.runtime import ACCESS, ACCOUNTED, GATEWAY, REQUEST_ID
+from gateway.translate import anthropic
 
 log = logging.getLogger("podium")
 access_log = logging.getLogger("podium.access")
@@ -50,6 +51,7 @@ _ID_PREFIX = secrets.token_hex(8)
 _ids = itertools.count(1)
 # Probes and scrapes arrive every few seconds: a trace each would drown the real ones.
 _UNTRACED = frozenset({"/healthz", "/readyz", "/metrics"})
+ANTHROPIC_PATH = "/v1/messages"
 
 
 def new_request_id() -> str:
@@ -151,7 +153,7 @@ async def _handled(request: web.Request, handler: Handler) -> web.StreamResponse
             return _refused(request, _from_http(exc, request))
         log.exception("unhandled error in %s %s (request %s)",
                       request.method, request.path, request[REQUEST_ID])
-        return render(InternalError(
+        return _render(request, InternalError(
             f"Internal error; quote request id {request[REQUEST_ID]}."))
 
 
@@ -159,12 +161,20 @@ def _refused(request: web.Request, err: PodiumError) -> web.Response:
     if (err.status < 500 or isinstance(err, Overloaded)) and ACCOUNTED not in request:
         # Refused before the governed part (bad key, body, endpoint): counted here, once.
         request.app[GATEWAY].metrics.rejected(telemetry_code(err))
-    response = render(err)
+    response = _render(request, err)
     if isinstance(err, RequestTimeout):
         # Nothing more is read from this connection: it closes once the answer is out (after
         # aiohttp's lingering time for a client still sending).
         response.force_close()
     return response
+
+
+def _render(request: web.Request, err: PodiumError) -> web.Response:
+    """An error in the shape of the API the path belongs to: Anthropic's under /v1/messages
+    (unknown sub-paths and wrong methods included, since an Anthropic client reads those)."""
+    if request.path == ANTHROPIC_PATH or request.path.startswith(ANTHROPIC_PATH + "/"):
+        return anthropic.render_error(err, request[REQUEST_ID])
+    return render(err)
 
 
 def _from_http(exc: web.HTTPException, request: web.Request) -> PodiumError:

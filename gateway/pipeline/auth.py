@@ -34,7 +34,10 @@ class Authenticator:
         self._store = store
 
     async def authenticate(self, authorization: str | None) -> Principal:
-        token = bearer_token(authorization)
+        return await self.authenticate_token(bearer_token(authorization))
+
+    async def authenticate_token(self, token: str) -> Principal:
+        """The principal of a credential however it was sent (bearer, or `x-api-key`)."""
         if self._jwt is not None and looks_like_jwt(token):
             return self._from_claims(await self._jwt.verify(token), self._jwt.config)
         digest = digest_of(token)

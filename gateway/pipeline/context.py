@@ -117,7 +117,7 @@ class Outcome:
 @dataclass(eq=False)
 class RequestContext:
     request_id: str
-    endpoint: str                      # chat | embeddings
+    endpoint: str                      # chat | responses | messages | embeddings
     principal: Principal
     model: str
     body: Mapping[str, Any]            # the client's body, as forwarded

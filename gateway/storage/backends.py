@@ -12,6 +12,7 @@ from gateway.config import GatewayConfig
 from gateway.storage.contracts import SharedState, Stores
 from gateway.storage.keystore import KeyStore
 from gateway.storage.memory_state import MemoryState
+from gateway.storage.responses import ResponseLog
 from gateway.storage.sessions import SqliteSessions
 from gateway.storage.sqlite import ReviewQueue, SpendLedger
 from gateway.storage.sqlite_audit import AuditLog
@@ -30,12 +31,14 @@ def open_stores(cfg: GatewayConfig) -> Stores:
         return Stores(keys=postgres.PgKeyStore(dsn), spend=postgres.PgSpendLedger(dsn),
                       audit=postgres_audit.PgAuditLog(dsn, _hmac_key(cfg))
                       if cfg.audit.enabled else None,
-                      reviews=postgres.PgReviewQueue(dsn), sessions=PgSessions(dsn))
+                      reviews=postgres.PgReviewQueue(dsn), sessions=PgSessions(dsn),
+                      responses=postgres.PgResponseLog(dsn))
     path = storage.path
     return Stores(keys=KeyStore(cfg.key_store.path), spend=SpendLedger(path),
                   audit=AuditLog(cfg.audit.path or path, _hmac_key(cfg))
                   if cfg.audit.enabled else None,
-                  reviews=ReviewQueue(path), sessions=SqliteSessions(cfg.key_store.path))
+                  reviews=ReviewQueue(path), responses=ResponseLog(path),
+                  sessions=SqliteSessions(cfg.key_store.path))
 
 
 def journal_dir(cfg: GatewayConfig) -> Path | None:

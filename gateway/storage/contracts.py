@@ -1,9 +1,9 @@
 """What storage promises, as contracts; the backends are elsewhere in this package.
 
-Durable stores (key store, spend ledger, audit trail, review queue): SQLite is the embedded
-default (one file, nothing to run), PostgreSQL (`storage.backend: postgres`) serves several
-workers or machines. Both pass one contract suite (`tests/test_store_contract.py`). Every
-method is async, so a networked backend never blocks the event loop; the SQLite ones are fast
+Durable stores (key store, spend ledger, audit trail, review queue, stored responses): SQLite
+is the embedded default (one file, nothing to run), PostgreSQL (`storage.backend: postgres`)
+serves several workers or machines. Both pass one contract suite (`tests/test_store_contract.py`).
+Every method is async, so a networked backend never blocks the event loop; the SQLite ones are fast
 enough to answer inline.
 
 Shared state (rate-limit windows, budget reservations and spend, the response cache, breaker
@@ -18,7 +18,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.storage.audit_chain import VerifyResult
-from gateway.storage.records import AuditRecord, DashboardSession, Review, SpendRow, StoredKey
+from gateway.storage.records import (
+    AuditRecord,
+    DashboardSession,
+    Review,
+    SpendRow,
+    StoredKey,
+    StoredResponse,
+)
 from plugins.settings import Limits
 
 WINDOW_S = 60.0                      # the length of every rate-limit window ...
@@ -145,6 +152,30 @@ class ReviewStore(Store, Protocol):
         ...
 
 
+class ResponseStore(Store, Protocol):
+    """Responses API answers and their conversations, per key, until they expire. A response
+    that belongs to another key, has expired or never existed looks the same to every method,
+    so that a caller can never learn whether someone else's id exists."""
+
+    async def put(self, stored: StoredResponse) -> None:
+        """Keep a response; durable before it returns (the client may continue from it at
+        once, from another worker)."""
+        ...
+
+    async def get(self, response_id: str, key_id: str) -> StoredResponse | None:
+        """This key's response, if it has not expired; else None. One indexed lookup."""
+        ...
+
+    async def delete(self, response_id: str, key_id: str) -> bool:
+        """Remove this key's unexpired response; False if there is none."""
+        ...
+
+    async def purge(self, now: float) -> int:
+        """Remove every response expired by `now` (an index range, never a table scan), off
+        the request path; returns how many."""
+        ...
+
+
 @dataclass
 class Stores:
     """The durable stores of one process, as the config names them (not yet started)."""
@@ -152,6 +183,7 @@ class Stores:
     spend: SpendStore
     audit: AuditStore | None
     reviews: ReviewStore
+    responses: ResponseStore
     sessions: SessionStore            # beside the keys: where they are shared, sessions are
 
 
