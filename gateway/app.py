@@ -30,8 +30,10 @@ from gateway.http import (
     embeddings,
     explain,
     feedback,
+    messages,
     models,
     reload,
+    responses,
     reviews,
 )
 from gateway.http.dashboard_window import History
@@ -48,6 +50,7 @@ from gateway.storage.backends import (
     open_stores,
     open_versions,
 )
+from gateway.storage.responses import sweep
 from gateway.workers import WORKER_ENV, watch_supervisor
 from plugins.registry import Governance
 
@@ -78,6 +81,8 @@ def build_app(config: GatewayConfig, telemetry: Telemetry | None = None,
     app[GATEWAY] = Gateway(
         runtime=Runtime.compile(config, stores.keys, governance, telemetry.span, learned),
         keystore=stores.keys, governance=governance, telemetry=telemetry, state=state,
+        sessions=stores.sessions,
+        responses=stores.responses,
         metrics=Metrics(t.name for t in config.teams), config_path=config_path,
         versions=open_versions(config), shadow_store=open_shadow_store(config))
     app[ORIGIN] = _origin(config, config_path, config_text)
@@ -87,6 +92,7 @@ def build_app(config: GatewayConfig, telemetry: Telemetry | None = None,
     app.cleanup_ctx.append(_keystore_ctx)
     app.cleanup_ctx.append(_governance_ctx)
     app.cleanup_ctx.append(_versions_ctx)
+    app.cleanup_ctx.append(_responses_ctx)
     if start_simulator:
         app.cleanup_ctx.append(_simulator_ctx)
     else:  # a worker in a pool: it must not outlive its supervisor
@@ -105,7 +111,13 @@ def _add_routes(r: web.UrlDispatcher) -> None:
     r.add_post("/v1/chat/completions", chat.chat_completions)
     r.add_post("/v1/embeddings", embeddings.embeddings)
     r.add_post("/v1/route/explain", explain.route_explain)
+    r.add_post("/v1/responses", responses.create_response)
+    r.add_get("/v1/responses/{response_id}", responses.get_response)
+    r.add_delete("/v1/responses/{response_id}", responses.delete_response)
+    r.add_post("/v1/messages", messages.create_message)
+    r.add_post("/v1/messages/count_tokens", messages.count_tokens)
     r.add_get("/v1/models", models.list_models)
+    r.add_get("/v1/models/{model_id:.+}", models.get_model)
     r.add_get("/v1/reviews/{review_id}", reviews.review_outcome)
     r.add_post("/v1/feedback", feedback.feedback)
     # Probes and scrapes.
@@ -136,10 +148,12 @@ def _add_routes(r: web.UrlDispatcher) -> None:
 
 
 async def _keystore_ctx(app: web.Application) -> AsyncIterator[None]:
-    store = app[GATEWAY].keystore
-    await store.start()
+    gw = app[GATEWAY]
+    await gw.keystore.start()
+    await gw.sessions.start()
     yield
-    await store.close()
+    await gw.sessions.close()
+    await gw.keystore.close()
 
 
 async def _governance_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -212,6 +226,16 @@ async def _shadow_ctx(app: web.Application) -> AsyncIterator[None]:
     await gw.shadow.close()
     if store is not None:
         await store.close()
+async def _responses_ctx(app: web.Application) -> AsyncIterator[None]:
+    gw = app[GATEWAY]
+    await gw.responses.start()
+    sweeper = asyncio.create_task(
+        sweep(gw.responses, gw.runtime.config.responses.sweep_interval_s),
+        name="podium-responses-sweep")
+    yield
+    sweeper.cancel()
+    await asyncio.gather(sweeper, return_exceptions=True)
+    await gw.responses.close()
 
 
 async def _orphan_ctx(app: web.Application) -> AsyncIterator[None]:

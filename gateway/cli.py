@@ -227,9 +227,8 @@ def _announce(checked: Checked) -> None:
 
 def _serve_one(path: Path, checked: Checked, host: str, port: int, in_pool: bool,
                reuse_port: bool) -> int:
-    from aiohttp import web
-
     from gateway.app import build_app
+    from gateway.http.connections import raise_open_files_limit, run
     from gateway.ports import SIMULATOR_PORT_MOVED_BY, ensure_free, listening_socket
 
     sock = listening_socket(host, port, reuse_port=reuse_port)
@@ -249,8 +248,9 @@ def _serve_one(path: Path, checked: Checked, host: str, port: int, in_pool: bool
         logging.getLogger("podium").info("serving %s on http://%s:%d (pid %d)", path, host,
                                          sock.getsockname()[1], os.getpid())
 
-    web.run_app(app, sock=sock, access_log=None, loop=_new_loop(),
-                shutdown_timeout=checked.config.server.shutdown_timeout_s, print=started)
+    open_files = raise_open_files_limit()
+    logging.getLogger("podium").info("open files limit: %d", open_files)
+    run(app, checked.config.server, sock, loop=_new_loop(), announce=started)
     return 0
 
 

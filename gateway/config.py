@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 
 from gateway.config_base import DataClass, Frozen, expand_env, format_loc, load_yaml
 from gateway.config_refs import assign_ids, review
+from gateway.config_server import DashboardConfig, LoggingConfig, ServerConfig, TelemetryConfig
 from plugins.settings import (
     ApprovalRule,
     AuditConfig,
@@ -30,7 +31,9 @@ from plugins.settings import (
 )
 from routing.rules import RoutingConfig
 
-Capability = Literal["tools", "json_schema", "vision", "streaming"]
+# `responses`: the deployment also speaks the OpenAI Responses API at `{api_base}/responses`,
+# so Responses requests are passed to it as they are (never assumed: declare it).
+Capability = Literal["tools", "json_schema", "vision", "streaming", "responses"]
 Mode = Literal["chat", "embedding"]
 
 
@@ -120,6 +123,12 @@ class JWTConfig(Frozen):
     algorithms: tuple[Literal["RS256", "RS384", "RS512", "ES256", "ES384", "ES512"], ...] = (
         "RS256", "ES256")
     leeway_s: float = Field(default=0.0, ge=0)
+    # A caller is always in a configured team: a token whose team claim is missing or names no
+    # team in `teams:` is refused (403), or placed in this team when it is set.
+    default_team: str | None = None
+    # How the subject (`sub`, often an e-mail address) is named in audit records, spans, logs
+    # and the ledger: `hash` (default) a stable pseudonym `jwt_<12 hex>`, `claim` as it is.
+    identity: Literal["hash", "claim"] = "hash"
 
 
 class AuthConfig(Frozen):
@@ -189,20 +198,6 @@ class StateConfig(Frozen):
         return self
 
 
-class LoggingConfig(Frozen):
-    format: Literal["json", "text"] = "json"
-    level: Literal["debug", "info", "warning", "error"] = "info"
-    access_log: bool = True                       # one line per HTTP request
-
-
-class ServerConfig(Frozen):
-    max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
-    request_timeout_s: float = Field(default=600.0, gt=0)
-    attempt_timeout_s: float = Field(default=120.0, gt=0)
-    # On SIGTERM: stop accepting, then give in-flight requests and streams this long.
-    shutdown_timeout_s: float = Field(default=30.0, ge=0)
-
-
 class SimModelConfig(Frozen):
     latency_ms: float = Field(default=0.0, ge=0)
     fail_rate: float = Field(default=0.0, ge=0, le=1)
@@ -216,10 +211,10 @@ class SimulatorConfig(Frozen):
     models: dict[str, SimModelConfig] = {}
 
 
-class TelemetryConfig(Frozen):
-    # Standard OTEL_* environment variables take precedence; this only names the service when
-    # OTEL_SERVICE_NAME is not set.
-    service_name: str = "podium"
+class ResponsesConfig(Frozen):
+    # What `POST /v1/responses` keeps (per key) for `previous_response_id` and GET/DELETE.
+    retention_s: float = Field(default=30 * 86400.0, gt=0)   # OpenAI's own default: 30 days
+    sweep_interval_s: float = Field(default=60.0, gt=0)      # how often expired rows go
 
 
 class ShadowConfig(Frozen):
@@ -267,6 +262,8 @@ class GatewayConfig(Frozen):
     server: ServerConfig = ServerConfig()
     simulator: SimulatorConfig = SimulatorConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    dashboard: DashboardConfig = DashboardConfig()
+    responses: ResponsesConfig = ResponsesConfig()
     shadow: ShadowConfig = ShadowConfig()
     workflows: tuple[WorkflowEntry, ...] = ()
     tasks: TasksConfig = TasksConfig()

@@ -128,7 +128,7 @@ def _catalogue(raw: Mapping[str, Any], found: Findings) -> Catalogue:
 class _Teams:
     declared: frozenset[str]        # under `teams:`
     known: frozenset[str]           # declared; without `teams:`, those the config keys name
-    outside: bool                   # names may also come from JWTs or admin-created keys
+    outside: bool                   # names may also come from admin-created keys
 
     @classmethod
     def of(cls, raw: Mapping[str, Any]) -> _Teams:
@@ -137,9 +137,9 @@ class _Teams:
         by_keys = frozenset(n for _, k in items(raw, "keys")
                             if (n := _text(k.get("team"))) is not None)
         # Admin-created keys may name any team only while `teams:` is not declared (with it, a
-        # key's team must be declared: an error of its own, so not a known name here).
-        outside = dig(raw, "auth", "jwt") is not None or not declared
-        return cls(declared, declared or by_keys, outside)
+        # key's team must be declared: an error of its own, so not a known name here). A JWT's
+        # caller is always in a declared team (gateway/pipeline/auth.py).
+        return cls(declared, declared or by_keys, not declared)
 
 
 def _team_reference(path: str, team: str, teams: _Teams, found: Findings) -> None:
@@ -231,8 +231,19 @@ def _check_teams(raw: Mapping[str, Any], catalogue: Catalogue, teams: _Teams,
                 found.errors.append(f"{where}.models[{i}]: unknown model {model!r}")
         _region_references(f"{where}.regions", team.get("regions"), catalogue, found)
     jwt = dig(raw, "auth", "jwt")
-    if isinstance(jwt, dict) and (jwt.get("jwks_file") is None) == (jwt.get("jwks_url") is None):
+    if isinstance(jwt, dict):
+        _check_jwt(jwt, teams, found)
+
+
+def _check_jwt(jwt: Mapping[str, Any], teams: _Teams, found: Findings) -> None:
+    if (jwt.get("jwks_file") is None) == (jwt.get("jwks_url") is None):
         found.errors.append("auth.jwt: give exactly one of 'jwks_file' or 'jwks_url'")
+    default = _text(jwt.get("default_team"))
+    if not teams.declared:
+        found.errors.append("auth.jwt: a JWT caller is always placed in a team from 'teams:' "
+                            "(its claim, or auth.jwt.default_team); define at least one team")
+    elif default is not None and default not in teams.declared:
+        found.errors.append(f"auth.jwt.default_team: unknown team {default!r}")
 
 
 def _check_routing(raw: Mapping[str, Any], catalogue: Catalogue, teams: _Teams,

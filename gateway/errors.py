@@ -8,7 +8,9 @@
     ├── PermissionDenied             403     permission_error         model_not_allowed (varies)
     ├── ModelNotFound                404     invalid_request_error    model_not_found
     ├── RouteNotFound                404     invalid_request_error    not_found
+    ├── ResponseNotFound             404     invalid_request_error    not_found
     ├── MethodNotAllowed             405     invalid_request_error    method_not_allowed
+    ├── RequestTimeout               408     invalid_request_error    request_timeout
     ├── PayloadTooLarge              413     invalid_request_error    request_too_large
     ├── RateLimited                  429     rate_limit_error         rate_limit_exceeded
     ├── BudgetExceeded               429     rate_limit_error         budget_exceeded
@@ -18,6 +20,7 @@
     ├── UpstreamRejected             4xx     invalid_request_error    (upstream's code)
     ├── NoDeploymentAvailable        503     api_error                no_deployment_available
     ├── StateUnavailable             503     api_error                state_unavailable
+    ├── Overloaded                   503     api_error                overloaded
     ├── AllAttemptsFailed            502/504/429  api_error / rate_limit_error
     ├── StreamInterrupted            (sent as an SSE `error` event: headers are already out)
     └── InternalError                500     api_error                internal_error
@@ -25,6 +28,11 @@
 `ProviderError` is not client-facing: providers raise it for one failed upstream attempt, and
 the attempt loop turns a sequence of them into `UpstreamRejected` or `AllAttemptsFailed`, which
 keep every attempt's error (so the client learns which deployment failed and why).
+
+An upstream's own words (its message, its `code`) reach the client that sent the request: they
+are about that client's request, often quoting it. They never reach telemetry as they are:
+metrics, logs and audit records carry `telemetry_code(err)`, one of `CODES`, and spans and
+records a scrubbed message (`gateway/observability/scrub.py`).
 """
 
 from __future__ import annotations
@@ -94,8 +102,19 @@ class RouteNotFound(PodiumError):
     status, type, code = 404, "invalid_request_error", "not_found"
 
 
+class ResponseNotFound(PodiumError):
+    """A stored response that is not this caller's: absent, expired, deleted or another key's
+    all look the same (404, never 403), so that no caller learns that someone else's id exists."""
+    status, type, code = 404, "invalid_request_error", "not_found"
+
+
 class MethodNotAllowed(PodiumError):
     status, type, code = 405, "invalid_request_error", "method_not_allowed"
+
+
+class RequestTimeout(PodiumError):
+    """The request's body did not arrive within `server.body_timeout_s`."""
+    status, type, code = 408, "invalid_request_error", "request_timeout"
 
 
 class PayloadTooLarge(PodiumError):
@@ -110,6 +129,14 @@ class NoDeploymentAvailable(PodiumError):
 class StateUnavailable(PodiumError):
     """The shared state backend (Redis) is down and the config says to fail closed."""
     status, type, code = 503, "api_error", "state_unavailable"
+
+
+class Overloaded(PodiumError):
+    """The process already handles `server.max_in_flight` requests: try again in a moment."""
+    status, type, code = 503, "api_error", "overloaded"
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
 
 
 class RateLimited(PodiumError):
@@ -232,6 +259,38 @@ class StreamInterrupted(PodiumError):
         super().__init__(f"the stream from deployment {attempt.deployment_id!r} broke off: "
                          f"{attempt.error.summary()}")
         self.attempts = [attempt]
+
+
+# Every `code` Podium gives an error, and OpenAI's error types (what an error without a code is
+# counted as): the only values an error's code takes in metrics, logs and audit records, so a
+# label stays bounded and an upstream's free text (which can quote a prompt) never becomes one.
+# `tests/security/test_telemetry.py` checks that every code in the source is listed here.
+CODES = frozenset({
+    "invalid_request_error", "authentication_error", "permission_error", "rate_limit_error",
+    "api_error",
+    "admin_required", "all_deployments_failed", "budget_exceeded", "data_class_not_cleared",
+    "forbidden_parameter", "guardrail_blocked", "internal_error", "invalid_api_key",
+    "invalid_config", "invalid_json", "invalid_token", "method_not_allowed",
+    "model_not_allowed", "model_not_found", "no_cleared_deployment", "no_deployment_available",
+    "not_found", "overloaded", "pii_detected", "previous_response_not_found",
+    "rate_limit_exceeded", "request_timeout",
+    "request_too_large", "review_already_decided", "review_pending", "review_rejected",
+    "state_unavailable", "stream_interrupted", "team_required", "token_expired",
+    "too_deeply_nested", "tool_not_allowed", "unsupported_request", "upstream_rejected",
+})
+
+
+def known_code(code: str | None) -> str:
+    """`code` if it is one of CODES, else "other"."""
+    return code if code in CODES else "other"
+
+
+def telemetry_code(err: PodiumError) -> str:
+    """The error's code as telemetry carries it: the client may see an upstream's own code
+    (`UpstreamRejected`), telemetry sees only that an upstream rejected the request."""
+    if isinstance(err, UpstreamRejected):
+        return "upstream_rejected"
+    return known_code(err.code or err.type)
 
 
 def parse_retry_after(value: str) -> float | None:

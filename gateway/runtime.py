@@ -45,6 +45,8 @@ from gateway.shadow import ShadowTrials
 from gateway.storage.contracts import (
     ConfigVersionStore,
     KeyStoreBackend,
+    ResponseStore,
+    SessionStore,
     ShadowStore,
     SharedState,
 )
@@ -139,6 +141,8 @@ class Gateway:
     keystore: KeyStoreBackend
     governance: Governance
     state: SharedState
+    sessions: SessionStore             # dashboard sessions (http/sessions.py)
+    responses: ResponseStore           # stored Responses API answers (conversation state)
     litellm: LiteLLMProvider = field(default_factory=LiteLLMProvider)
     native: OpenAICompatibleProvider = field(default_factory=OpenAICompatibleProvider)
     health: Health = field(default_factory=Health)
@@ -150,6 +154,7 @@ class Gateway:
     metrics: Metrics = field(default_factory=Metrics)
     config_path: Path | None = None
     last_breaker_sync: float = 0.0
+    in_flight: int = 0                 # requests being handled now (http/middleware.py)
     reloading: asyncio.Task[Any] | None = None
     versions: ConfigVersionStore | None = None
     changing: asyncio.Lock = field(default_factory=asyncio.Lock)   # one config change at a time
@@ -352,8 +357,15 @@ class Gateway:
 
 def _needs_restart(old: GatewayConfig, new: GatewayConfig) -> list[str]:
     changed = [name for name in _PROCESS_LIFETIME if getattr(old, name) != getattr(new, name)]
+    # The server's limits are read per request, except those fixed when it started.
+    for bound in ("max_body_bytes", "header_timeout_s", "keepalive_timeout_s",
+                  "shutdown_timeout_s"):
+        if getattr(old.server, bound) != getattr(new.server, bound):
+            changed.append(f"server.{bound}")
     if old.server.max_body_bytes != new.server.max_body_bytes:
         changed.append("server.max_body_bytes")
+    if old.responses.sweep_interval_s != new.responses.sweep_interval_s:
+        changed.append("responses.sweep_interval_s")  # retention_s applies at once
     # The cache's bounds size the store made at start; its TTLs and the semantic settings are
     # read per request and apply at once.
     for bound in ("max_entries", "max_bytes"):

@@ -102,9 +102,11 @@ class ShadowTrials:
 
     @staticmethod
     def wanted(ctx: RequestContext) -> ShadowTrial | None:
-        """The trial this chat request was drawn for (the same answer all along), else None."""
+        """The trial this request was drawn for (the same answer all along), else None. Any
+        front door's request is a chat body by now (http/pipeline.py); embeddings are not
+        trialled."""
         trial = ctx.plan.shadow if ctx.plan is not None else None
-        if trial is None or ctx.endpoint != "chat" or ctx.draw >= trial.share:
+        if trial is None or ctx.endpoint == "embeddings" or ctx.draw >= trial.share:
             return None
         return trial
 

@@ -10,8 +10,7 @@ nothing held is ever released without an approval.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gateway.errors import ReviewPending
@@ -19,34 +18,27 @@ from gateway.storage.contracts import ReviewStore
 from gateway.storage.records import Review
 from plugins.base import BasePlugin, Hold, Outcome, RequestContext
 from plugins.settings import ApprovalRule
-from routing.rules import RequestFacts
-
-
-def _one_of(expected: str | Sequence[str] | None, actual: str | None) -> bool:
-    return expected is None or actual in ([expected] if isinstance(expected, str) else expected)
+from routing.rules import RequestFacts, RuleMatcher
 
 
 @dataclass(frozen=True)
 class _Matcher:
+    """An approval rule: the routing rules' matcher (`routing/rules.py`, so the two can never
+    disagree about what a field means), plus the one field only approval rules have."""
     rule: ApprovalRule
-    message_re: re.Pattern[str] | None
+    matcher: RuleMatcher
 
     def matches(self, facts: RequestFacts, data_class: str) -> bool:
-        m = self.rule.match
-        return (_one_of(m.team, facts.team) and _one_of(m.key, facts.key)
-                and _one_of(m.model, facts.model) and _one_of(m.data_class, data_class)
-                and (m.has_tools is None or m.has_tools == facts.has_tools)
-                and all(facts.headers.get(k.lower()) == v for k, v in m.headers.items())
-                and (self.message_re is None
-                     or self.message_re.search(facts.last_user_message) is not None))
+        wanted = self.rule.match.data_class
+        return (wanted is None or data_class in ([wanted] if isinstance(wanted, str) else wanted)) \
+            and self.matcher.matches(facts)
 
 
 class ApprovalPlugin(BasePlugin):
     name = "approval"
 
     def __init__(self, rules: Iterable[ApprovalRule], queue: ReviewStore) -> None:
-        self._rules = [_Matcher(r, re.compile(r.match.last_user_message)
-                                if r.match.last_user_message else None) for r in rules]
+        self._rules = [_Matcher(r, RuleMatcher.compile(r.match)) for r in rules]
         self._queue = queue
 
     async def on_request(self, ctx: RequestContext) -> Hold | None:

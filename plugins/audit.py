@@ -31,7 +31,8 @@ def request_record(ctx: RequestContext, outcome: Outcome, include_content: bool)
         "completion_tokens": outcome.usage.completion_tokens,
         "cost_usd": round(outcome.cost_usd, 10), "data_class": ctx.data_class,
         "pii": dict(ctx.pii_counts), "decisions": ctx.decisions,
-        "error_code": outcome.error_code, "review_id": outcome.review_id,
+        "error_code": outcome.error_code, "error": outcome.error,
+        "review_id": outcome.review_id,
         "cache": ctx.cache.state if ctx.cache is not None else None, "stream": ctx.stream,
         "config_version": ctx.config.number, "config_digest": ctx.config.short,
     }

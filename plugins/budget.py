@@ -113,7 +113,7 @@ class BudgetPlugin(BasePlugin):
         if not claims:
             return
         usd = ctx.reserved.usd
-        if ctx.endpoint == "chat" and _open_ended(ctx.body):
+        if ctx.endpoint != "embeddings" and _open_ended(ctx.body):  # every chat front door
             usd = await self._cap_output(ctx, claims)
         held = await self._state.reserve(home_of(ctx), claims, usd)
         if isinstance(held, BudgetRefusal):

@@ -6,6 +6,7 @@ inside it classified; and a stream that has started (`OpenStream`).
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -14,6 +15,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from gateway.errors import FailedAttempt, ProviderError, StreamInterrupted
+from gateway.observability.scrub import scrub
 from routing.catalog import Deployment
 from routing.providers.base import Usage
 from routing.tokens import count_or_estimate, unreported_usage
@@ -50,7 +52,12 @@ def classify_unexpected(exc: Exception) -> ProviderError:
 
 @dataclass
 class OpenStream:
-    """A stream whose first chunk has arrived; iterating it yields that chunk and the rest."""
+    """A stream whose first chunk has arrived; iterating it yields that chunk and the rest.
+
+    The stream ends, with an error, once it has sent no chunk for the deployment's
+    `stream_idle_s` or once the request's `deadline` (server.request_timeout_s) has passed: an
+    upstream that drips a byte at a time never holds a connection for ever. What it produced
+    until then is billed (`_count_if_unreported`)."""
     deployment: Deployment
     attempts: int
     failures: list[FailedAttempt]
@@ -68,6 +75,7 @@ class OpenStream:
     # reports no usage, or the client leaves before it does.
     produced: list[str] = field(default_factory=list)
     finished: bool = False
+    deadline: float = math.inf         # loop time by which the whole stream must be over
 
     async def chunks(self) -> AsyncIterator[dict[str, Any]]:
         model, reasons = None, []
@@ -81,8 +89,8 @@ class OpenStream:
                     self.usage = Usage.from_openai(chunk["usage"])
                 self._keep(chunk)
                 yield chunk
-                chunk = await anext(self.rest, None)
-        except Exception as exc:  # a broken chunk ends the stream with an error
+                chunk = await self._next()
+        except Exception as exc:  # a broken chunk, or a stalled stream, ends it with an error
             err = classify_unexpected(exc)
             self._count_if_unreported()
             self._done(err.kind, model)
@@ -95,6 +103,21 @@ class OpenStream:
         self._count_if_unreported()
         self._done("ok", model)
         end_ok(self.span, self.usage, model, tuple(reasons))
+
+    async def _next(self) -> dict[str, Any] | None:
+        """The next chunk, waited for no longer than the idle limit and the deadline allow."""
+        loop = asyncio.get_running_loop()
+        idle = self.deployment.stream_idle_s
+        until = min(loop.time() + idle, self.deadline)
+        try:
+            async with asyncio.timeout_at(until) as waiting:
+                return await anext(self.rest, None)
+        except TimeoutError:
+            if not waiting.expired():
+                raise
+        what = f"no chunk for {idle:g}s" if until < self.deadline else \
+            "the request's time limit (server.request_timeout_s) was reached"
+        raise ProviderError("timeout", f"the stream stalled: {what}") from None
 
     async def abandon(self) -> None:
         """The client went away (or the server is stopping) before the stream ended: close the
@@ -165,6 +188,9 @@ def request_attributes(operation: str, dep: Deployment, body: Mapping[str, Any],
         attrs["server.port"] = dep.server_port
     for name, attr in _REQUEST_ATTRS.items():
         value = body.get(name)
+        if name == "max_tokens" and value is None:
+            # The newer name (and what the Responses and Messages front doors translate to).
+            value = body.get("max_completion_tokens")
         if isinstance(value, int | float) and not isinstance(value, bool):
             attrs[attr] = value
     return attrs
@@ -187,5 +213,6 @@ def end_failed(span: trace.Span, err: ProviderError) -> None:
         span.set_attribute("error.type", err.kind)
         if err.status:
             span.set_attribute("http.response.status_code", err.status)
-        span.set_status(Status(StatusCode.ERROR, err.message[:200]))
+        # The upstream's message can quote the prompt: the span gets it scrubbed.
+        span.set_status(Status(StatusCode.ERROR, scrub(err.message)))
     span.end()

@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.config import GatewayConfig, ModelEntry, deployment_ids
+from gateway.config_server import ServerConfig
 from routing import pricemap
 
 ALL_CAPABILITIES = frozenset({"tools", "json_schema", "vision", "streaming"})
@@ -48,13 +49,18 @@ class Deployment:
     extra_params: Mapping[str, Any]
     server_address: str | None
     server_port: int | None
+    # What one answer from it may be (server.max_response_bytes), and how long its stream may
+    # go without a chunk (server.stream_idle_timeout_s).
+    max_response_bytes: int = 64 * 1024 * 1024
+    stream_idle_s: float = 120.0
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.input_cost_per_token
                 + completion_tokens * self.output_cost_per_token)
 
 
-def compile_deployment(entry: ModelEntry, dep_id: str, default_timeout_s: float) -> Deployment:
+def compile_deployment(entry: ModelEntry, dep_id: str, default_timeout_s: float,
+                       server: ServerConfig | None = None) -> Deployment:
     params, info = entry.litellm_params, entry.model_info
     known = pricemap.lookup(params.model)
     prefix, _, rest = params.model.partition("/")
@@ -76,7 +82,13 @@ def compile_deployment(entry: ModelEntry, dep_id: str, default_timeout_s: float)
         supports=_capabilities(info.supports, known),
         data_clearance=info.data_clearance, region=info.region, mode=info.mode,
         extra_params=MappingProxyType(extra), server_address=address, server_port=port,
+        **_limits(server or ServerConfig()),
     )
+
+
+def _limits(server: ServerConfig) -> dict[str, Any]:
+    return {"max_response_bytes": server.max_response_bytes,
+            "stream_idle_s": server.stream_idle_timeout_s}
 
 
 def _price(configured: float | None, known: Mapping[str, Any], name: str) -> float:
@@ -123,7 +135,7 @@ class Catalog:
     @classmethod
     def from_config(cls, cfg: GatewayConfig) -> Catalog:
         timeout = cfg.server.attempt_timeout_s
-        deps = tuple(compile_deployment(e, i, timeout)
+        deps = tuple(compile_deployment(e, i, timeout, cfg.server)
                      for e, i in zip(cfg.model_list, deployment_ids(cfg), strict=True))
         groups: dict[str, list[Deployment]] = {}
         for dep in deps:

@@ -51,7 +51,7 @@ from routing.attempts import (
 )
 from routing.catalog import Deployment
 from routing.health import Health
-from routing.providers.base import Attempt, ChatAnswer, EmbeddingAnswer, Provider, Usage
+from routing.providers.base import Attempt, ChatAnswer, EmbeddingAnswer, Provider, Usage, Wire
 from routing.router import RoutePlan, Scope
 from routing.rules import RoutingConfig
 from routing.tokens import unreported_usage
@@ -105,6 +105,7 @@ class _Walk:
     attempted: list[str] = field(default_factory=list)
     upstream_s: float = 0.0
     probe: str | None = None           # a half-open probe this walk owes a verdict on
+    wire: Wire | None = None           # the request in its client's API, for pass-through
 
 
 class Caller:
@@ -117,21 +118,21 @@ class Caller:
 
     async def chat(self, plan: RoutePlan, body: Mapping[str, Any], deadline: float,
                    routing: RoutingConfig, check: Check | None = None,
-                   guard: Guard | None = None) -> CallResult[ChatAnswer]:
+                   guard: Guard | None = None, wire: Wire | None = None,
+                   ) -> CallResult[ChatAnswer]:
         return await self._walk(plan, body, deadline, routing, "chat",
-                                lambda p, a: p.chat(a), check, guard)
+                                lambda p, a: p.chat(a), check, _Walk(guard=guard, wire=wire))
 
     async def embed(self, plan: RoutePlan, body: Mapping[str, Any], deadline: float,
                     routing: RoutingConfig, guard: Guard | None = None,
                     ) -> CallResult[EmbeddingAnswer]:
         return await self._walk(plan, body, deadline, routing, "embeddings",
-                                lambda p, a: p.embed(a), None, guard)
+                                lambda p, a: p.embed(a), None, _Walk(guard=guard))
 
     async def _walk(self, plan: RoutePlan, body: Mapping[str, Any], deadline: float,
                     routing: RoutingConfig, operation: str,
                     send: Callable[[Provider, Attempt], Awaitable[Any]],
-                    check: Check | None, guard: Guard | None) -> CallResult[Any]:
-        walk = _Walk(guard=guard)
+                    check: Check | None, walk: _Walk) -> CallResult[Any]:
         try:
             return await self._walk_plan(plan, body, deadline, routing, operation, send, check,
                                          walk)
@@ -183,8 +184,9 @@ class Caller:
         raise _exhausted(walk)
 
     async def open_stream(self, plan: RoutePlan, body: Mapping[str, Any], deadline: float,
-                          routing: RoutingConfig, guard: Guard | None = None) -> OpenStream:
-        walk = _Walk(guard=guard)
+                          routing: RoutingConfig, guard: Guard | None = None,
+                          wire: Wire | None = None) -> OpenStream:
+        walk = _Walk(guard=guard, wire=wire)
         try:
             return await self._open_first(plan, body, deadline, routing, walk)
         finally:
@@ -211,7 +213,7 @@ class Caller:
                               masked=bool(guard and guard.masks_for(dep)),
                               attempted=walk.attempted, started=started,
                               upstream_s=walk.upstream_s, events=self._events,
-                              request=attempt.body)
+                              request=attempt.body, deadline=deadline)
         raise _exhausted(walk)
 
     async def _tries(self, plan: RoutePlan, body: Mapping[str, Any], deadline: float,
@@ -234,7 +236,8 @@ class Caller:
                 walk.probe = dep.id
                 span.add_event("breaker.half_open", {"deployment": dep.id})
             sent = walk.guard.body_for(dep, body) if walk.guard is not None else body
-            yield dep, span, self._attempt(dep, sent, deadline, walk.number, span)
+            yield dep, span, self._attempt(dep, sent, deadline, walk.number, span,
+                                           _wire_for(dep, walk))
 
     def _release_probe(self, walk: _Walk) -> None:
         """A probe whose attempt ended without a verdict (cancelled, or an error raised past
@@ -286,12 +289,25 @@ class Caller:
         return span
 
     def _attempt(self, dep: Deployment, body: Mapping[str, Any], deadline: float, number: int,
-                 span: trace.Span) -> Attempt:
+                 span: trace.Span, wire: Wire | None) -> Attempt:
         headers: dict[str, str] = {}
         self._telemetry.propagator.inject(headers, context=trace.set_span_in_context(span))
         remaining = max(0.001, deadline - asyncio.get_running_loop().time())
+        if wire is not None:
+            span.set_attribute("podium.wire", wire.api)
+            wire = Wire(wire.api, {**wire.body, "model": dep.upstream_model})
         return Attempt(deployment=dep, body={**body, "model": dep.upstream_model},
-                       headers=headers, timeout_s=min(dep.timeout_s, remaining), number=number)
+                       headers=headers, timeout_s=min(dep.timeout_s, remaining), number=number,
+                       wire=wire)
+
+
+def _wire_for(dep: Deployment, walk: _Walk) -> Wire | None:
+    """The client's own request, for a deployment that speaks its API, unless the scope masks
+    what this deployment receives: masking works on the chat translation, so that goes."""
+    wire, guard = walk.wire, walk.guard
+    if wire is None or wire.api not in dep.supports:
+        return None
+    return None if guard is not None and guard.masks_for(dep) else wire
 
 
 def _schedule(plan: RoutePlan, routing: RoutingConfig) -> Iterator[tuple[Deployment, int]]:

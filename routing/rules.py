@@ -179,17 +179,16 @@ def _one_of(expected: str | Sequence[str] | None, actual: str | None) -> bool:
 
 
 @dataclass(frozen=True)
-class CompiledRule:
-    name: str
-    settings: RouteSettings
+class RuleMatcher:
+    """A `match:` compiled once (regexes compiled, header names lower-cased): the one
+    implementation every kind of rule matches with, routing rules and approval rules alike."""
     match: RuleMatch
     message_re: re.Pattern[str] | None
     headers: Mapping[str, str]
 
     @classmethod
-    def compile(cls, rule: RoutingRule) -> CompiledRule:
-        m = rule.match
-        return cls(name=rule.name, settings=rule, match=m,
+    def compile(cls, m: RuleMatch) -> RuleMatcher:
+        return cls(match=m,
                    message_re=re.compile(m.last_user_message) if m.last_user_message else None,
                    headers={k.lower(): v for k, v in m.headers.items()})
 
@@ -203,6 +202,20 @@ class CompiledRule:
                 and all(facts.headers.get(k) == v for k, v in self.headers.items())
                 and (self.message_re is None
                      or self.message_re.search(facts.last_user_message) is not None))
+
+
+@dataclass(frozen=True)
+class CompiledRule:
+    name: str
+    settings: RouteSettings
+    matcher: RuleMatcher
+
+    @classmethod
+    def compile(cls, rule: RoutingRule) -> CompiledRule:
+        return cls(name=rule.name, settings=rule, matcher=RuleMatcher.compile(rule.match))
+
+    def matches(self, facts: RequestFacts) -> bool:
+        return self.matcher.matches(facts)
 
 
 def learned_sections(routing: RoutingConfig) -> list[tuple[str, str, LearnedSettings]]:

@@ -20,10 +20,12 @@ import openai
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from aiohttp.web_runner import BaseRunner
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway.app import build_app
 from gateway.config import parse_config
+from gateway.http.connections import GatewayRunner
 from gateway.observability import telemetry
 from gateway.runtime import GATEWAY, Gateway
 from gateway.simulator import RECORDED, RecordedRequest, SimModel, start_simulator
@@ -110,6 +112,14 @@ class RunningGateway:
 GatewayFactory = Callable[..., Any]
 
 
+class GatewayTestServer(TestServer):
+    """aiohttp's test server on the gateway's own runner, as `podium serve` runs it (request
+    heads with a deadline), so every test goes through the same connection handling."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return GatewayRunner(self.app, self.app[GATEWAY].runtime.config.server, **kwargs)
+
+
 @pytest.fixture
 async def make_gateway(tmp_path_factory: pytest.TempPathFactory,
                        ) -> AsyncIterator[GatewayFactory]:
@@ -121,7 +131,7 @@ async def make_gateway(tmp_path_factory: pytest.TempPathFactory,
         config = {"key_store": {"path": ":memory:"},
                   "storage": {"path": str(state / "podium.sqlite3")}, **config}
         app = build_app(parse_config(config, env={}), telemetry.with_exporter(exporter))
-        server = TestServer(app, host="127.0.0.1")
+        server = GatewayTestServer(app, host="127.0.0.1")
         await server.start_server()
         servers.append(server)
         gw = app[GATEWAY]

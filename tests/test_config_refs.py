@@ -120,12 +120,12 @@ def test_a_team_that_may_come_from_elsewhere_is_a_warning() -> None:
     errors, warnings = outcome(raw)
     assert errors == []
     assert any(w.startswith("routing.rules[0].match.team: no team 'opps'") for w in warnings)
-    # With a JWT issuer, teams come from its claims as well.
+    # A JWT's caller is always in a declared team (issue 12): a JWT issuer brings no others.
     raw = config(routing={"rules": [{"name": "r", "match": {"team": "opps"}}]},
                  auth={"jwt": {"issuer": "https://idp", "audience": "podium",
                                "jwks_url": "https://idp/jwks"}})
-    errors, warnings = outcome(raw)
-    assert errors == [] and any("no team 'opps'" in w for w in warnings)
+    errors, _ = outcome(raw)
+    assert errors == ["routing.rules[0].match.team: unknown team 'opps' (teams: ops, support)"]
 
 
 def test_a_region_no_deployment_is_in() -> None:

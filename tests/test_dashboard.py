@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestServer
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway.app import build_app
-from gateway.config import AdminKeyEntry, parse_config
+from gateway.config import parse_config
 from gateway.http import dashboard
 from gateway.http.dashboard_window import History
 from gateway.observability import telemetry
@@ -113,21 +113,6 @@ async def generate_traffic(dash: DashGateway, wave: int) -> None:
 
 
 # ---- without a browser ----------------------------------------------------------------------
-
-def test_session_values() -> None:
-    admins = [AdminKeyEntry.model_validate({"key": ADMIN, "name": "ops.team"})]
-    value = dashboard.sign_session("ops.team", admins[0].digest(), now=1000.0)
-    assert ADMIN not in value and admins[0].digest() not in value
-    assert dashboard.verify_session(value, admins, now=1001.0) == "ops.team"
-    assert dashboard.verify_session(value, admins, now=1000.0 + 12 * 3600 + 1) is None
-    name, expiry, mac = value.split(".")
-    assert dashboard.verify_session(f"{name}.{int(expiry) + 60}.{mac}", admins, now=1001) is None
-    forged = "0" * len(mac)
-    assert dashboard.verify_session(f"{name}.{expiry}.{forged}", admins, now=1001) is None
-    rotated = [AdminKeyEntry.model_validate({"key": ADMIN + "-new", "name": "ops.team"})]
-    assert dashboard.verify_session(value, rotated, now=1001.0) is None
-    assert dashboard.verify_session("garbage", admins) is None
-
 
 async def test_login_cookie_and_data_without_a_browser(dash: DashGateway,
                                                        caplog: pytest.LogCaptureFixture) -> None:
@@ -393,7 +378,7 @@ async def test_browser_session_cookie_is_httponly(dash: DashGateway, page: Page)
     assert dashboard.SESSION_COOKIE not in await page.evaluate("document.cookie")
     [cookie] = [c for c in await page.cookies() if c["name"] == dashboard.SESSION_COOKIE]
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/"
-    assert ADMIN not in cookie["value"] and cookie["value"].count(".") == 2
+    assert ADMIN not in cookie["value"] and len(cookie["value"]) >= 43  # 32 random bytes
     # Signing out ends the session: the data endpoint refuses, the page is the login again.
     await page.evaluate("document.querySelector('form[action=\"/dashboard/logout\"] button')"
                         ".click(); true")

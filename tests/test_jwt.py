@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import jwt
 import openai
 import pytest
@@ -64,6 +65,20 @@ async def test_valid_tokens_become_principals_with_their_team(
                   if s.name == "podium.identity"][:1]
     assert identity.attributes["podium.key.source"] == "jwt"
     assert identity.attributes["podium.team"] == "support"
+
+
+async def test_a_jwt_in_x_api_key_on_the_messages_api(jwt_gw: RunningGateway,
+                                                     keys: dict[str, Any]) -> None:
+    """The Anthropic front door takes the same JWTs, in the header its SDK sends them in."""
+    client = anthropic.AsyncAnthropic(base_url=jwt_gw.url.removesuffix("/v1"),
+                                      api_key=token(keys["ec"], "ec-1", "ES256"), max_retries=0)
+    message = await client.messages.create(model="chat", max_tokens=20,
+                                           messages=[{"role": "user", "content": "hi"}])
+    assert message.content[0].text.startswith("Simulated answer")  # type: ignore[union-attr]
+    with pytest.raises(anthropic.PermissionDeniedError) as err:  # the team's allow-list
+        await client.messages.create(model="premium", max_tokens=20,
+                                     messages=[{"role": "user", "content": "hi"}])
+    assert err.value.body["error"]["type"] == "permission_error"  # type: ignore[index]
 
 
 @pytest.mark.parametrize("case", ["expired", "bad_signature", "wrong_audience",

@@ -227,9 +227,9 @@ async def test_a_new_budget_period_replaces_the_old_one() -> None:
 def test_metrics_keep_at_most_max_series_label_sets() -> None:
     metrics = Metrics(["support"])
     for i in range(MAX_SERIES * 3):
-        metrics.rejected(f"code_{i}")                     # a label that turned out unbounded
+        metrics.attempt(f"dep_{i}", 0.01, "server")       # a label that turned out unbounded
     text = metrics.exposition().decode()
     series = [line for line in text.splitlines()
-              if line.startswith("podium_rejections_total{")]
+              if line.startswith("podium_fallbacks_total{")]
     assert len(series) == MAX_SERIES + 1
-    assert 'podium_rejections_total{code="other"} 2000.0' in series
+    assert 'podium_fallbacks_total{deployment="other",kind="other"} 2000.0' in series

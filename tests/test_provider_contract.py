@@ -28,8 +28,9 @@ from gateway.errors import ProviderError
 from gateway.simulator import RECORDED, RecordedRequest, start_simulator
 from routing.catalog import Deployment, compile_deployment
 from routing.providers.base import Attempt, Provider
+from routing.providers.http_wire import EventSplitter
 from routing.providers.litellm import LiteLLMProvider
-from routing.providers.openai import OpenAICompatibleProvider, _EventSplitter, is_openai_compatible
+from routing.providers.openai import OpenAICompatibleProvider, is_openai_compatible
 from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -533,7 +534,7 @@ def test_deployments_with_litellm_settings_stay_on_litellm() -> None:
 def test_event_splitter_any_read_size(size: int) -> None:
     wire = (b": comment\n\ndata: {\"a\": 1}\r\n\r\nevent: x\nid: 7\ndata: {\"b\":\ndata: 2}\n\n"
             b"data: [DONE]\n\ndata: tail")
-    splitter, events = _EventSplitter(), []
+    splitter, events = EventSplitter(), []
     for start in range(0, len(wire), size):
         events += splitter.feed(wire[start:start + size])
     events += splitter.end()

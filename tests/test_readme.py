@@ -91,6 +91,28 @@ def test_python_quick_start_runs_against_the_default_config(served: int) -> None
         assert lines[3] == "2 embeddings"
 
 
+def run_block(kind: str, port: int) -> list[str]:
+    [code] = blocks(kind)
+    code = code.replace("127.0.0.1:4000", f"127.0.0.1:{port}")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=CEILING_S)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+def test_agents_sdk_quick_start(served: int) -> None:
+    """The agent calls its tool (the simulator asks for it), then answers the question."""
+    assert run_block("agents", served) == ["Simulated answer from sim-small: Weather in Oslo?"]
+
+
+def test_anthropic_sdk_quick_start(served: int) -> None:
+    lines = run_block("anthropic", served)
+    assert lines[:2] == ["Simulated answer from sim-small: Hello, Claude!",
+                         "Simulated answer from sim-small: Stream, please"]
+    count, word = lines[2].split()
+    assert int(count) > 0 and word == "tokens"
+
+
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_curl_quick_start(served: int) -> None:
     [script] = blocks("sh")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -31,24 +32,31 @@ from gateway.storage.contracts import (
     AuditStore,
     ConfigVersionStore,
     KeyStoreBackend,
+    ResponseStore,
     ReviewStore,
+    SessionStore,
     ShadowStore,
     SpendStore,
     Store,
 )
 from gateway.storage.keystore import KeyStore
 from gateway.storage.learning import router_outcomes
-from gateway.storage.postgres import PgKeyStore, PgReviewQueue, PgSpendLedger
+from gateway.storage.postgres import PgKeyStore, PgResponseLog, PgReviewQueue, PgSpendLedger
 from gateway.storage.postgres_audit import PgAuditLog
 from gateway.storage.postgres_management import PgConfigVersions, PgShadowPairs
+from gateway.storage.postgres_sessions import PgSessions
 from gateway.storage.records import (
     AuditRecord,
     ConfigVersion,
+    DashboardSession,
     Review,
     ShadowPair,
     SpendRow,
+    StoredResponse,
     TaskTotals,
 )
+from gateway.storage.responses import ResponseLog
+from gateway.storage.sessions import SqliteSessions
 from gateway.storage.shadow_pairs import ShadowPairs
 from gateway.storage.sqlite import ReviewQueue, SpendLedger
 from gateway.storage.sqlite_audit import AuditLog
@@ -92,6 +100,10 @@ class Backend:
         return await self._started(
             PgKeyStore(self.dsn) if self.dsn else KeyStore(self._file("keys")))
 
+    async def sessions(self) -> SessionStore:
+        return await self._started(
+            PgSessions(self.dsn) if self.dsn else SqliteSessions(self._file("keys")))
+
     async def spend(self) -> SpendStore:
         return await self._started(
             PgSpendLedger(self.dsn) if self.dsn else SpendLedger(self._file("podium")))
@@ -104,6 +116,10 @@ class Backend:
     async def reviews(self) -> ReviewStore:
         return await self._started(
             PgReviewQueue(self.dsn) if self.dsn else ReviewQueue(self._file("podium")))
+
+    async def responses(self) -> ResponseStore:
+        return await self._started(
+            PgResponseLog(self.dsn) if self.dsn else ResponseLog(self._file("podium")))
 
     async def versions(self) -> ConfigVersionStore:
         return await self._started(
@@ -210,6 +226,18 @@ async def test_key_changes_are_seen_by_a_second_process(backend: Backend) -> Non
                       file="keys")
     assert await first.find(digest_of(raw2)) is None
     assert await second.find(digest_of(raw2)) is None
+
+
+async def test_sessions_open_find_end_expire_across_processes(backend: Backend) -> None:
+    one, other = await backend.sessions(), await backend.sessions()
+    live = DashboardSession("ops", "0123456789abcdef", time.time() + 60)
+    await one.open("a" * 64, live)
+    await one.open("b" * 64, DashboardSession("ops", "0123456789abcdef", time.time() - 1))
+    assert await other.find("a" * 64) == live
+    assert await other.find("b" * 64) is None, "an expired session is not found"
+    assert await other.end("a" * 64) is True
+    assert await one.find("a" * 64) is None, "ended in one process: ended in every one"
+    assert await one.end("a" * 64) is False
 
 
 async def test_key_store_reopened_keeps_keys(backend: Backend) -> None:
@@ -465,6 +493,76 @@ async def test_audit_record_text_is_the_hashed_canonical_json(backend: Backend) 
     # stored text is exactly what was hashed, byte for byte.
     await backend.sql("UPDATE {t}audit SET record = replace(record, ',', ', ') WHERE seq = 1")
     assert not (await log.verify()).ok
+
+
+# --- stored responses ---------------------------------------------------------------------
+
+def _response(response_id: str, key_id: str = "key_a", *, ttl_s: float = 3600.0,
+              created_at: float | None = None) -> StoredResponse:
+    created = time.time() if created_at is None else created_at
+    return StoredResponse(
+        id=response_id, key_id=key_id, created_at=created, expires_at=created + ttl_s,
+        response={"id": response_id, "object": "response", "output": [
+            {"type": "message", "role": "assistant", "content": [
+                {"type": "output_text", "text": "voilà ✓ 日本"}]}]},
+        items=[{"type": "message", "role": "user", "content": "hi ✓"}])
+
+
+async def test_responses_put_get_delete_by_their_owner(backend: Backend) -> None:
+    store, other_worker = await backend.responses(), await backend.responses()
+    stored = _response("resp_1")
+    await store.put(stored)
+    assert await other_worker.get("resp_1", "key_a") == stored  # durable before put returns
+    assert await store.get("resp_unknown", "key_a") is None
+    assert await store.delete("resp_1", "key_a")
+    assert await store.get("resp_1", "key_a") is None
+    assert not await store.delete("resp_1", "key_a")
+
+
+async def test_responses_of_another_key_look_absent(backend: Backend) -> None:
+    store = await backend.responses()
+    await store.put(_response("resp_1", "key_a"))
+    assert await store.get("resp_1", "key_b") is None
+    assert not await store.delete("resp_1", "key_b")  # and it is still there for its owner
+    assert (await store.get("resp_1", "key_a")) is not None
+
+
+async def test_responses_expire_and_purge_removes_only_expired(backend: Backend) -> None:
+    store = await backend.responses()
+    now = time.time()
+    await store.put(_response("resp_old", created_at=now - 100, ttl_s=50))
+    await store.put(_response("resp_new", created_at=now, ttl_s=3600))
+    # Expired is absent before any sweep: a read never depends on the purge having run.
+    assert await store.get("resp_old", "key_a") is None
+    assert not await store.delete("resp_old", "key_a")
+    assert await store.purge(now) == 1
+    assert await store.purge(now) == 0
+    assert (await store.get("resp_new", "key_a")) is not None
+    assert await store.purge(now + 7200) == 1
+    assert await store.get("resp_new", "key_a") is None
+
+
+async def test_response_purge_uses_the_expiry_index(backend: Backend) -> None:
+    """The purge deletes by an index range: its cost follows the expired rows, not the table."""
+    store = await backend.responses()
+    await store.put(_response("resp_1"))
+    if backend.dsn:
+        conn = await asyncpg.connect(backend.dsn)
+        try:
+            await conn.execute("SET enable_seqscan = off")  # tiny tables: ask for the index
+            plan = "\n".join(r[0] for r in await conn.fetch(
+                "EXPLAIN DELETE FROM podium_responses WHERE expires_at <= 1"))
+        finally:
+            await conn.close()
+        assert "podium_responses_expiry" in plan, plan
+        return
+    db = sqlite3.connect(backend._file("podium"))
+    try:
+        plan = " ".join(str(r[-1]) for r in db.execute(
+            "EXPLAIN QUERY PLAN DELETE FROM responses WHERE expires_at <= 1"))
+    finally:
+        db.close()
+    assert "USING INDEX responses_expiry" in plan, plan
 
 
 # --- reviews ------------------------------------------------------------------------------

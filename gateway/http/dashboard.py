@@ -3,15 +3,13 @@
 Routes:
     GET  /dashboard                the page, or a login form without a valid session
     POST /dashboard/login          form field `key`: an admin key → session cookie, 303 back
-    POST /dashboard/logout         clears the cookie
+    POST /dashboard/logout         ends the session and clears the cookie
     GET  /dashboard/static/{name}  the page's own CSS/JS (no CDN, nothing from the internet)
     GET  /admin/dashboard/data     the JSON snapshot the page polls (cookie or admin bearer)
 
 Browsers cannot send a bearer header when navigating, so a correct admin key typed into the
-form is exchanged for a cookie `podium_dashboard` = `<name>.<expiry>.<hmac>`: `name` is the admin
-key's name (base64url), the HMAC-SHA256 is keyed with that admin key's sha256 digest from the
-config. Any worker with the same config verifies it; removing or rotating the key ends every
-session made with it. The key itself is never in a cookie, a URL, a log or the page.
+form is exchanged for a session cookie (`gateway/http/sessions.py`: random, kept server side,
+ended by logout). The key itself is never in a cookie, a URL, a log or the page.
 
 The snapshot is cumulative (counters since the process started, summed over workers through
 `Metrics.exposition()`), plus the window every tile shows and, on request, the last hour of
@@ -21,12 +19,10 @@ history (`dashboard_window.py`), so a reload of the page keeps its charts.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
-import hmac
 import html
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -34,7 +30,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from gateway.config import AdminKeyEntry, GatewayConfig
+from gateway.config import GatewayConfig
 from gateway.config_base import DEVELOPMENT_ADMIN_KEY
 from gateway.errors import AuthenticationFailed, BadRequest, PermissionDenied, RouteNotFound
 from gateway.http.dashboard_window import (
@@ -50,12 +46,12 @@ from gateway.http.dashboard_window import (
     sum_by,
     window,
 )
+from gateway.http.sessions import SESSION_COOKIE as SESSION_COOKIE  # the tests name it here
+from gateway.http.sessions import end_session, open_session, session_admin
 from gateway.observability.learned_metrics import learned_report
 from gateway.pipeline.egress import json_response
 from gateway.runtime import GATEWAY, Gateway
 
-SESSION_COOKIE = "podium_dashboard"
-SESSION_TTL_S = 12 * 3600
 REVIEWS_SHOWN = 5
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
        "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
@@ -98,62 +94,12 @@ def load_assets() -> dict[str, Asset]:
 
 # ---- sessions -------------------------------------------------------------------------------
 
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _mac(digest: str, message: str) -> str:
-    return hmac.new(bytes.fromhex(digest), message.encode(), hashlib.sha256).hexdigest()
-
-
-def sign_session(name: str, digest: str, now: float | None = None) -> str:
-    """A session value for admin `name`, whose key has sha256 `digest`, valid for 12 h."""
-    expiry = int((time.time() if now is None else now) + SESSION_TTL_S)
-    message = f"{_b64(name.encode())}.{expiry}"
-    return f"{message}.{_mac(digest, message)}"
-
-
-def verify_session(value: str, admins: Iterable[AdminKeyEntry],
-                   now: float | None = None) -> str | None:
-    """The admin name a session value was made for, or None if forged, expired or revoked."""
-    now = time.time() if now is None else now
-    parts = value.split(".")
-    if len(parts) != 3 or not parts[1].isdigit():
-        return None
-    encoded, expiry, mac = parts
-    if not now < int(expiry) <= now + SESSION_TTL_S + 60:
-        return None
-    try:
-        name = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
-    except ValueError:
-        return None
-    message = f"{encoded}.{expiry}"
-    valid = [hmac.compare_digest(_mac(e.digest(), message), mac)
-             for e in admins if e.name == name]
-    return name if any(valid) else None
-
-
-def _digest_for(admins: Iterable[AdminKeyEntry], name: str, key: str) -> str:
-    presented = hashlib.sha256(key.encode()).hexdigest()
-    for entry in admins:
-        if entry.name == name and hmac.compare_digest(entry.digest(), presented):
-            return entry.digest()
-    raise AuthenticationFailed("Incorrect admin key provided.")
-
-
-def session_admin(request: web.Request) -> str | None:
-    value = request.cookies.get(SESSION_COOKIE)
-    if not value:
-        return None
-    return verify_session(value, request.app[GATEWAY].runtime.config.admin_keys)
-
-
 async def dashboard_admin(request: web.Request) -> str:
     """The admin behind a request: `Authorization: Bearer` first, else the session cookie."""
     authorization = request.headers.get("Authorization")
     if authorization:
         return await request.app[GATEWAY].runtime.auth.admin(authorization)
-    name = session_admin(request)
+    name = await session_admin(request)
     if name is None:
         raise AuthenticationFailed("No dashboard session: log in at /dashboard, or send "
                                    "'Authorization: Bearer <admin key>'.")
@@ -163,11 +109,6 @@ async def dashboard_admin(request: web.Request) -> str:
 def _same_origin(request: web.Request) -> bool:
     origin = request.headers.get("Origin")
     return origin is None or urlsplit(origin).netloc == request.host
-
-
-def _cookie_attrs(request: web.Request) -> dict[str, Any]:
-    return {"path": "/", "httponly": True, "samesite": "Strict",
-            "secure": request.scheme == "https"}
 
 
 # ---- pages ----------------------------------------------------------------------------------
@@ -183,7 +124,7 @@ def _html(request: web.Request, name: str, status: int = 200, error: str = "",
 
 
 async def page(request: web.Request) -> web.Response:
-    if session_admin(request) is None:
+    if await session_admin(request) is None:
         return _html(request, "login.html")
     development = uses_development_key(request.app[GATEWAY].runtime.config)
     return _html(request, "dashboard.html", banner=DEV_BANNER if development else "")
@@ -214,10 +155,9 @@ async def login(request: web.Request) -> web.Response:
     except PermissionDenied:
         return _html(request, "login.html", 403, "That key is valid, but it is not an admin "
                      "key (admin keys are listed under admin_keys: in the config).")
-    digest = _digest_for(rt.config.admin_keys, name, key.strip())
     response = _see_dashboard(request)
-    response.set_cookie(SESSION_COOKIE, sign_session(name, digest), max_age=SESSION_TTL_S,
-                        **_cookie_attrs(request))
+    if not await open_session(request, name, key.strip(), response):
+        return _html(request, "login.html", 401, "That is not a valid admin key.")
     return response
 
 
@@ -225,7 +165,7 @@ async def logout(request: web.Request) -> web.Response:
     if not _same_origin(request):
         return _html(request, "login.html", 403, "Log out from this gateway's own page.")
     response = _see_dashboard(request)
-    response.del_cookie(SESSION_COOKIE, **_cookie_attrs(request))
+    await end_session(request, response)
     return response
 
 

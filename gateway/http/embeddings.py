@@ -37,5 +37,5 @@ async def embeddings(request: web.Request) -> web.Response:
                                      for d in body["data"]]}
         ctx.outcome.status = 200
         headers = podium_headers(ctx)
-        journal_answer(request, ctx)
+        journal_answer(gw, ctx)
         return await send_json(request, body, headers)

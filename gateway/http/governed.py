@@ -16,14 +16,17 @@ from opentelemetry.trace import SpanContext
 from gateway.errors import PodiumError
 from gateway.follow_up import answered, task_began
 from gateway.pipeline.context import RequestContext
-from gateway.pipeline.identity import Principal, identity_attributes
+from gateway.pipeline.identity import Principal, identity_attributes, presented_token
 from gateway.pipeline.tasks import task_tag
 from gateway.runtime import ACCESS, ACCOUNTED, GATEWAY, REQUEST_ID, Gateway, Runtime
 
 
-async def identify(request: web.Request, gw: Gateway, rt: Runtime) -> Principal:
+async def identify(request: web.Request, gw: Gateway, rt: Runtime, *,
+                   api_key_header: bool = False) -> Principal:
+    """The caller, from a bearer key or JWT (or, where `api_key_header`, from `x-api-key`)."""
     with gw.telemetry.span("podium.identity") as span:
-        principal = await rt.auth.authenticate(request.headers.get("Authorization"))
+        token = presented_token(request.headers, api_key_header=api_key_header)
+        principal = await rt.auth.authenticate_token(token)
         request[ACCESS].update(key_id=principal.key_id, team=principal.team)
         identity_attributes(span, principal)
         return principal
@@ -83,10 +86,10 @@ def task_attributes(ctx: RequestContext, first: SpanContext | None) -> None:
         span.add_link(first, {"podium.link": "task", "podium.task.id": ctx.task.task})
 
 
-def journal_answer(request: web.Request, ctx: RequestContext) -> None:
+def journal_answer(gw: Gateway, ctx: RequestContext) -> None:
     """Right before an answer leaves: a compact record of it that outlives a `kill -9`
     (gateway/storage/journal.py), until the request's own records are written."""
-    journal = request.app[GATEWAY].governance.journal
+    journal = gw.governance.journal
     if journal is None:
         return
     p, outcome = ctx.principal, ctx.outcome

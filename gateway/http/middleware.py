@@ -1,5 +1,11 @@
-"""The edge of every request: its id, its SERVER span, its access-log line, and the one place
-where an error becomes the client's answer.
+"""The edge of every request: its id, its SERVER span, its access-log line, its admission, and
+the one place where an error becomes the client's answer.
+
+Admission: a process handles at most `server.max_in_flight` requests at once (past that, 503
+`overloaded` with Retry-After, which the OpenAI SDKs honour), and a request's body must arrive
+within `server.body_timeout_s` of its head (408 otherwise), for every endpoint alike. Probes and
+scrapes (`/healthz`, `/readyz`, `/metrics`) are always answered: an overloaded gateway must
+still tell its load balancer and its operator so.
 
 `x-request-id` is set here once, on every response, when its headers are about to be sent
 (`on_response_prepare`): also on answers a handler writes early (`send_json`, streams), so no
@@ -8,6 +14,8 @@ handler passes it by hand.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import itertools
 import logging
 import secrets
@@ -22,13 +30,17 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from gateway.errors import (
     InternalError,
     MethodNotAllowed,
+    Overloaded,
     PayloadTooLarge,
     PodiumError,
+    RequestTimeout,
     RouteNotFound,
     render,
+    telemetry_code,
 )
 from gateway.pipeline.egress import CONFIG_VERSION_HEADER, SENT
 from gateway.runtime import ACCESS, ACCOUNTED, GATEWAY, REQUEST_ID
+from gateway.translate import anthropic
 
 log = logging.getLogger("podium")
 access_log = logging.getLogger("podium.access")
@@ -39,6 +51,7 @@ _ID_PREFIX = secrets.token_hex(8)
 _ids = itertools.count(1)
 # Probes and scrapes arrive every few seconds: a trace each would drown the real ones.
 _UNTRACED = frozenset({"/healthz", "/readyz", "/metrics"})
+ANTHROPIC_PATH = "/v1/messages"
 
 
 def new_request_id() -> str:
@@ -53,6 +66,7 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
     request[ACCESS] = {"config_version": version.number}  # the handler's runtime may be newer
     if request.path in _UNTRACED:
         return await _handled(request, handler)
+    handler = functools.partial(_admitted, handler=handler)
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else ""
     parent = gw.telemetry.propagator.extract(request.headers)
@@ -88,6 +102,37 @@ async def add_request_id(request: web.Request, response: web.StreamResponse) -> 
         response.headers[CONFIG_VERSION_HEADER] = str(access["config_version"])
 
 
+async def _admitted(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The handler's answer, within the process's bound on requests in flight, once the body
+    (if any) has arrived in time."""
+    gw = request.app[GATEWAY]
+    server = gw.runtime.config.server
+    if gw.in_flight >= server.max_in_flight:
+        raise Overloaded(f"The gateway is handling {server.max_in_flight} requests; "
+                         "try again in a moment.")
+    gw.in_flight += 1
+    try:
+        if request.body_exists:
+            await _read_body(request, server.body_timeout_s, server.max_body_bytes)
+        return await handler(request)
+    finally:
+        gw.in_flight -= 1
+
+
+async def _read_body(request: web.Request, timeout_s: float, limit: int) -> None:
+    """Read the body now, within the deadline; handlers then get it from aiohttp's copy."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"Request body is {request.content_length} bytes; "
+                              f"the limit is {limit} bytes.")
+    try:
+        async with asyncio.timeout(timeout_s):
+            await request.read()
+    except TimeoutError:
+        raise RequestTimeout(f"The request body did not arrive within {timeout_s:g}s.") from None
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.") from None
+
+
 def _log_access(request: web.Request, status: int, started: float, span: trace.Span) -> None:
     context = span.get_span_context()
     fields: dict[str, Any] = request[ACCESS]
@@ -115,14 +160,27 @@ async def _handled(request: web.Request, handler: Handler) -> web.StreamResponse
             return _refused(request, _from_http(exc, request))
         log.exception("unhandled error in %s %s (request %s)",
                       request.method, request.path, request[REQUEST_ID])
-        return render(InternalError(
+        return _render(request, InternalError(
             f"Internal error; quote request id {request[REQUEST_ID]}."))
 
 
 def _refused(request: web.Request, err: PodiumError) -> web.Response:
-    if err.status < 500 and ACCOUNTED not in request:
+    if (err.status < 500 or isinstance(err, Overloaded)) and ACCOUNTED not in request:
         # Refused before the governed part (bad key, body, endpoint): counted here, once.
-        request.app[GATEWAY].metrics.rejected(err.code or err.type)
+        request.app[GATEWAY].metrics.rejected(telemetry_code(err))
+    response = _render(request, err)
+    if isinstance(err, RequestTimeout):
+        # Nothing more is read from this connection: it closes once the answer is out (after
+        # aiohttp's lingering time for a client still sending).
+        response.force_close()
+    return response
+
+
+def _render(request: web.Request, err: PodiumError) -> web.Response:
+    """An error in the shape of the API the path belongs to: Anthropic's under /v1/messages
+    (unknown sub-paths and wrong methods included, since an Anthropic client reads those)."""
+    if request.path == ANTHROPIC_PATH or request.path.startswith(ANTHROPIC_PATH + "/"):
+        return anthropic.render_error(err, request[REQUEST_ID])
     return render(err)
 
 

@@ -1,5 +1,5 @@
-"""`GET /v1/models` (the models this caller may use), and the endpoints for probes and
-scrapers: `/healthz`, `/readyz`, `/metrics`."""
+"""`GET /v1/models` and `GET /v1/models/{id}` (the models this caller may use), and the
+endpoints for probes and scrapers: `/healthz`, `/readyz`, `/metrics`."""
 
 from __future__ import annotations
 
@@ -7,21 +7,38 @@ import os
 
 from aiohttp import web
 
+from gateway.errors import ModelNotFound
 from gateway.http.governed import identify
 from gateway.observability.metrics import CONTENT_TYPE
 from gateway.pipeline.egress import json_response, model_list
-from gateway.runtime import GATEWAY
+from gateway.pipeline.identity import Principal
+from gateway.runtime import GATEWAY, Runtime
 from routing.router import AUTO
 
 
 async def list_models(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     rt = gw.runtime
-    principal = await identify(request, gw, rt)
+    return json_response(model_list(_visible(rt, await identify(request, gw, rt)),
+                                    rt.loaded_at))
+
+
+async def get_model(request: web.Request) -> web.Response:
+    """One model of the list; a model this caller may not use is as absent as an unknown one
+    (404, not 403), exactly as the list leaves it out."""
+    gw = request.app[GATEWAY]
+    rt = gw.runtime
+    model_id = request.match_info["model_id"]
+    if model_id not in _visible(rt, await identify(request, gw, rt)):
+        raise ModelNotFound(f"The model {model_id!r} does not exist.", param="model")
+    return json_response(model_list([model_id], rt.loaded_at)["data"][0])
+
+
+def _visible(rt: Runtime, principal: Principal) -> list[str]:
     ids = rt.router.visible_groups(principal)
     if any(d.mode == "chat" and principal.may_use(d.group) for d in rt.catalog.deployments):
         ids.append(AUTO)
-    return json_response(model_list(ids, rt.loaded_at))
+    return ids
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -70,7 +70,7 @@ async def _decide(request: web.Request, approve: bool) -> web.Response:
     reviewer = await require_admin(request)
     gw = request.app[GATEWAY]
     body = await read_json(request, gw.runtime.config.server.max_body_bytes) \
-        if request.can_read_body else {}
+        if request.body_exists else {}
     comment = validate(Decision, body).typed.comment
     review = await gw.governance.reviews.decide(request.match_info["review_id"], approve,
                                                 reviewer, comment)

@@ -29,6 +29,7 @@ from prometheus_client import (
     multiprocess,
 )
 
+from gateway.errors import known_code
 from gateway.observability.learned_metrics import LearnedMetrics, LearnedState
 from gateway.observability.task_tally import TaskMetrics
 from gateway.pipeline.context import RequestContext
@@ -116,7 +117,7 @@ class Metrics:
         return child
 
     def rejected(self, code: str) -> None:
-        self._at(self.rejections, code).inc()
+        self._at(self.rejections, known_code(code)).inc()
 
     def team(self, team: str | None) -> str:
         return team if team in self.teams else ("none" if team is None else "other")

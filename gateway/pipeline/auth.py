@@ -34,7 +34,10 @@ class Authenticator:
         self._store = store
 
     async def authenticate(self, authorization: str | None) -> Principal:
-        token = bearer_token(authorization)
+        return await self.authenticate_token(bearer_token(authorization))
+
+    async def authenticate_token(self, token: str) -> Principal:
+        """The principal of a credential however it was sent (bearer, or `x-api-key`)."""
         if self._jwt is not None and looks_like_jwt(token):
             return self._from_claims(await self._jwt.verify(token), self._jwt.config)
         digest = digest_of(token)
@@ -64,15 +67,42 @@ class Authenticator:
         return name is None or not self._teams or name in self._teams
 
     def _from_claims(self, claims: dict[str, Any], cfg: JWTConfig) -> Principal:
-        subject = str(claims.get("sub") or "")
-        team = claims.get(cfg.team_claim)
-        team_name = str(team) if team is not None else None
+        issuer, subject = str(claims["iss"]), str(claims.get("sub") or "")
+        key_id = _pseudonym(issuer, subject)
+        team_name = self._jwt_team(claims.get(cfg.team_claim), cfg)
         roles = claims.get(cfg.roles_claim) or ()
         if isinstance(roles, str):
             roles = roles.split()
-        key_id = "jwt_" + hashlib.sha256(f"{claims['iss']}|{subject}".encode()).hexdigest()[:12]
         user = claims.get(cfg.user_claim)
-        return make_principal(key_id=key_id, name=subject or key_id,
-                              team=self._teams.get(team_name or ""), team_name=team_name,
+        if cfg.identity == "hash":
+            # A subject is often an e-mail address: records, spans, logs and the ledger name the
+            # caller by a stable pseudonym instead (one that whoever guesses the address can
+            # confirm, so a pseudonym, not anonymity).
+            name = key_id
+            user = None if user is None else _pseudonym(issuer, str(user))
+        else:
+            name = subject or key_id
+        return make_principal(key_id=key_id, name=name, team=self._teams[team_name],
+                              team_name=team_name,
                               user=str(user) if user is not None else None, models=None,
                               roles=tuple(str(r) for r in roles), source="jwt")
+
+    def _jwt_team(self, claim: Any, cfg: JWTConfig) -> str:
+        """The configured team a token's caller belongs to: the first team its claim names that
+        the gateway knows (a claim may be a list, as identity providers send groups), else
+        `default_team`. A token in no known team is refused: never a caller without a team's
+        restrictions."""
+        named = claim if isinstance(claim, list) else [claim]
+        for team in named:
+            if isinstance(team, str) and team in self._teams:
+                return team
+        if cfg.default_team in self._teams:  # check_references makes sure it is
+            return cfg.default_team
+        why = "has no" if claim in (None, "", []) else "names no team this gateway knows in its"
+        raise PermissionDenied(f"The token {why} {cfg.team_claim!r} claim; ask for a token with "
+                               "your team, or an operator to set auth.jwt.default_team.",
+                               code="team_required")
+
+
+def _pseudonym(issuer: str, value: str) -> str:
+    return "jwt_" + hashlib.sha256(f"{issuer}|{value}".encode()).hexdigest()[:12]

@@ -18,6 +18,7 @@ import orjson
 from gateway.pipeline.messages import SPOKEN, rewrite_conversation
 
 _NOT_SEMANTIC = frozenset({"stream", "stream_options", "user"})
+_SAMPLING = frozenset({"temperature", "top_p", "frequency_penalty", "presence_penalty"})
 # The layout of a stored entry (the answer and its deployment); part of the key, so an entry of
 # another layout (written by another version of Podium into a shared Redis) is never read.
 _ENTRY_FORMAT = 2
@@ -43,11 +44,19 @@ class CachedAnswer:
 
 def cache_key(body: Mapping[str, Any], chain: tuple[str, ...], tenant: str, data_class: str,
               regions: frozenset[str] | None, min_quality: int) -> str:
-    request = {k: v for k, v in body.items() if k not in _NOT_SEMANTIC}
+    request = {k: _number(k, v) for k, v in body.items() if k not in _NOT_SEMANTIC}
     scoped = {"request": request, "chain": chain, "tenant": tenant, "class": data_class,
               "regions": sorted(regions) if regions is not None else None,
               "quality": min_quality, "entry": _ENTRY_FORMAT}
     return hashlib.sha256(orjson.dumps(scoped, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _number(name: str, value: Any) -> Any:
+    """`temperature: 0` and `0.0` ask the same: one form in the key (a front door's
+    translation writes floats where a chat client may have sent an integer)."""
+    if name in _SAMPLING and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 def scope_key(body: Mapping[str, Any], chain: tuple[str, ...], tenant: str, data_class: str,

@@ -30,7 +30,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from gateway.config_versions import VersionTag
-from gateway.errors import AllAttemptsFailed, PodiumError
+from gateway.errors import AllAttemptsFailed, PodiumError, telemetry_code
+from gateway.observability.scrub import scrub
 from gateway.observability.telemetry import TraceIds, current_trace_ids
 from gateway.pipeline.identity import Principal
 from gateway.pipeline.permissions import PermissionScope
@@ -81,7 +82,8 @@ class Decision:
 class Outcome:
     """How the request ended; filled by the call (or the cache) and by egress."""
     status: int = 500
-    error_code: str | None = None
+    error_code: str | None = None      # one of errors.CODES, or "other"
+    error: str | None = None           # the error's message, scrubbed (observability/scrub.py)
     deployment: str | None = None      # the deployment that answered (a call, not a cache hit)
     attempted: list[str] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
@@ -93,7 +95,8 @@ class Outcome:
     checks: list[tuple[str, bool]] = field(default_factory=list)  # cascade: (deployment, passed)
 
     def failed(self, err: PodiumError) -> None:
-        self.status, self.error_code = err.status, err.code
+        self.status, self.error_code = err.status, telemetry_code(err)
+        self.error = scrub(err.message)
         if isinstance(err, AllAttemptsFailed):
             self.attempted = [a.deployment_id for a in err.attempts]
 
@@ -117,7 +120,7 @@ class Outcome:
 @dataclass(eq=False)
 class RequestContext:
     request_id: str
-    endpoint: str                      # chat | embeddings
+    endpoint: str                      # chat | responses | messages | embeddings
     principal: Principal
     model: str
     body: Mapping[str, Any]            # the client's body, as forwarded

@@ -125,6 +125,16 @@ async def sse_response(request: web.Request, headers: Mapping[str, str],
     return resp
 
 
+async def open_event_stream(request: web.Request,
+                            headers: Mapping[str, str]) -> web.StreamResponse:
+    """A prepared `text/event-stream` answer, for a front door that writes its own events.
+    Marked as sent: a failure after this point can only end the stream, never answer again."""
+    resp = web.StreamResponse(headers={**_SSE_HEADERS, **headers})
+    await resp.prepare(request)
+    request[SENT] = resp
+    return resp
+
+
 async def completion_chunks(body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     """A complete `chat.completion` as the chunks a stream of it would have carried."""
     base: dict[str, Any] = {k: body[k] for k in ("id", "created", "model", "system_fingerprint")

@@ -133,6 +133,23 @@ def bearer_token(authorization: str | None) -> str:
     return token
 
 
+API_KEY_HEADER = "x-api-key"
+
+
+def presented_token(headers: Mapping[str, str], *, api_key_header: bool) -> str:
+    """The credential a request presents. Where the endpoint takes Anthropic's `x-api-key`
+    (`api_key_header`), that header wins over `Authorization`; elsewhere only a bearer counts,
+    and a lone `x-api-key` is told where its key belongs."""
+    if api_key_header:
+        key = (headers.get(API_KEY_HEADER) or "").strip()
+        if key:
+            return key
+    elif headers.get(API_KEY_HEADER) and not headers.get("Authorization"):
+        raise AuthenticationFailed("This endpoint takes the key as 'Authorization: Bearer "
+                                   "<key>'; x-api-key is accepted on /v1/messages only.")
+    return bearer_token(headers.get("Authorization"))
+
+
 def looks_like_jwt(token: str) -> bool:
     return token.count(".") == 2 and token.startswith("eyJ")
 

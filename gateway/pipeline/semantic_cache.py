@@ -38,6 +38,7 @@ from opentelemetry import trace
 
 from gateway.config import GatewayConfig, SemanticCacheConfig
 from gateway.errors import PermissionDenied, PodiumError
+from gateway.observability.scrub import scrub
 from gateway.observability.telemetry import SpanFactory
 from gateway.pipeline.cache_entry import CachedAnswer, scope_key
 from gateway.pipeline.context import RequestContext
@@ -222,7 +223,7 @@ class SemanticCache:
         except PermissionDenied:
             return (), 0.0  # not this caller's to use: no semantic lookup, silently
         except PodiumError as err:
-            log.warning("semantic cache: cannot route to %r: %s", model, err)
+            log.warning("semantic cache: cannot route to %r: %s", model, scrub(err.message))
             return (), 0.0
         request: dict[str, Any] = {"model": model, "input": text}
         if cfg.dimensions is not None:
@@ -232,7 +233,7 @@ class SemanticCache:
             result = await self._caller.embed(plan, request, deadline, config.routing)
         except PodiumError as err:
             log.warning("semantic cache: embedding with %r failed, carrying on without: %s",
-                        model, err)
+                        model, scrub(err.message))
             return (), 0.0
         except Exception:  # never the request's failure
             log.warning("semantic cache: embedding with %r failed, carrying on without",

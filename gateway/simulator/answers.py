@@ -5,6 +5,11 @@ always agree). A user message containing `[[say:TEXT]]` is answered with exactly
 name containing one of `_KEYWORD_ANSWERS`' keywords gets a scripted poor answer, for cascade
 checks to catch, and one containing `fails-on-WORD` refuses just the prompts that mention WORD;
 "tinychunks" models stream 4 characters at a time.
+
+Structured output is honoured: `response_format` `json_schema` with a schema is answered with a
+valid instance of it (`schema_instance`), so `parse(Model)` clients work offline; `json_object`
+(or a schema-less `json_schema`) with a small JSON object; an "offschema" model answers JSON
+that ignores the schema, for cascade checks to catch.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+from gateway.simulator.schema_instance import SchemaUnsatisfiable, instance
 
 Json = dict[str, Any]
 
@@ -99,9 +106,17 @@ def _answer_text(body: Json) -> str:
         return "word " * int(marker.group(1))
     text = f"Simulated answer from {model}: {last_user[:200]}"
     fmt = body.get("response_format")
-    if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
+    if not isinstance(fmt, dict) or fmt.get("type") not in ("json_object", "json_schema"):
+        return text
+    schema = (fmt.get("json_schema") or {}).get("schema") if fmt["type"] == "json_schema" \
+        else None
+    if schema is None or "offschema" in model:   # "offschema": valid JSON, wrong shape
         return orjson.dumps({"answer": text, "model": model}).decode()
-    return text
+    try:
+        return orjson.dumps(instance(schema)).decode()
+    except SchemaUnsatisfiable as exc:
+        raise SimError(400, f"Invalid schema for response_format: {exc}",
+                       code="invalid_json_schema") from None
 
 
 def _truncate(content: str, body: Json) -> tuple[str, str]:

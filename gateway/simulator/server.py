@@ -22,6 +22,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from gateway.simulator import responses_api
 from gateway.simulator.answers import (
     CREATED,
     SimError,
@@ -31,6 +32,7 @@ from gateway.simulator.answers import (
     stream_chunks,
 )
 from gateway.simulator.vectors import text_vector
+from gateway.translate import sse
 
 __all__ = ["RECORDED", "RecordedRequest", "SimModel", "build_simulator_app", "start_simulator"]
 
@@ -191,6 +193,22 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
     return _json(answer)
 
 
+async def _responses(request: web.Request) -> web.StreamResponse:
+    body = _json_body(request, "input")
+    state = request.app[_STATE]
+    asked, done = responses_api.answer(body, state.ids)
+    await _behave(state, body["model"])
+    if body.get("stream") is not True:
+        return _json(responses_api.response(asked, done))
+    resp = web.StreamResponse(headers={"Cache-Control": "no-cache"})
+    resp.content_type = "text/event-stream"
+    await resp.prepare(request)
+    for event in responses_api.events(asked, done):
+        await resp.write(sse.encode(event))
+    await resp.write_eof()
+    return resp
+
+
 def _is_tokens(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(type(t) is int for t in value)
 
@@ -246,6 +264,7 @@ def build_simulator_app(
     app[_STATE] = _SimState(dict(models or {}), api_key, rng, itertools.count(1))
     app.router.add_post("/v1/chat/completions", _chat_completions)
     app.router.add_post("/v1/embeddings", _embeddings)
+    app.router.add_post("/v1/responses", _responses)
     app.router.add_get("/v1/models", _models)
     return app
 

@@ -13,6 +13,8 @@ from gateway.storage.config_versions import ConfigVersions
 from gateway.storage.contracts import ConfigVersionStore, ShadowStore, SharedState, Stores
 from gateway.storage.keystore import KeyStore
 from gateway.storage.memory_state import MemoryState
+from gateway.storage.responses import ResponseLog
+from gateway.storage.sessions import SqliteSessions
 from gateway.storage.shadow_pairs import ShadowPairs
 from gateway.storage.sqlite import ReviewQueue, SpendLedger
 from gateway.storage.sqlite_audit import AuditLog
@@ -23,6 +25,7 @@ def open_stores(cfg: GatewayConfig) -> Stores:
     storage = cfg.storage
     if storage.backend == "postgres":
         from gateway.storage import postgres, postgres_audit  # asyncpg: only when named
+        from gateway.storage.postgres_sessions import PgSessions
 
         if storage.dsn is None:
             raise ValueError("storage.backend postgres needs 'dsn'")  # the config checks it
@@ -30,12 +33,14 @@ def open_stores(cfg: GatewayConfig) -> Stores:
         return Stores(keys=postgres.PgKeyStore(dsn), spend=postgres.PgSpendLedger(dsn),
                       audit=postgres_audit.PgAuditLog(dsn, _hmac_key(cfg))
                       if cfg.audit.enabled else None,
-                      reviews=postgres.PgReviewQueue(dsn))
+                      reviews=postgres.PgReviewQueue(dsn), sessions=PgSessions(dsn),
+                      responses=postgres.PgResponseLog(dsn))
     path = storage.path
     return Stores(keys=KeyStore(cfg.key_store.path), spend=SpendLedger(path),
                   audit=AuditLog(cfg.audit.path or path, _hmac_key(cfg))
                   if cfg.audit.enabled else None,
-                  reviews=ReviewQueue(path))
+                  reviews=ReviewQueue(path), responses=ResponseLog(path),
+                  sessions=SqliteSessions(cfg.key_store.path))
 
 
 def open_versions(cfg: GatewayConfig) -> ConfigVersionStore:

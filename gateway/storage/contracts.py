@@ -1,9 +1,9 @@
 """What storage promises, as contracts; the backends are elsewhere in this package.
 
-Durable stores (key store, spend ledger, audit trail, review queue): SQLite is the embedded
-default (one file, nothing to run), PostgreSQL (`storage.backend: postgres`) serves several
-workers or machines. Both pass one contract suite (`tests/test_store_contract.py`). Every
-method is async, so a networked backend never blocks the event loop; the SQLite ones are fast
+Durable stores (key store, spend ledger, audit trail, review queue, stored responses): SQLite
+is the embedded default (one file, nothing to run), PostgreSQL (`storage.backend: postgres`)
+serves several workers or machines. Both pass one contract suite (`tests/test_store_contract.py`).
+Every method is async, so a networked backend never blocks the event loop; the SQLite ones are fast
 enough to answer inline.
 
 Shared state (rate-limit windows, budget reservations and spend, the response cache, breaker
@@ -21,10 +21,12 @@ from gateway.storage.audit_chain import VerifyResult
 from gateway.storage.records import (
     AuditRecord,
     ConfigVersion,
+    DashboardSession,
     Review,
     ShadowPair,
     SpendRow,
     StoredKey,
+    StoredResponse,
     TaskTotals,
 )
 from plugins.settings import Limits
@@ -66,6 +68,23 @@ class KeyStoreBackend(Store, Protocol):
 
     async def revoke(self, key_id: str) -> bool:
         """Revoke an active key; False if there is none with this id."""
+        ...
+
+
+class SessionStore(Store, Protocol):
+    """Dashboard sessions, server side: a cookie is a random token, stored only as its sha256,
+    so a session exists exactly as long as its row (logout deletes it)."""
+
+    async def open(self, digest: str, session: DashboardSession) -> None:
+        """Record a new session under the sha256 of its cookie."""
+        ...
+
+    async def find(self, digest: str) -> DashboardSession | None:
+        """The live session with this digest; None once it has ended or expired."""
+        ...
+
+    async def end(self, digest: str) -> bool:
+        """End a session now (logout); False if there was none."""
         ...
 
 
@@ -142,6 +161,30 @@ class ReviewStore(Store, Protocol):
         ...
 
 
+class ResponseStore(Store, Protocol):
+    """Responses API answers and their conversations, per key, until they expire. A response
+    that belongs to another key, has expired or never existed looks the same to every method,
+    so that a caller can never learn whether someone else's id exists."""
+
+    async def put(self, stored: StoredResponse) -> None:
+        """Keep a response; durable before it returns (the client may continue from it at
+        once, from another worker)."""
+        ...
+
+    async def get(self, response_id: str, key_id: str) -> StoredResponse | None:
+        """This key's response, if it has not expired; else None. One indexed lookup."""
+        ...
+
+    async def delete(self, response_id: str, key_id: str) -> bool:
+        """Remove this key's unexpired response; False if there is none."""
+        ...
+
+    async def purge(self, now: float) -> int:
+        """Remove every response expired by `now` (an index range, never a table scan), off
+        the request path; returns how many."""
+        ...
+
+
 class ConfigVersionStore(Store, Protocol):
     async def record(self, draft: ConfigVersion) -> ConfigVersion:
         """The version for `draft`'s content: the latest one if its digest is the same, else a
@@ -189,6 +232,8 @@ class Stores:
     spend: SpendStore
     audit: AuditStore | None
     reviews: ReviewStore
+    responses: ResponseStore
+    sessions: SessionStore            # beside the keys: where they are shared, sessions are
 
 
 class CacheStore(Protocol):

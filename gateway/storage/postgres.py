@@ -31,7 +31,7 @@ import asyncpg
 from gateway.errors import BadRequest
 from gateway.pipeline.identity import DigestIndex
 from gateway.storage.batch import BatchWriter
-from gateway.storage.records import Review, SpendRow, StoredKey, TaskTotals
+from gateway.storage.records import Review, SpendRow, StoredKey, StoredResponse, TaskTotals
 from plugins.settings import Limits
 
 T = TypeVar("T")
@@ -95,6 +95,14 @@ CREATE TABLE IF NOT EXISTS podium_reviews (
 CREATE INDEX IF NOT EXISTS podium_reviews_status ON podium_reviews (status, created_at);
 """
 _REVIEW_SELECT = ", ".join(Review.COLUMNS)
+
+_RESPONSES_DDL = """
+CREATE TABLE IF NOT EXISTS podium_responses (
+    id TEXT PRIMARY KEY, key_id TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+    expires_at DOUBLE PRECISION NOT NULL, response TEXT NOT NULL, items TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS podium_responses_expiry ON podium_responses (expires_at);
+"""
+_RESPONSE_SELECT = ", ".join(StoredResponse.COLUMNS)
 
 
 class _PgStore:
@@ -285,3 +293,30 @@ class PgReviewQueue(_PgStore):
                                  code="review_already_decided")
             return None
         return Review.from_row(tuple(row))
+
+
+class PgResponseLog(_PgStore):
+    """Stored Responses API answers; behaves as `responses.ResponseLog` does in SQLite."""
+    _ddl, _what = _RESPONSES_DDL, "response store"
+
+    async def put(self, stored: StoredResponse) -> None:
+        await self._db().execute(
+            f"INSERT INTO podium_responses ({_RESPONSE_SELECT}) VALUES ($1, $2, $3, $4, $5, $6)",
+            *stored.row())
+
+    async def get(self, response_id: str, key_id: str) -> StoredResponse | None:
+        row = await self._db().fetchrow(
+            f"SELECT {_RESPONSE_SELECT} FROM podium_responses "
+            "WHERE id = $1 AND key_id = $2 AND expires_at > $3", response_id, key_id, time.time())
+        return StoredResponse.from_row(tuple(row)) if row else None
+
+    async def delete(self, response_id: str, key_id: str) -> bool:
+        status = await self._db().execute(
+            "DELETE FROM podium_responses WHERE id = $1 AND key_id = $2 AND expires_at > $3",
+            response_id, key_id, time.time())
+        return bool(status == "DELETE 1")
+
+    async def purge(self, now: float) -> int:
+        status = await self._db().execute(
+            "DELETE FROM podium_responses WHERE expires_at <= $1", now)
+        return int(status.split()[-1])

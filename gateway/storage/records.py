@@ -4,6 +4,7 @@
     AuditRecord   one entry of the hash-chained audit trail (built in plugins/audit.py)
     Review        an answer held for human approval, and its decision
     StoredKey     a virtual key created through the admin API (never the raw key)
+    StoredResponse  a Responses API answer and the conversation up to it, owned by one key
 
 Each knows its own row layout, so a backend only says where the rows go.
 """
@@ -172,6 +173,14 @@ class Review:
 
 
 @dataclass(frozen=True, slots=True)
+class DashboardSession:
+    """An operator's dashboard session (gateway/http/sessions.py)."""
+    admin: str                       # the admin key's name
+    key_fingerprint: str             # the first 16 hex digits of that key's sha256
+    expires_at: float                # unix seconds
+
+
+@dataclass(frozen=True, slots=True)
 class StoredKey:
     id: str
     name: str
@@ -219,6 +228,32 @@ class StoredKey:
                    models=tuple(models) if models is not None else None,
                    created_at=row[6], revoked_at=row[7],
                    limits=Limits.model_validate_json(row[8]) if row[8] else None)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    """A response of `POST /v1/responses`, kept for `GET /v1/responses/{id}` and for a later
+    request's `previous_response_id`. Self-contained: `items` is the whole conversation up to
+    and including this response's output, so a response never depends on an older one that
+    may have expired before it."""
+    id: str
+    key_id: str                          # the only caller that may read or delete it
+    created_at: float
+    expires_at: float
+    response: dict[str, Any]             # the response object, as the client received it
+    items: list[dict[str, Any]]          # Responses input items, oldest first
+
+    COLUMNS = ("id", "key_id", "created_at", "expires_at", "response", "items")
+
+    def row(self) -> tuple[Any, ...]:
+        """In `COLUMNS` order, JSON as text (every backend stores it so)."""
+        return (self.id, self.key_id, self.created_at, self.expires_at,
+                orjson.dumps(self.response).decode(), orjson.dumps(self.items).decode())
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> StoredResponse:
+        return cls(id=row[0], key_id=row[1], created_at=row[2], expires_at=row[3],
+                   response=orjson.loads(row[4]), items=orjson.loads(row[5]))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

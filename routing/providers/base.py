@@ -36,6 +36,14 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class Wire:
+    """A request in the API its client spoke (e.g. "responses"), for a deployment that speaks
+    that API itself (`model_info.supports`): sent as it is instead of its chat translation."""
+    api: str
+    body: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class Attempt:
     """One try against one deployment, built afresh from the original request each time, so a
     retry never inherits an earlier attempt's changes."""
@@ -44,6 +52,10 @@ class Attempt:
     headers: Mapping[str, str]       # only what Podium chooses to send (e.g. traceparent)
     timeout_s: float
     number: int
+    # Set only where the deployment speaks the client's API and the body goes unmasked: a
+    # provider that can send it does (and answers with `ChatAnswer.native` too); any other
+    # sends `body`, the chat translation.
+    wire: Wire | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +64,7 @@ class ChatAnswer:
     usage: Usage
     response_model: str | None
     finish_reasons: tuple[str, ...] = field(default=())
+    native: dict[str, Any] | None = None   # the upstream's own answer to `Attempt.wire`
 
 
 @dataclass(frozen=True, slots=True)

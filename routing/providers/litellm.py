@@ -4,6 +4,13 @@ litellm is used as a library for what it is good at, translating one request to 
 API. Nothing here touches its globals (callbacks, cache, settings); its objects are converted to
 plain OpenAI-shaped dicts and its exceptions to `ProviderError` before anything leaves this module.
 The import is lazy (it costs seconds) and happens off the event loop: see `preload`.
+
+What litellm cannot bound: it has no limit on an answer's size, and reads a whole (unstreamed)
+answer, or one streamed event, into memory before Podium sees it. Podium counts a stream's
+total chunk by chunk and ends it past `server.max_response_bytes`, and refuses a whole answer
+past it (the attempt falls back); the memory one oversized answer takes on its way in is
+bounded only by the attempt's timeout. Deployments that speak OpenAI's wire format take the
+native path, which reads every answer with the limit (`routing/providers/reading.py`).
 """
 
 from __future__ import annotations
@@ -14,9 +21,12 @@ from collections.abc import AsyncIterator, Mapping
 from types import ModuleType
 from typing import Any
 
+import orjson
+
 from gateway.errors import ErrorKind, ProviderError, parse_retry_after, redact
 from routing.providers import answer_shape
 from routing.providers.base import Attempt, ChatAnswer, EmbeddingAnswer, Usage, finish_reasons
+from routing.providers.reading import ByteBudget
 
 # Fields of an OpenAI message/delta that may be null in the spec; every other null is dropped.
 _NULLABLE_MESSAGE_FIELDS = ("content", "refusal")
@@ -61,19 +71,29 @@ class LiteLLMProvider:
         except Exception as exc:
             raise _classify(lib, exc, attempt) from None
         body = answer_shape.check_completion(_clean_completion(resp.model_dump()))
+        ByteBudget(attempt).spend(len(orjson.dumps(body)))  # see "What litellm cannot bound"
         return ChatAnswer(body=body, usage=Usage.from_openai(body.get("usage")),
                           response_model=body.get("model"), finish_reasons=finish_reasons(body))
 
     async def chat_stream(self, attempt: Attempt) -> AsyncIterator[dict[str, Any]]:
         lib = await self._lib()
+        budget, stream = ByteBudget(attempt), None
         try:
             stream = await lib.acompletion(**_chat_kwargs(attempt, stream=True))
             async for chunk in stream:
-                yield answer_shape.check_chunk(_clean_chunk(chunk.model_dump()))
+                clean = answer_shape.check_chunk(_clean_chunk(chunk.model_dump()))
+                budget.spend(len(orjson.dumps(clean)))
+                yield clean
         except ProviderError:
             raise
         except Exception as exc:
             raise _classify(lib, exc, attempt) from None
+        finally:
+            # A stream left before its end (cut by a limit, or its client gone) must release
+            # its upstream connection now, not whenever it is collected.
+            close = getattr(stream, "aclose", None)
+            if close is not None:
+                await close()
 
     async def embed(self, attempt: Attempt) -> EmbeddingAnswer:
         lib = await self._lib()

@@ -20,19 +20,28 @@ from __future__ import annotations
 import asyncio
 import base64
 import struct
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
 
-from gateway.errors import ErrorKind, ProviderError, parse_retry_after, redact
+from gateway.errors import ProviderError
 from routing.catalog import Deployment
-from routing.providers import answer_shape
+from routing.providers import answer_shape, responses_wire
 from routing.providers.base import Attempt, ChatAnswer, EmbeddingAnswer, Usage, finish_reasons
+from routing.providers.http_wire import (
+    EventSplitter,
+    error_fields,
+    http_error,
+    message_for,
+    transport_error,
+)
+from routing.providers.reading import ByteBudget, read_capped
 
 __all__ = ["OpenAICompatibleProvider", "is_openai_compatible"]
+T = TypeVar("T")
 
 OPENAI_API_BASE = "https://api.openai.com/v1"
 # litellm prefixes whose chat and embeddings calls are plain OpenAI HTTP against `api_base`
@@ -46,7 +55,6 @@ _NATIVE_PREFIXES = frozenset({"openai", "hosted_vllm", "lm_studio", "llamafile",
 # after 5 s): reusing a connection the server is closing fails a POST, which is not retried.
 _KEEPALIVE_S = 4.0
 _POOL_LIMIT = 256               # concurrent connections per upstream base URL
-_MAX_MESSAGE = 500
 _STREAM_FIELDS = ("stream", "stream_options")
 _STREAM_OPTIONS = {"include_usage": True}   # always: spend is settled from the usage chunk
 _DONE = b"[DONE]"
@@ -70,6 +78,7 @@ class _Upstream:
     session: aiohttp.ClientSession
     chat_url: str
     embeddings_url: str
+    responses_url: str
 
 
 class OpenAICompatibleProvider:
@@ -78,6 +87,8 @@ class OpenAICompatibleProvider:
         self._base_headers: dict[str | None, dict[str, str]] = {}
 
     async def chat(self, attempt: Attempt) -> ChatAnswer:
+        if attempt.wire is not None and attempt.wire.api == "responses":
+            return await self._respond(attempt, attempt.wire.body)
         body = attempt.body
         if "stream" in body or "stream_options" in body:
             # A cascade may answer a streamed request with a plain call: drop the stream fields.
@@ -89,22 +100,33 @@ class OpenAICompatibleProvider:
                           response_model=answer.get("model"), finish_reasons=finish_reasons(answer))
 
     async def chat_stream(self, attempt: Attempt) -> AsyncIterator[dict[str, Any]]:
-        body = {**attempt.body, "stream": True, "stream_options": _STREAM_OPTIONS}
-        resp = await self._open_stream(attempt, body)
-        events = _EventSplitter()
+        wire = attempt.wire if attempt.wire is not None and attempt.wire.api == "responses" \
+            else None
+        if wire is not None:
+            body, url = {**wire.body, "stream": True}, self._upstream(attempt.deployment)
+            resp = await self._open_stream(attempt, body, url.responses_url)
+        else:
+            body = {**attempt.body, "stream": True, "stream_options": _STREAM_OPTIONS}
+            resp = await self._open_stream(attempt, body)
+        read = _Reader(attempt, responses_wire.StreamBridge() if wire is not None else None)
+        events = EventSplitter()
+        budget = ByteBudget(attempt)
         try:
             async for piece in resp.content.iter_any():
+                budget.spend(len(piece))  # a stream's total, a never-ending line included
                 for data in events.feed(piece):
                     if data == _DONE:
                         return
-                    yield _stream_chunk(data, attempt)
+                    for chunk in read(data):
+                        yield chunk
             for data in events.end():  # an unterminated last event: lenient, like the SDKs
                 if data != _DONE:
-                    yield _stream_chunk(data, attempt)
+                    for chunk in read(data):
+                        yield chunk
         except ProviderError:
             raise
         except _TRANSPORT_ERRORS as exc:
-            raise _transport_error(exc, attempt) from None
+            raise transport_error(exc, attempt) from None
         finally:
             # Pools the connection when the body was read to its end, closes it otherwise.
             resp.release()
@@ -122,6 +144,18 @@ class OpenAICompatibleProvider:
         return EmbeddingAnswer(body=clean, usage=Usage.from_openai(clean["usage"]),
                                response_model=clean["model"])
 
+    async def _respond(self, attempt: Attempt, wire: Mapping[str, Any]) -> ChatAnswer:
+        """One non-streamed Responses request, to a deployment that speaks the API."""
+        body = {k: v for k, v in wire.items() if k not in _STREAM_FIELDS}
+        upstream = self._upstream(attempt.deployment)
+        native = _loads_object(await self._post(attempt, upstream.session,
+                                                upstream.responses_url, body))
+        answer = answer_shape.check_completion(_redacted(responses_wire.completion_of, native,
+                                                         attempt))
+        return ChatAnswer(body=answer, usage=Usage.from_openai(answer.get("usage")),
+                          response_model=answer.get("model"),
+                          finish_reasons=finish_reasons(answer), native=native)
+
     async def close(self) -> None:
         upstreams, self._upstreams = self._upstreams, {}
         for upstream in upstreams.values():
@@ -138,7 +172,8 @@ class OpenAICompatibleProvider:
             # No cookies, no proxy settings from the environment: each request stands alone.
             session = aiohttp.ClientSession(connector=connector, trust_env=False,
                                             cookie_jar=aiohttp.DummyCookieJar())
-            upstream = _Upstream(session, f"{base}/chat/completions", f"{base}/embeddings")
+            upstream = _Upstream(session, f"{base}/chat/completions", f"{base}/embeddings",
+                                 f"{base}/responses")
             self._upstreams[base] = upstream
         return upstream
 
@@ -160,17 +195,17 @@ class OpenAICompatibleProvider:
         try:
             async with session.post(url, data=orjson.dumps(body), headers=self._headers(attempt),
                                     timeout=timeout, allow_redirects=False) as resp:
-                raw = await resp.read()
+                raw = await read_capped(resp, attempt)
                 if resp.status >= 300:
-                    raise _http_error(resp, raw, attempt)
+                    raise http_error(resp, raw, attempt)
                 return raw
         except ProviderError:
             raise
         except _TRANSPORT_ERRORS as exc:
-            raise _transport_error(exc, attempt) from None
+            raise transport_error(exc, attempt) from None
 
-    async def _open_stream(self, attempt: Attempt,
-                           body: Mapping[str, Any]) -> aiohttp.ClientResponse:
+    async def _open_stream(self, attempt: Attempt, body: Mapping[str, Any],
+                           url: str | None = None) -> aiohttp.ClientResponse:
         """POST and wait for the response head: connect and first byte share one deadline.
         After that the stream may last as long as it likes, but every wait for the next bytes
         is bounded by `sock_read`."""
@@ -180,49 +215,52 @@ class OpenAICompatibleProvider:
         try:
             async with asyncio.timeout(attempt.timeout_s):
                 resp = await upstream.session.post(
-                    upstream.chat_url, data=orjson.dumps(body), headers=self._headers(attempt),
+                    url or upstream.chat_url, data=orjson.dumps(body),
+                    headers=self._headers(attempt),
                     timeout=timeout, allow_redirects=False)
                 if resp.status >= 300:
                     try:
-                        raise _http_error(resp, await resp.read(), attempt)
+                        raise http_error(resp, await read_capped(resp, attempt), attempt)
                     finally:
                         resp.release()
         except ProviderError:
             raise
         except _TRANSPORT_ERRORS as exc:
-            raise _transport_error(exc, attempt) from None
+            raise transport_error(exc, attempt) from None
         return resp
 
 
-class _EventSplitter:
-    """Incremental server-sent events: bytes as they arrive in, each event's `data` out.
+@dataclass(frozen=True, slots=True)
+class _Reader:
+    """One event's data → the chunks it carries: a chat chunk as it is, or, from a deployment
+    that speaks Responses, what its typed event means in chat's terms."""
+    attempt: Attempt
+    bridge: responses_wire.StreamBridge | None
 
-    Lines may end in \\n or \\r\\n and arrive split across reads; comments (`:`) and the other
-    fields (`event:`, `id:`, `retry:`) are ignored; a blank line ends an event."""
+    def __call__(self, data: bytes) -> list[dict[str, Any]]:
+        if self.bridge is None:
+            return [_stream_chunk(data, self.attempt)]
+        chunks = _redacted(self.bridge.feed, _loads_object(data), self.attempt)
+        return [answer_shape.check_chunk(chunk) for chunk in chunks]
 
-    __slots__ = ("_data", "_tail")
 
-    def __init__(self) -> None:
-        self._tail = b""
-        self._data: list[bytes] = []
+def _loads_object(raw: bytes) -> dict[str, Any]:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ProviderError("server", "the upstream sent malformed JSON") from None
+    if not isinstance(body, dict):
+        raise ProviderError("server", "the upstream sent JSON that is not an object")
+    return body
 
-    def feed(self, piece: bytes) -> list[bytes]:
-        lines = (self._tail + piece).split(b"\n") if self._tail else piece.split(b"\n")
-        self._tail = lines.pop()
-        events: list[bytes] = []
-        for line in lines:
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if not line:
-                if self._data:
-                    events.append(b"\n".join(self._data))
-                    self._data = []
-            elif line.startswith(b"data:"):
-                self._data.append(line[6:] if line[5:6] == b" " else line[5:])
-        return events
 
-    def end(self) -> list[bytes]:
-        return self.feed(b"\n\n") if self._tail or self._data else []
+def _redacted(read: Callable[[dict[str, Any]], T], body: dict[str, Any], attempt: Attempt) -> T:
+    """`read(body)`, with the deployment's key removed from any failure it reports."""
+    try:
+        return read(body)
+    except ProviderError as err:
+        err.message = message_for(err.message, attempt)
+        raise
 
 
 def _stream_chunk(data: bytes, attempt: Attempt) -> dict[str, Any]:
@@ -250,8 +288,8 @@ def _decode(raw: bytes, attempt: Attempt) -> dict[str, Any]:
         raise ProviderError("server", "the upstream sent JSON that is not an object")
     if "error" in body and "choices" not in body and "data" not in body:
         # An error after a 200 head (mid-stream), or in a 200 body as some servers send it.
-        message, code = _error_fields(body)
-        raise ProviderError("server", _message(message or "the upstream reported an error",
+        message, code = error_fields(body)
+        raise ProviderError("server", message_for(message or "the upstream reported an error",
                                                attempt), code=code)
     return body
 
@@ -303,79 +341,3 @@ def _floats(embedding: Any) -> list[float]:
             raise answer_shape.malformed("an embedding is not valid base64") from None
         return list(struct.unpack(f"<{len(raw) // 4}f", raw[:len(raw) // 4 * 4]))
     return answer_shape.check_vector(embedding)
-
-
-# ---- errors -------------------------------------------------------------------------------
-
-def _http_error(resp: aiohttp.ClientResponse, raw: bytes, attempt: Attempt) -> ProviderError:
-    message, code = _error_fields(_loads_or_none(raw))
-    status = resp.status
-    return ProviderError(_kind(status, code, message or ""),
-                         _message(message or resp.reason or f"HTTP {status}", attempt),
-                         status=status, code=code, retry_after_s=_retry_after(resp.headers))
-
-
-def _transport_error(exc: BaseException, attempt: Attempt) -> ProviderError:
-    # aiohttp's timeout errors are also connection errors: decide on timeout first.
-    kind: ErrorKind = "timeout" if isinstance(exc, asyncio.TimeoutError) else "connection"
-    detail = str(exc) or type(exc).__name__
-    if kind == "timeout":
-        detail = f"no answer within {attempt.timeout_s:g}s"
-    return ProviderError(kind, _message(detail, attempt))
-
-
-def _loads_or_none(raw: bytes) -> Any:
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None  # an HTML page from a proxy, an empty body: the status text will do
-
-
-def _error_fields(body: Any) -> tuple[str | None, str | None]:
-    """(message, code) from OpenAI's `{"error": {...}}`, a bare `{"error": "..."}`, or vLLM's
-    older top-level `{"object": "error", "message": ...}`."""
-    if not isinstance(body, dict):
-        return None, None
-    err = body.get("error", body)
-    if isinstance(err, str):
-        return err, None
-    if not isinstance(err, dict):
-        return None, None
-    message, code = err.get("message"), err.get("code")
-    return (message if isinstance(message, str) else None,
-            code if isinstance(code, str) else None)
-
-
-def _kind(status: int, code: str | None, message: str) -> ErrorKind:
-    if status == 429:
-        return "rate_limit"
-    if status in (401, 403):
-        return "auth"
-    if status == 404:
-        return "not_found"
-    if status in (400, 422) and (code == "context_length_exceeded" or _about_context(message)):
-        return "context_length"
-    if status == 400 and code in ("content_policy_violation", "content_filter"):
-        return "content_policy"
-    return "bad_request" if 400 <= status < 500 else "server"
-
-
-def _about_context(message: str) -> bool:
-    lowered = message.lower()
-    return "context length" in lowered or "maximum context" in lowered
-
-
-def _message(text: str, attempt: Attempt) -> str:
-    return redact(text.strip()[:_MAX_MESSAGE], [attempt.deployment.api_key or ""])
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait: `retry-after-ms` (OpenAI), else `Retry-After` as seconds or a date."""
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("Retry-After")
-    return parse_retry_after(value) if value else None
