@@ -7,7 +7,8 @@ text itself but `masked_view(text)`: the YAML re-written with the value of every
 masked. Secret fields are found from the config's own models (every `SecretStr`: provider and
 admin keys, virtual keys, DSNs, the Redis URL, the audit HMAC key, the simulator's key), plus,
 where the config is open-ended (litellm's extra parameters, plugin options), any field whose
-name says secret (`api_key`, `*_token`, `password`, `credentials`, ...). A reference to the
+name says secret (`api_key`, `*_token`, `password`, `credentials`, ...); and the password of
+any URL written `scheme://user:password@host`, wherever it is. A reference to the
 environment (`${VAR}`, `os.environ/VAR`) is shown as it is: it names the variable, not its
 value; a literal default in one (`${VAR:-...}`) is masked. A masked value shows a fingerprint
 keyed per process, so a diff still shows that a secret changed and never what it is.
@@ -34,6 +35,7 @@ from gateway.config_base import load_yaml
 _SECRET_NAME = re.compile(r"(?i)(^|_)(api_?key|key|secret|token|password|passwd|pwd|"
                           r"credentials?|dsn|private_key|auth_header)($|_)")
 _WHOLE_REF = re.compile(r"^(\$\{[A-Za-z_][A-Za-z0-9_]*\}|os\.environ/[A-Za-z_][A-Za-z0-9_]*)$")
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)([^@\s/]+)(@)")
 _DEFAULTED_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*):-[^}]*\}$")
 _FINGERPRINT_KEY = secrets.token_bytes(32)   # per process: fingerprints never leave it usable
 SHORT = 12                                   # hex digits of a digest shown to people
@@ -90,6 +92,8 @@ def _mask(raw: Any, model: type[BaseModel] | None) -> Any:
         return {k: _mask_field(k, v, model) for k, v in raw.items()}
     if isinstance(raw, list):
         return [_mask(v, model) for v in raw]
+    if isinstance(raw, str):  # a password in any URL (an api_base with user:password@)
+        return _URL_PASSWORD.sub(r"\1***\3", raw)
     return raw
 
 
