@@ -9,7 +9,7 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from gateway.runtime import GATEWAY, Gateway
 from gateway.simulator import RECORDED, SimModel, start_simulator
 from routing.learned.head import LinearHead
 from tests.conftest import ADMIN, APP_KEY, UPSTREAM_KEY, GatewayFactory, base_config, deployment
+from tests.support.cdp import Page, browser, open_page
 from tests.support.waiting import until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -242,3 +243,49 @@ async def test_a_streamed_answer_is_trialled_too(sim: tuple[str, Any],
     [pair] = await gw.shadow.store.pairs(None, None)
     assert (pair.primary, pair.candidate, pair.primary_passed) == ("sim-dear", "sim-cand", True)
     assert pair.similarity is not None and pair.similarity > 0.6 and pair.agreed
+
+
+# ---- the dashboard's panel, in Chromium -----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from browser(tmp_path_factory)
+
+
+@pytest.fixture
+async def page(chromium: str) -> AsyncIterator[Page]:
+    async with open_page(chromium) as tab:
+        yield tab
+
+
+SHADOW_PANEL = """(() => [...document.querySelectorAll('#shadow .shadow-row[data-candidate]')]
+  .map((row) => ({rule: row.dataset.rule, candidate: row.dataset.candidate,
+    ...Object.fromEntries([...row.querySelectorAll('[data-kpi]')].map(
+      (c) => [c.dataset.kpi, c.dataset.value === '' ? null : Number(c.dataset.value)]))})))()"""
+
+
+@pytest.mark.timeout(300, func_only=True)
+@pytest.mark.provisioned("chromium")
+async def test_the_dashboard_panel_shows_the_report(served: tuple[str, Path, Any],
+                                                    page: Page) -> None:
+    base, _, app = served
+    client = openai.AsyncOpenAI(base_url=base + "/v1", api_key=APP_KEY, max_retries=0)
+    for prompt in PROMPTS[4:10]:
+        await client.chat.completions.create(model="chat",
+                                             messages=[{"role": "user", "content": prompt}])
+    await until(lambda: settled(app[GATEWAY]), "the trials to finish")
+    await page.navigate(base + "/dashboard")
+    await page.wait_for("!!document.getElementById('key')", "the login form")
+    await page.evaluate(f"document.getElementById('key').value = {json.dumps(ADMIN)};"
+                        "document.querySelector('#login button').click(); true")
+    [shown] = await page.wait_for(f"(rows => rows.length === 1 && rows[0].trials === 6 && rows)"
+                                  f"({SHADOW_PANEL})", "the shadow panel")
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {ADMIN}"}) as s, \
+            s.get(base + "/admin/dashboard/data") as resp:
+        [row] = (await resp.json())["shadow"]
+    assert (shown["rule"], shown["candidate"]) == (row["rule"], row["candidate"])
+    for kpi in ("agreement_rate", "primary_pass_rate", "candidate_pass_rate", "cost_ratio",
+                "latency_ratio", "error_rate"):
+        assert shown[kpi] == pytest.approx(row[kpi]), kpi
+    assert shown["agreement_rate"] == pytest.approx(2 / 6)   # 2 plain, 4 refused integrals
+    assert page.errors() == [], "no script errors, no CSP violations"

@@ -13,8 +13,8 @@ const COLUMNS = [
   ["agreement_rate", "agree", (r) => pct(r.agreement_rate), (r) => r.agreement_rate],
   ["primary_pass_rate", "checks primary", (r) => pct(r.primary_pass_rate), (r) => r.primary_pass_rate],
   ["candidate_pass_rate", "checks candidate", (r) => pct(r.candidate_pass_rate), (r) => r.candidate_pass_rate],
-  ["cost", "cost / trial", (r) => `${usd(r.candidate_cost_usd)} vs ${usd(r.primary_cost_usd)}${ratio(r.cost_ratio)}`, (r) => r.cost_ratio],
-  ["latency", "latency", (r) => `${secs(r.candidate_latency_s)} vs ${secs(r.primary_latency_s)}${ratio(r.latency_ratio)}`, (r) => r.latency_ratio],
+  ["cost_ratio", "cost / trial", (r) => `${usd(r.candidate_cost_usd)} vs ${usd(r.primary_cost_usd)}${ratio(r.cost_ratio)}`, (r) => r.cost_ratio],
+  ["latency_ratio", "latency", (r) => `${secs(r.candidate_latency_s)} vs ${secs(r.primary_latency_s)}${ratio(r.latency_ratio)}`, (r) => r.latency_ratio],
   ["error_rate", "errors", (r) => pct(r.error_rate), (r) => r.error_rate],
 ];
 
