@@ -260,15 +260,16 @@ class Gateway:
         return await self.apply(origin, origin.draft(loaded_by, "rollback", number),
                                 self._base_dir(old.source))
 
-    async def apply(self, origin: ConfigOrigin, draft: ConfigVersion | None,
+    async def apply(self, origin: ConfigOrigin, draft: ConfigVersion,
                     base_dir: Path | None) -> ReloadResult:
-        """Check and compile `origin`'s text, record it as a version (`draft`; None: adopt the
-        store's latest, already recorded), then swap it in."""
+        """Check and compile `origin`'s text, record it as a version (`draft`; one already
+        numbered is a version another process recorded, adopted as it is), then swap it in."""
         async with self.changing:
+            if 0 < draft.number <= self.runtime.version.number:  # passed while it waited
+                return ReloadResult(True, [], [], (), draft)
             try:
                 checked, runtime = await self._compiled(origin, base_dir)
-                version = await self._recorded(draft) if draft is not None else \
-                    await self._latest()
+                version = draft if draft.number > 0 else await self._recorded(draft)
             except ConfigError as err:
                 return self._rejected(origin.source, err.problems)
             except (OSError, ValueError, PodiumError) as err:  # e.g. an unreadable JWKS file
@@ -298,7 +299,7 @@ class Gateway:
         if latest.digest == current.digest:  # the same text again (a rollback to it)
             self.runtime = replace(self.runtime, version=VersionTag(latest.number, latest.digest))
             return
-        result = await self.apply(ConfigOrigin(latest.content, latest.source), None,
+        result = await self.apply(ConfigOrigin(latest.content, latest.source), latest,
                                   self._base_dir(latest.source))
         if not result.ok:
             self.unusable.add(latest.number)  # logged once; the next newer version is tried
@@ -335,12 +336,6 @@ class Gateway:
         except Exception as err:  # the store's own errors (sqlite3, asyncpg) vary
             raise ConfigError([f"(version store): cannot record the version: "
                                f"{type(err).__name__}"]) from err
-
-    async def _latest(self) -> ConfigVersion:
-        latest = await self.versions.latest() if self.versions is not None else None
-        if latest is None:
-            raise ConfigError(["(version store): no version to follow"])
-        return latest
 
     def _base_dir(self, source: str) -> Path | None:
         """Where a version's relative paths (learned heads) are resolved: its file's folder."""
