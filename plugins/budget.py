@@ -143,7 +143,9 @@ class BudgetPlugin(BasePlugin):
             pass  # the cap alone bounds it; reserving decides what an outage means
 
         if per_token > 0 and left < math.inf:
-            cap = max(1, min(cap, math.floor((left - prompt_usd) / per_token)))
+            # A hair under what is left: summing the prompt's and the output's cost again in
+            # reserve() must not round past the budget and refuse the request it was sized for.
+            cap = max(1, min(cap, math.floor((left - prompt_usd) / per_token * (1 - 1e-9))))
         ctx.capped(cap)
         return most_cost(plan, route.prompt_tokens, lambda d: cap * n)
 

@@ -165,3 +165,16 @@ async def test_an_answer_without_usage_is_counted_locally(
     record = await _audited(gw, stream.headers["x-request-id"])
     assert record["prompt_tokens"] > 0 and record["completion_tokens"] > 0
     assert record["cost_usd"] > 0
+
+
+async def test_a_request_sized_to_the_exact_remainder_is_admitted(
+        upstream: Upstream, make_gateway: GatewayFactory, tmp_path: Path) -> None:
+    """The cap is what the budget left can pay; summing that cost again must not round past
+    the budget and refuse the very request it was sized for."""
+    cfg = _config(upstream.url, tmp_path)
+    cfg["keys"][0]["budget_usd"] = 0.1 + 0.2  # not exactly representable
+    gw = await make_gateway(cfg)
+    for _ in range(3):
+        raw = await gw.client().chat.completions.with_raw_response.create(
+            model="chat", messages=[{"role": "user", "content": "hi [[long:50]]"}])
+        assert raw.status_code == 200
