@@ -102,6 +102,7 @@ def build_app(config: GatewayConfig, telemetry: Telemetry | None = None,
     app.cleanup_ctx.append(dashboard.history_ctx)
     app.cleanup_ctx.append(_calibration_ctx)
     app.cleanup_ctx.append(_tasks_ctx)
+    app.cleanup_ctx.append(models.metrics_pool_ctx)
     app.cleanup_ctx.append(_shadow_ctx)   # last: its trials end before what they use closes
     return app
 

@@ -22,10 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from prometheus_client import multiprocess
-
 from gateway.config import GatewayConfig, read_text
-from gateway.observability.metrics import MULTIPROC_ENV
+from gateway.observability import metrics_pool
 from gateway.runtime import ConfigOrigin
 from gateway.simulator import start_from_config
 from gateway.storage.backends import open_versions
@@ -51,11 +49,12 @@ async def supervise(config_path: Path, cfg: GatewayConfig, host: str, port: int,
         log.warning("%s", warning)
     await record_start(config_path, cfg, workers)
     simulator = await start_from_config(cfg.simulator)
-    # Every worker writes its Prometheus samples here; any worker's /metrics sums them all.
+    # Every worker writes its Prometheus samples here; any worker's /metrics merges them all.
     metrics_dir = tempfile.TemporaryDirectory(prefix="podium-metrics-")
-    os.environ[MULTIPROC_ENV] = metrics_dir.name
+    os.environ[metrics_pool.POOL_ENV] = metrics_dir.name
     try:
-        slots = [asyncio.create_task(_keep_alive(i, config_path, host, port, stop, procs))
+        slots = [asyncio.create_task(_keep_alive(i, config_path, host, port, stop, procs,
+                                                 Path(metrics_dir.name)))
                  for i in range(workers)]
         log.info("supervisor %d: %d workers on http://%s:%d", os.getpid(), workers, host, port)
         await stop.wait()
@@ -64,7 +63,7 @@ async def supervise(config_path: Path, cfg: GatewayConfig, host: str, port: int,
     finally:
         if simulator is not None:
             await simulator.cleanup()
-        os.environ.pop(MULTIPROC_ENV, None)
+        os.environ.pop(metrics_pool.POOL_ENV, None)
         metrics_dir.cleanup()
     return 0 if all(c in (0, -signal.SIGTERM) for c in codes) else 1
 
@@ -101,7 +100,8 @@ def _forward(procs: dict[int, asyncio.subprocess.Process], sig: signal.Signals) 
 
 
 async def _keep_alive(index: int, config_path: Path, host: str, port: int,
-                      stop: asyncio.Event, procs: dict[int, asyncio.subprocess.Process]) -> int:
+                      stop: asyncio.Event, procs: dict[int, asyncio.subprocess.Process],
+                      metrics_dir: Path) -> int:
     """Run worker `index`; restart it whenever it dies before `stop` is set."""
     failures = 0
     while True:
@@ -117,8 +117,8 @@ async def _keep_alive(index: int, config_path: Path, host: str, port: int,
             log.info("worker %d (pid %d) exited with %s", index, proc.pid, code)
             return code
         stopping.cancel()
-        # Its live gauges no longer count (prometheus_client leaves this function untyped).
-        multiprocess.mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]
+        # Its counts stay in the pool's totals; its live gauges no longer count.
+        metrics_pool.retire(metrics_dir, proc.pid)
         failures = 0 if time.monotonic() - started > _STABLE_S else failures + 1
         delay = _BACKOFF_S[min(failures, len(_BACKOFF_S) - 1)]
         log.warning("worker %d (pid %d) died with %s; restarting in %.1fs",

@@ -69,7 +69,7 @@ def test_the_scanner_finds_what_it_is_meant_to() -> None:
     # Guards the guard: a reading of each shape the code uses is found.
     code = variables_read_by_the_code()
     assert {"PODIUM_CONFIG", "PODIUM_PORT", "OTEL_SERVICE_NAME", "OTEL_TRACES_EXPORTER",
-            "LITELLM_LOCAL_MODEL_COST_MAP", "PROMETHEUS_MULTIPROC_DIR",
+            "LITELLM_LOCAL_MODEL_COST_MAP", "PODIUM_METRICS_DIR",
             "PODIUM_WORKER_INDEX", "TIKTOKEN_CACHE_DIR"} <= code
     assert {"PODIUM_SIM_PORT", "PODIUM_STATE_DIR", "PODIUM_KEY",
             "PODIUM_ADMIN_KEY"} == variables_in_the_default_config()

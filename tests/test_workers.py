@@ -44,14 +44,60 @@ async def test_two_workers_share_the_port(pool: dict[str, Any]) -> None:
         model="chat", messages=[{"role": "user", "content": f"q{i}"}]) for i in range(10)))
     assert [a.choices[0].message.content.endswith(f"q{i}") for i, a in enumerate(answers)] == \
         [True] * 10
-    # Whichever worker answers the scrape, it reports the whole pool's requests.
+    # Whichever worker answers the scrape, it reports the whole pool's requests (the other
+    # worker's within a second: its snapshot).
+    await until(lambda: pool_counts(pool["base"], 10), "the scrape to count all 10 requests")
     for _ in range(4):
-        async with aiohttp.ClientSession() as session, session.get(
-                pool["base"] + "/metrics") as resp:
-            text = await resp.text()
-        counted = sum(s.value for f in text_string_to_metric_families(text)
-                      for s in f.samples if s.name == "podium_requests_total")
-        assert counted == 10
+        assert await requests_counted(pool["base"]) == 10
+
+
+async def requests_counted(base: str) -> float:
+    """podium_requests_total summed, from one scrape (on a fresh connection: either worker)."""
+    async with aiohttp.ClientSession() as session, session.get(base + "/metrics") as resp:
+        text = await resp.text()
+    return sum(s.value for f in text_string_to_metric_families(text)
+               for s in f.samples if s.name == "podium_requests_total")
+
+
+async def pool_counts(base: str, expected: float) -> bool:
+    return await requests_counted(base) == expected
+
+
+async def chat_once(base: str) -> str:
+    """One chat request on a connection of its own (so the kernel picks a worker for it);
+    the answering process, from its request id's per-process prefix."""
+    async with aiohttp.ClientSession() as session, session.post(
+            base + "/v1/chat/completions", headers={"Authorization": f"Bearer {APP_KEY}"},
+            json={"model": "chat", "messages": [{"role": "user", "content": "hi"}]}) as resp:
+        assert resp.status == 200, await resp.text()
+        return resp.headers["x-request-id"][:20]   # "req_" and the process's prefix
+
+
+async def test_one_scrape_counts_both_workers_and_survives_a_restart(
+        pool: dict[str, Any]) -> None:
+    """Requests answered by both workers are all in any one scrape; a worker killed and
+    replaced takes none of its counts with it (counters never go backwards)."""
+    base = pool["base"]
+    await until(lambda: both_workers(base), "both workers to answer")
+    answered_by: list[str] = []
+    while len(set(answered_by)) < 2:
+        assert len(answered_by) < 200, "every request went to one worker"
+        answered_by.append(await chat_once(base))
+    sent = len(answered_by)
+    await until(lambda: pool_counts(base, sent), f"one scrape to count all {sent} requests")
+    before = await until(lambda: both_workers(base), "both workers to answer")
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+
+    async def replaced() -> set[int] | None:
+        seen = await both_workers(base)
+        return seen if seen and victim not in seen else None
+
+    await until(replaced, "a new worker to replace the killed one")
+    for _ in range(4):   # whichever worker answers: the killed one's requests still count
+        assert await requests_counted(base) == sent
+    answered_by.append(await chat_once(base))
+    await until(lambda: pool_counts(base, sent + 1), "the count to go on from there")
 
 
 async def test_a_crashed_worker_is_restarted(pool: dict[str, Any]) -> None:

@@ -3,7 +3,9 @@ endpoints for probes and scrapers: `/healthz`, `/readyz`, `/metrics`."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
@@ -59,3 +61,18 @@ async def metrics(request: web.Request) -> web.Response:
     """Prometheus text format; open like /healthz (put it behind your network policy)."""
     return web.Response(body=request.app[GATEWAY].metrics.exposition(),
                         headers={"Content-Type": CONTENT_TYPE})
+
+
+async def metrics_pool_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Under `--workers`: share this worker's samples with the pool once a second, and a last
+    time at shutdown (see `observability.metrics_pool`)."""
+    metrics = app[GATEWAY].metrics
+    pool = metrics.pool
+    if pool is None:
+        yield
+        return
+    sharing = asyncio.create_task(pool.share_forever(metrics.samples), name="podium-metrics")
+    yield
+    sharing.cancel()
+    await asyncio.gather(sharing, return_exceptions=True)
+    pool.share(metrics.samples)

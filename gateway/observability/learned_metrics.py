@@ -16,9 +16,9 @@ over workers; the gauges are each process's own (each calibrates on its own traf
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from gateway.observability import samples as plain
 
 
 class LearnedState(Protocol):
@@ -43,24 +43,22 @@ class LearnedState(Protocol):
 
 
 class LearnedMetrics:
-    def __init__(self, registry: CollectorRegistry | None) -> None:
-        self.decisions = Counter(
+    def __init__(self, samples: plain.Samples) -> None:
+        self.decisions = samples.counter(
             "podium_learned_decisions_total", "Learned rules' decisions per request: floor, "
-            "escalate, or unscored", ["route", "decision"], registry=registry)
-        gauge: Literal["livemostrecent"] = "livemostrecent"
-        self.target_share = Gauge(
+            "escalate, or unscored", ["route", "decision"])
+        self.target_share = samples.gauge(
             "podium_learned_target_strong_share", "The share of requests a learned rule aims "
-            "to escalate", ["route"], registry=registry, multiprocess_mode=gauge)
-        self.target_quality = Gauge(
+            "to escalate", ["route"], mode="livemostrecent")
+        self.target_quality = samples.gauge(
             "podium_learned_target_relative_quality", "A learned rule's min_relative_quality",
-            ["route"], registry=registry, multiprocess_mode=gauge)
-        self.threshold = Gauge(
+            ["route"], mode="livemostrecent")
+        self.threshold = samples.gauge(
             "podium_learned_threshold", "The difficulty score at or above which a learned "
-            "rule escalates", ["route"], registry=registry, multiprocess_mode=gauge)
-        self.recent_share = Gauge(
+            "rule escalates", ["route"], mode="livemostrecent")
+        self.recent_share = samples.gauge(
             "podium_learned_recent_strong_share", "The share of a learned rule's recent "
-            "scores at or above its threshold", ["route"], registry=registry,
-            multiprocess_mode=gauge)
+            "scores at or above its threshold", ["route"], mode="livemostrecent")
 
     def calibration(self, rule: str, state: LearnedState) -> None:
         self.target_share.labels(rule).set(state.target_share)

@@ -34,8 +34,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from opentelemetry.trace import SpanContext
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from gateway.observability.samples import Samples
 from gateway.pipeline.tasks import TaskTag
 
 # Log-spaced: a task of one cheap call costs micro-dollars, an agent run on a large model dollars.
@@ -130,29 +130,32 @@ class OpenTasks:
 
 
 class TaskMetrics:
-    def __init__(self, registry: CollectorRegistry | None) -> None:
-        reg = registry
-        self.tasks = Counter("podium_tasks_total", "Finished tasks by workflow; result: ok, or "
-                             "error when the last call was not answered",
-                             ["workflow", "result"], registry=reg)
-        self.cost = Histogram("podium_task_cost_usd", "A finished task's cost in USD, all its "
-                              "calls", ["workflow"], buckets=COST_BUCKETS, registry=reg)
-        self.duration = Histogram("podium_task_duration_seconds", "A finished task's time "
-                                  "from its first call's start to its last call's end",
-                                  ["workflow"], buckets=DURATION_BUCKETS, registry=reg)
-        self.escalated = Counter("podium_task_escalated_total", "Finished tasks with at "
-                                 "least one escalated call", ["workflow"], registry=reg)
-        self.approved = Counter("podium_task_approval_total", "Finished tasks with at least "
-                                "one call held for human approval", ["workflow"], registry=reg)
-        self.calls = Counter("podium_workflow_calls_total", "Calls of tasks by workflow, as "
-                             "they end: ok, failed or held", ["workflow", "result"],
-                             registry=reg)
-        self.spend = Counter("podium_workflow_cost_usd_total", "Spend of tasks' calls by "
-                             "workflow, as they end", ["workflow"], registry=reg)
-        self.open = Gauge("podium_tasks_open", "Tasks in progress", registry=reg,
-                          multiprocess_mode="livesum")
-        self.evicted = Counter("podium_tasks_evicted_total", "Tasks finished early because "
-                               "tasks.max_open were in progress", registry=reg)
+    def __init__(self, samples: Samples) -> None:
+        self.tasks = samples.counter(
+            "podium_tasks_total", "Finished tasks by workflow; result: ok, or error when the "
+            "last call was not answered", ["workflow", "result"])
+        self.cost = samples.histogram(
+            "podium_task_cost_usd", "A finished task's cost in USD, all its calls", ["workflow"],
+            buckets=COST_BUCKETS)
+        self.duration = samples.histogram(
+            "podium_task_duration_seconds", "A finished task's time from its first call's start "
+            "to its last call's end", ["workflow"], buckets=DURATION_BUCKETS)
+        self.escalated = samples.counter(
+            "podium_task_escalated_total", "Finished tasks with at least one escalated call",
+            ["workflow"])
+        self.approved = samples.counter(
+            "podium_task_approval_total", "Finished tasks with at least one call held for "
+            "human approval", ["workflow"])
+        self.calls = samples.counter(
+            "podium_workflow_calls_total", "Calls of tasks by workflow, as they end: ok, "
+            "failed or held", ["workflow", "result"])
+        self.spend = samples.counter(
+            "podium_workflow_cost_usd_total", "Spend of tasks' calls by workflow, as they end",
+            ["workflow"])
+        self.open = samples.gauge("podium_tasks_open", "Tasks in progress", mode="livesum")
+        self.evicted = samples.counter(
+            "podium_tasks_evicted_total", "Tasks finished early because tasks.max_open were in "
+            "progress")
 
     def call(self, workflow: str, call: CallFacts) -> None:
         result = "held" if call.held else "failed" if call.failed else "ok"
