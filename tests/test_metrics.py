@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import aiohttp
 import openai
 import pytest
 from aiohttp.test_utils import TestServer
+from opentelemetry.sdk.metrics._internal import instrument as sdk_instrument
+from opentelemetry.sdk.metrics._internal.measurement_consumer import (
+    SynchronousMeasurementConsumer,
+)
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -113,3 +119,77 @@ async def test_genai_client_metrics(upstream: Upstream) -> None:
     assert points["input"].attributes["gen_ai.operation.name"] == "chat"
     duration = metrics["gen_ai.client.operation.duration"]
     assert duration.unit == "s" and duration.data.data_points[0].count == 1
+
+
+async def test_genai_metrics_are_summed_on_the_loop_and_exact(
+        upstream: Upstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    """N requests through the gateway: no SDK instrument is called on the request path (the
+    attempts are summed in plain points), and the reader's one collection has exactly the
+    client's token counts, N durations, and exemplars that name the requests' own traces."""
+    sdk_calls: list[str] = []
+    for cls, method in ((sdk_instrument._Histogram, "record"),
+                        (SynchronousMeasurementConsumer, "consume_measurement")):
+        original = getattr(cls, method)
+
+        def counted(*args: Any, _original: Any = original, _name: str = method) -> Any:
+            sdk_calls.append(_name)
+            return _original(*args)
+        monkeypatch.setattr(cls, method, counted)
+    reader, spans = InMemoryMetricReader(), InMemorySpanExporter()
+    app = build_app(parse_config({**base_config(upstream.url),
+                                  "key_store": {"path": ":memory:"}}, env={}),
+                    telemetry.with_exporter(spans, metrics=reader))
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{server.port}/v1",
+                                    api_key=APP_KEY, max_retries=0)
+        answers = [await client.chat.completions.create(
+            model="chat", messages=[{"role": "user", "content": "word " * (i + 1)}])
+            for i in range(5)]
+        assert sdk_calls == []
+        data = reader.get_metrics_data()
+    finally:
+        await server.close()
+    assert sdk_calls == []
+    metrics = {m.name: m for rm in data.resource_metrics for sm in rm.scope_metrics
+               for m in sm.metrics}
+    [duration] = metrics["gen_ai.client.operation.duration"].data.data_points
+    assert duration.count == sum(duration.bucket_counts) == 5
+    assert 0 < duration.min <= duration.max and duration.sum >= 5 * duration.min
+    usage = {p.attributes["gen_ai.token.type"]: p
+             for p in metrics["gen_ai.client.token.usage"].data.data_points}
+    for kind, told in (("input", [a.usage.prompt_tokens for a in answers]),
+                       ("output", [a.usage.completion_tokens for a in answers])):
+        point = usage[kind]
+        assert point.count == sum(point.bucket_counts) == 5
+        assert (point.sum, point.min, point.max) == (sum(told), min(told), max(told))
+    traces = {s.context.trace_id for s in spans.get_finished_spans()}
+    assert duration.exemplars and {e.trace_id for e in duration.exemplars} <= traces
+
+
+def test_genai_points_are_cumulative_or_delta_as_the_exporter_prefers(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    attrs = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
+             "gen_ai.request.model": "m"}
+
+    def collected(preference: str) -> list[tuple[int, float]]:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", preference)
+        reader = InMemoryMetricReader()
+        genai = telemetry.with_exporter(InMemorySpanExporter(), metrics=reader).genai
+        assert genai is not None
+        seen = []
+        for batch in ([0.5, 2.0], [7.0]):
+            for seconds in batch:
+                genai.record(attrs, seconds, 10, 20, None)
+            genai.record(attrs, 1.0, 0, 0, "timeout")
+            data = reader.get_metrics_data()
+            [duration] = [m for rm in data.resource_metrics for sm in rm.scope_metrics
+                          for m in sm.metrics if m.name == "gen_ai.client.operation.duration"]
+            [ok] = [p for p in duration.data.data_points if "error.type" not in p.attributes]
+            seen.append((ok.count, ok.sum))
+        assert reader.get_metrics_data() is None or preference == "CUMULATIVE"
+        return seen
+
+    assert collected("CUMULATIVE") == [(2, 2.5), (3, 9.5)]
+    assert collected("DELTA") == [(2, 2.5), (1, 7.0)]

@@ -20,9 +20,7 @@ from dataclasses import dataclass
 from typing import TypedDict
 
 from opentelemetry import trace
-from opentelemetry.metrics import Histogram
 from opentelemetry.propagators.textmap import TextMapPropagator
-from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -33,6 +31,8 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from gateway.observability.genai_metrics import GenAIMetrics
 
 log = logging.getLogger("podium.telemetry")
 # Opens a hop's span by name (`Telemetry.span`): what hops and the plugin chain are given.
@@ -62,36 +62,7 @@ class Telemetry:
         if self.provider is not None:
             self.provider.shutdown()
         if self.genai is not None:
-            self.genai.provider.shutdown()
-
-
-@dataclass(frozen=True)
-class GenAIMetrics:
-    """The OpenTelemetry GenAI client metrics, exported through the OTel metrics SDK."""
-    provider: MeterProvider
-    token_usage: Histogram
-    duration: Histogram
-
-    @classmethod
-    def create(cls, reader: MetricReader, service_name: str) -> GenAIMetrics:
-        provider = MeterProvider(metric_readers=[reader], resource=_resource(service_name))
-        meter = provider.get_meter("podium")
-        return cls(provider=provider,
-                   token_usage=meter.create_histogram(
-                       "gen_ai.client.token.usage", unit="{token}",
-                       description="Number of input and output tokens used"),
-                   duration=meter.create_histogram(
-                       "gen_ai.client.operation.duration", unit="s",
-                       description="GenAI operation duration"))
-
-    def record(self, attrs: dict[str, str], seconds: float, input_tokens: int,
-               output_tokens: int, error_type: str | None) -> None:
-        if error_type:
-            attrs = {**attrs, "error.type": error_type}
-        self.duration.record(seconds, attrs)
-        if not error_type:
-            self.token_usage.record(input_tokens, {**attrs, "gen_ai.token.type": "input"})
-            self.token_usage.record(output_tokens, {**attrs, "gen_ai.token.type": "output"})
+            self.genai.shutdown()
 
 
 class TraceIds(TypedDict):
@@ -118,7 +89,7 @@ def with_exporter(exporter: SpanExporter, service_name: str = "podium",
     provider = TracerProvider(resource=_resource(service_name))
     processor = BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter)
     provider.add_span_processor(processor)
-    genai = GenAIMetrics.create(metrics, service_name) if metrics is not None else None
+    genai = GenAIMetrics.create(metrics, _resource(service_name)) if metrics is not None else None
     return Telemetry(tracer=provider.get_tracer("podium"),
                      propagator=TraceContextTextMapPropagator(), provider=provider, genai=genai)
 
