@@ -7,12 +7,14 @@ import io
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+import aiohttp
 import openai
 import pytest
 import yaml
@@ -142,3 +144,84 @@ def test_closing_the_handler_stops_its_flusher_at_once(
     handler.close()  # while the flusher sleeps through its interval
     assert not handler._flusher.is_alive()
     assert handler.stream.getvalue() == "gathering\n"
+
+
+_ACCESS_LINES = """
+import logging, sys
+from gateway.observability import logs
+made = []
+plain = logging.getLogRecordFactory()
+def counted(*args, **kwargs):
+    record = plain(*args, **kwargs)
+    made.append(record.name)
+    return record
+logging.setLogRecordFactory(counted)
+logs.setup("json", "INFO")
+# A header value as aiohttp decodes bytes that are not UTF-8 (surrogateescape), a path with
+# quotes, a newline and a line separator, a number past 64 bits.
+header = b"\\xed\\xa0\\x80 \\"x\\"".decode("utf-8", "surrogateescape")
+fields = {"request_id": "req_1", "method": "GET", "path": '/v1/"a"\\n\\u2028b\\\\',
+          "status": 404, "latency_ms": 1.5, "trace_id": None, "config_version": 3,
+          "key_id": header, "team": None, "attempts": 2**70}
+logs.access("GET /x 404", fields)                       # the direct path: no LogRecord
+assert made == [], made
+logging.root.addHandler(logging.NullHandler())          # another handler would see it:
+logs.access("GET /x 404", fields)                       # through logging, as a record
+assert made == ["podium.access"], made
+logging.shutdown()
+"""
+
+
+def test_access_lines_are_json_bytes_with_a_records_fields_even_for_hostile_values() -> None:
+    """The access line is rendered straight to JSON (no LogRecord, no Formatter) while the
+    batching JSON handler is all that would see it, and is the same line, field for field and
+    in the same order, as the record `logging` makes when something else listens. Quotes,
+    newlines, a lone surrogate (a non-UTF-8 header) and a huge integer all stay one valid
+    JSON line, never a lost one."""
+    done = subprocess.run([sys.executable, "-c", _ACCESS_LINES], cwd=ROOT, capture_output=True,
+                          timeout=CEILING_S)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    direct, recorded = [json.loads(line) for line in done.stderr.splitlines()]
+    assert list(direct) == list(recorded) == [
+        "time", "level", "logger", "message", "request_id", "method", "path", "status",
+        "latency_ms", "trace_id", "config_version", "key_id", "team", "attempts"]
+    assert {k: v for k, v in direct.items() if k != "time"} == \
+        {k: v for k, v in recorded.items() if k != "time"}
+    assert direct["path"] == '/v1/"a"\n\u2028b\\' and direct["status"] == 404
+    assert direct["key_id"] == '\\udced\\udca0\\udc80 "x"'   # the bytes, shown as escapes
+    assert direct["attempts"] == str(2**70) and direct["logger"] == "podium.access"
+    assert direct["level"] == "info" and direct["message"] == "GET /x 404"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", direct["time"])
+
+
+async def test_a_hostile_path_and_model_stay_one_json_access_line(upstream: Upstream,
+                                                                   tmp_path: Path) -> None:
+    cfg = base_config(upstream.url)
+    cfg["storage"] = {"path": str(tmp_path / "podium.sqlite3")}
+    cfg["key_store"] = {"path": str(tmp_path / "keys.sqlite3")}
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    port = free_port()
+    proc = subprocess.Popen(  # noqa: ASYNC220 - Popen returns at once
+        [sys.executable, "-m", "gateway", "serve", "--config", str(path), "--port", str(port)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    model = 'gpt"}\n{"level": "error"\u2028'
+    try:
+        base = f"http://127.0.0.1:{port}"
+        await until(lambda: get_json(base + "/readyz"), "the gateway to be ready")
+        client = openai.AsyncOpenAI(base_url=base + "/v1", api_key=APP_KEY, max_retries=0)
+        with pytest.raises(openai.NotFoundError):
+            await client.chat.completions.create(model=model, messages=[{"role": "user",
+                                                                         "content": "hi"}])
+        async with aiohttp.ClientSession() as session, session.get(
+                base + "/v1/no%22pe%0A%7B%22x%22:1%7D%ED%A0%80") as resp:
+            assert resp.status == 404
+    finally:
+        proc.terminate()
+        output, _ = proc.communicate(timeout=CEILING_S)
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith(b"{")]
+    [by_model] = [e for e in lines if e.get("model") == model]
+    assert by_model["status"] == 404 and by_model["error_code"] == "model_not_found"
+    [by_path] = [e for e in lines if e.get("path", "").startswith("/v1/no")]
+    assert by_path["path"] == '/v1/no"pe\n{"x":1}%ED%A0%80' and by_path["status"] == 404
+    assert not [e for e in lines if e.get("level") == "error"]

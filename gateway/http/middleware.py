@@ -38,12 +38,12 @@ from gateway.errors import (
     render,
     telemetry_code,
 )
+from gateway.observability import logs
 from gateway.pipeline.egress import CONFIG_VERSION_HEADER, SENT
 from gateway.runtime import ACCESS, ACCOUNTED, GATEWAY, REQUEST_ID
 from gateway.translate import anthropic
 
 log = logging.getLogger("podium")
-access_log = logging.getLogger("podium.access")
 
 # A random per-process prefix and a counter: unique across processes and restarts, and far
 # cheaper per request than uuid4 (os.urandom each time).
@@ -136,8 +136,9 @@ async def _read_body(request: web.Request, timeout_s: float, limit: int) -> None
 def _log_access(request: web.Request, status: int, started: float, span: trace.Span) -> None:
     context = span.get_span_context()
     fields: dict[str, Any] = request[ACCESS]
-    access_log.info("%s %s %d", request.method, request.path, status, extra={
-        "request_id": request[REQUEST_ID], "method": request.method, "path": request.path,
+    method, path = request.method, request.path
+    logs.access(f"{method} {path} {status}", {
+        "request_id": request[REQUEST_ID], "method": method, "path": path,
         "status": status, "latency_ms": round((time.monotonic() - started) * 1000, 3),
         "trace_id": format(context.trace_id, "032x") if context.is_valid else None,
         **fields})

@@ -4,6 +4,12 @@ Access lines carry the request id, trace id, principal (key id and team, never t
 deployment, status, latency and cost; no prompt or answer text. Event lines (reloads, breaker
 changes, a Redis outage) carry their message and whatever fields the caller attached with
 `extra=`. `logging.format: text` gives the classic human format instead.
+
+The access line is the one written per request, so it skips `logging`'s machinery when it can:
+`access()` renders it straight to JSON bytes (orjson, one dict) and hands it to the batching
+handler, the same fields in the same order as the formatter would give. Whenever anything else
+could see the record (another handler or a filter on its way, as in tests' log capture, or
+the text format), it goes through `logging` as any other line.
 """
 
 from __future__ import annotations
@@ -15,19 +21,21 @@ import sys
 import threading
 import time
 from collections import deque
+from functools import lru_cache
 from typing import Any
 
 import orjson
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and is logged as a field.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message"}
+ACCESS_LOG = logging.getLogger("podium.access")
+_INT64 = (-(2**63), 2**64 - 1)        # what orjson writes as a number
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": _stamp(int(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(), "logger": record.name,
             "message": record.getMessage(),
         }
@@ -37,7 +45,73 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = fields[key]
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry, default=str).decode()
+        return json_line(entry).decode()
+
+
+def access(message: str, fields: dict[str, Any]) -> None:
+    """The access line of one request: `message`, then `fields` (in their order)."""
+    if not ACCESS_LOG.isEnabledFor(logging.INFO):
+        return
+    sink = _json_sink()
+    if sink is None:
+        ACCESS_LOG.info("%s", message, extra=fields)
+        return
+    now = time.time()
+    second = int(now)
+    sink.put(json_line({"time": f"{_stamp(second)}.{int((now - second) * 1000):03d}Z",
+                        "level": "info", "logger": ACCESS_LOG.name, "message": message,
+                        **fields}))
+
+
+def json_line(entry: dict[str, Any]) -> bytes:
+    """`entry` as one line of JSON. A value orjson refuses (a string with a lone surrogate,
+    as a header decoded with surrogateescape can hold; an integer past 64 bits) is written
+    as text instead, so a hostile value never costs the line."""
+    try:
+        return orjson.dumps(entry, default=str)
+    except TypeError:
+        return orjson.dumps(_writable(entry), default=str)
+
+
+def _writable(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_writable(k): _writable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_writable(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and not (
+            _INT64[0] <= value <= _INT64[1]):
+        return str(value)
+    return value
+
+
+@lru_cache(maxsize=4)
+def _stamp(second: int) -> str:
+    """A second as the lines show it (formatted once per second, not once per line)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+
+
+def _json_sink() -> BatchingHandler | None:
+    """The batching JSON handler that alone would receive an access record, or None when
+    the record must go through `logging` (another handler or a filter on the way)."""
+    logger: logging.Logger | None = ACCESS_LOG
+    while logger is not None:
+        if logger.filters:
+            return None
+        if logger.handlers:
+            if logger is not logging.root or len(logger.handlers) != 1:
+                return None
+            handler = logger.handlers[0]
+            if (isinstance(handler, BatchingHandler) and not handler.filters
+                    and type(handler.formatter) is JsonFormatter
+                    and handler.level <= logging.INFO):
+                return handler
+            return None
+        if not logger.propagate:
+            return None
+        logger = logger.parent
+    return None
 
 
 class BatchingHandler(logging.StreamHandler[Any]):
@@ -52,7 +126,9 @@ class BatchingHandler(logging.StreamHandler[Any]):
 
     def __init__(self, stream: Any, interval_s: float = 0.1, capacity: int = 512) -> None:
         super().__init__(stream)
-        self._lines: deque[str] = deque()  # append and popleft are atomic: no lock shared
+        # Formatted lines, or JSON lines already encoded (`put`). append and popleft are
+        # atomic: no lock shared.
+        self._lines: deque[str | bytes] = deque()
         self._interval_s = interval_s
         self._capacity = capacity
         self._write_lock = threading.Lock()  # keeps batches in order
@@ -73,6 +149,14 @@ class BatchingHandler(logging.StreamHandler[Any]):
         if record.levelno >= logging.WARNING or len(self._lines) >= self._capacity:
             self.flush()
 
+    def put(self, line: bytes) -> None:
+        """A line rendered by the caller (no newline): batched as `emit` batches records."""
+        if not self._lines:
+            self._pending.set()
+        self._lines.append(line)
+        if len(self._lines) >= self._capacity:
+            self.flush()
+
     def flush(self) -> None:
         with self._write_lock:  # never waits for self.lock, which emit and shutdown hold
             lines = []
@@ -84,7 +168,7 @@ class BatchingHandler(logging.StreamHandler[Any]):
                 except (OSError, ValueError):  # the stream is gone (closed pipe, exit)
                     pass
 
-    def _write(self, lines: list[str]) -> None:
+    def _write(self, lines: list[str | bytes]) -> None:
         """Whole lines, at most PIPE_BUF bytes per write(2) where the stream has a file
         descriptor: the kernel never splits such a write on a pipe, so the lines of several
         worker processes sharing one stderr never cut into each other. (A line longer than
@@ -92,14 +176,16 @@ class BatchingHandler(logging.StreamHandler[Any]):
         try:
             fd = self.stream.fileno()
         except (AttributeError, OSError, ValueError):  # an in-memory stream
-            self.stream.write("\n".join(lines) + "\n")
+            self.stream.write("\n".join(line if isinstance(line, str) else line.decode()
+                                        for line in lines) + "\n")
             self.stream.flush()
             return
         self.stream.flush()  # whatever was written to the stream directly goes first
         chunk: list[bytes] = []
         size = 0
         for line in lines:
-            data = line.encode("utf-8", "backslashreplace") + b"\n"
+            data = (line if isinstance(line, bytes)
+                    else line.encode("utf-8", "backslashreplace")) + b"\n"
             if chunk and size + len(data) > select.PIPE_BUF:
                 _write_all(fd, b"".join(chunk))
                 chunk, size = [], 0
