@@ -67,15 +67,17 @@ class _Point:
         # when collected.
         self.exemplars: dict[int, tuple[float, int, trace.SpanContext]] = {}
 
-    def add(self, value: float, span: trace.SpanContext | None) -> None:
+    def add(self, value: float, exemplar: tuple[int, trace.SpanContext] | None) -> None:
         bucket = bisect_left(BOUNDS, value)
         self.counts[bucket] += 1
         self.sum += value
         self.count += 1
-        self.min = min(self.min, value)
-        self.max = max(self.max, value)
-        if span is not None:
-            self.exemplars[bucket] = (value, time.time_ns(), span)
+        if value < self.min:
+            self.min = value
+        if value > self.max:
+            self.max = value
+        if exemplar is not None:
+            self.exemplars[bucket] = (value, *exemplar)
 
     def merge(self, newer: _Point) -> None:
         """Add `newer`'s values (cumulative totals); its exemplars replace these."""
@@ -122,22 +124,23 @@ class GenAIMetrics:
                output_tokens: int, error_type: str | None) -> None:
         """One upstream attempt: its duration, and for an answered one its token counts."""
         key = tuple(attrs.items())
-        span = self._exemplar_span()
+        exemplar = self._exemplar()
         with self._lock:
             duration, usage = self._pending
             if error_type:
-                _point(duration, (*key, ("error.type", error_type))).add(seconds, span)
+                _point(duration, (*key, ("error.type", error_type))).add(seconds, exemplar)
                 return
-            _point(duration, key).add(seconds, span)
-            _point(usage, (*key, ("gen_ai.token.type", "input"))).add(input_tokens, span)
-            _point(usage, (*key, ("gen_ai.token.type", "output"))).add(output_tokens, span)
+            _point(duration, key).add(seconds, exemplar)
+            _point(usage, (*key, ("gen_ai.token.type", "input"))).add(input_tokens, exemplar)
+            _point(usage, (*key, ("gen_ai.token.type", "output"))).add(output_tokens, exemplar)
 
-    def _exemplar_span(self) -> trace.SpanContext | None:
+    def _exemplar(self) -> tuple[int, trace.SpanContext] | None:
+        """When and in which span, if this attempt's values are offered as exemplars."""
         if self.exemplars == "always_off":
             return None
         span = trace.get_current_span().get_span_context()
         if self.exemplars == "always_on" or (span.is_valid and span.trace_flags.sampled):
-            return span
+            return time.time_ns(), span
         return None
 
     def _collect(self, reader: MetricReader, timeout_millis: float = 10_000,
