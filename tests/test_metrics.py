@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,6 +19,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from gateway.app import build_app
 from gateway.config import parse_config
 from gateway.observability import telemetry
+from gateway.observability.metrics import Metrics
+from gateway.observability.metrics_pool import MetricsPool, retire
 from tests.conftest import (
     APP_KEY,
     GatewayFactory,
@@ -193,3 +196,32 @@ def test_genai_points_are_cumulative_or_delta_as_the_exporter_prefers(
 
     assert collected("CUMULATIVE") == [(2, 2.5), (3, 9.5)]
     assert collected("DELTA") == [(2, 2.5), (1, 7.0)]
+
+
+def test_pool_snapshots_merge_by_kind_and_keep_a_dead_workers_counts(tmp_path: Path) -> None:
+    """Three workers' snapshots in one directory, one of them dead: counters and histograms
+    are summed over all three (nothing goes backwards), `max` gauges too, `livesum` gauges
+    over the live ones only; whichever worker is scraped gives the same text."""
+    workers = {pid: (Metrics(), MetricsPool(tmp_path, pid)) for pid in (101, 102, 103)}
+    for n, (metrics, pool) in enumerate(workers.values(), start=1):
+        metrics.rejected("rate_limit_exceeded")
+        metrics.attempt("dep", 0.01 * n, "ok")
+        metrics.breaker_state("dep", "open" if n == 1 else "closed")
+        metrics.task.open.set(n)
+        pool.share(metrics.samples)
+    retire(tmp_path, 101)
+
+    def scraped(pid: int) -> dict[Any, float]:
+        metrics, pool = workers[pid]
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in metrics.samples.merged(pool.gathered(metrics.samples))
+                for s in f.samples}
+
+    merged = scraped(102)
+    assert merged == scraped(103)
+    assert total(merged, "podium_rejections_total", code="rate_limit_exceeded") == 3
+    assert total(merged, "podium_upstream_duration_seconds_count") == 3
+    assert total(merged, "podium_upstream_duration_seconds_sum") == pytest.approx(0.06)
+    assert total(merged, "podium_upstream_duration_seconds_bucket", le="0.025") == 2
+    assert total(merged, "podium_breaker_state", deployment="dep") == 2   # the dead one's open
+    assert total(merged, "podium_tasks_open") == 2 + 3                   # live workers only

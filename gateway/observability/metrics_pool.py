@@ -1,11 +1,12 @@
 """`/metrics` for a `--workers N` pool: each worker's samples as a snapshot file, merged at scrape.
 
 The supervisor makes a directory and names it in `PODIUM_METRICS_DIR`. Each worker writes its
-samples there as `worker-<pid>.json` (orjson; a temp file and `os.replace`, so a reader sees
-the old snapshot or the new one, never half of one): every `SHARE_S` when they changed, at
-shutdown, and on each scrape it answers. A scrape then merges every worker's file with its own
-fresh samples (`Samples.merged`), so any worker's `/metrics` covers the pool, at most `SHARE_S`
-behind for the other workers.
+samples there as `worker-<pid>-<start ns>.json` (orjson; a temp file and `os.replace`, so a
+reader sees the old snapshot or the new one, never half of one; the start time in the name
+keeps a reused pid from overwriting a dead worker's counts): every `SHARE_S` when they
+changed, at shutdown, and on each scrape it answers. A scrape then merges every worker's file
+with its own fresh samples (`Samples.merged`), so any worker's `/metrics` covers the pool, at
+most `SHARE_S` behind for the other workers.
 
 A dead worker's file is kept, so the pool's counters never go backwards when a worker is
 restarted (its replacement starts from zero under a new pid); the supervisor marks the file
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,7 @@ class MetricsPool:
     def __init__(self, directory: Path, pid: int | None = None) -> None:
         self.directory = directory
         self.pid = os.getpid() if pid is None else pid
-        self.path = directory / f"worker-{self.pid}.json"
+        self.path = directory / f"worker-{self.pid}-{time.time_ns()}.json"
         self._written = b""
 
     @classmethod
@@ -75,11 +77,11 @@ class MetricsPool:
 
 def retire(directory: Path, pid: int) -> None:
     """The supervisor, after worker `pid` died: keep its counts, drop it from live gauges."""
-    path = directory / f"worker-{pid}.json"
-    entry = _read(path)
-    if entry is not None:
-        entry["live"] = False
-        _write_atomic(path, orjson.dumps(entry))
+    for path in directory.glob(f"worker-{pid}-*.json"):
+        entry = _read(path)
+        if entry is not None and entry.get("live", True):
+            entry["live"] = False
+            _write_atomic(path, orjson.dumps(entry))
 
 
 def _read(path: Path) -> dict[str, Any] | None:
