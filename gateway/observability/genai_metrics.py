@@ -14,7 +14,9 @@ value. What the exporter receives is what the SDK's own histogram gave: the same
 descriptions, attributes, explicit buckets (the SDK's default boundaries), min and max,
 temporality (`OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`: cumulative, or delta) and
 exemplars (`OTEL_METRICS_EXEMPLAR_FILTER`: trace_based by default: the sampled span that was
-current, last per bucket, since the previous collection).
+current, last per bucket, since the previous collection). The buckets are always explicit: an
+exporter's preference for exponential histograms
+(`OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION`) is not followed.
 
 The loop and the export thread share the points under one lock, held for a few additions or
 one swap, never while anything is encoded or sent.
