@@ -36,6 +36,7 @@ from opentelemetry.trace import Link, SpanContext, TraceFlags
 
 from gateway.config import ShadowConfig
 from gateway.errors import PodiumError, StateUnavailable
+from gateway.observability.hops import RequestTrace
 from gateway.observability.metrics import Metrics
 from gateway.observability.telemetry import Telemetry
 from gateway.pipeline.context import RequestContext
@@ -160,7 +161,8 @@ class ShadowTrials:
         name = run.trial.group or run.trial.deployment or "?"
         links = _links(run.ctx)
         with self._telemetry.tracer.start_as_current_span(
-                "podium.shadow", context=otel_context.Context(), links=links) as span:
+                "podium.shadow", context=otel_context.Context(), links=links) as span, \
+                RequestTrace(span):  # its calls' events are the trial's, not the request's
             span.set_attribute("podium.shadow.rule", rule)
             span.set_attribute("podium.request_id", run.ctx.request_id)
             try:

@@ -38,6 +38,7 @@ from gateway.errors import (
     ProviderError,
     UpstreamRejected,
 )
+from gateway.observability import hops
 from gateway.observability.telemetry import Telemetry
 from routing.attempts import (
     CallEvents,
@@ -163,7 +164,8 @@ class Caller:
             if check is not None:
                 walk.checks.append((dep.id, verdict is None))
             if verdict is not None:
-                span.add_event("cascade.escalate", {"deployment": dep.id, "reason": verdict})
+                hops.note("cascade.escalate", {"deployment": dep.id, "reason": verdict,
+                                               "attempt": walk.number})
                 walk.escalations.append(f"{dep.id}: {verdict}")
             end_ok(span, usage, answer.response_model,
                     getattr(answer, "finish_reasons", ()))
@@ -234,7 +236,7 @@ class Caller:
             span = self._start_span(operation, dep, body, walk.number)
             if self.health.begin(dep.id):
                 walk.probe = dep.id
-                span.add_event("breaker.half_open", {"deployment": dep.id})
+                hops.note("breaker.half_open", {"deployment": dep.id, "attempt": walk.number})
             sent = walk.guard.body_for(dep, body) if walk.guard is not None else body
             yield dep, span, self._attempt(dep, sent, deadline, walk.number, span,
                                            _wire_for(dep, walk))
@@ -250,7 +252,7 @@ class Caller:
         walk.probe = None if walk.probe == dep.id else walk.probe
         change = self.health.failed(dep.id, err, routing.breaker)
         if change:
-            span.add_event(f"breaker.{change}", {"deployment": dep.id})
+            hops.note(f"breaker.{change}", {"deployment": dep.id, "attempt": walk.number})
             await self._share(dep.id, change)
         end_failed(span, err)
         failed = FailedAttempt(dep.id, err)
@@ -268,7 +270,7 @@ class Caller:
         elapsed = asyncio.get_running_loop().time() - started
         change = self.health.succeeded(dep.id, elapsed)
         if change:
-            span.add_event(f"breaker.{change}", {"deployment": dep.id})
+            hops.note(f"breaker.{change}", {"deployment": dep.id, "attempt": walk.number})
             await self._share(dep.id, change)
 
     async def _share(self, dep_id: str, state: str) -> None:
@@ -282,6 +284,8 @@ class Caller:
 
     def _start_span(self, operation: str, dep: Deployment, body: Mapping[str, Any],
                     number: int) -> trace.Span:
+        if not self._telemetry.enabled:
+            return trace.INVALID_SPAN
         span = self._telemetry.tracer.start_span(
             f"{operation} {dep.upstream_model}", kind=SpanKind.CLIENT)
         if span.is_recording():
@@ -291,7 +295,8 @@ class Caller:
     def _attempt(self, dep: Deployment, body: Mapping[str, Any], deadline: float, number: int,
                  span: trace.Span, wire: Wire | None) -> Attempt:
         headers: dict[str, str] = {}
-        self._telemetry.propagator.inject(headers, context=trace.set_span_in_context(span))
+        if self._telemetry.enabled:
+            self._telemetry.propagator.inject(headers, context=trace.set_span_in_context(span))
         remaining = max(0.001, deadline - asyncio.get_running_loop().time())
         if wire is not None:
             span.set_attribute("podium.wire", wire.api)

@@ -29,7 +29,7 @@ from typing import Any
 
 from gateway.config import GatewayConfig
 from gateway.errors import BadRequest
-from gateway.observability.telemetry import SpanFactory
+from gateway.observability.hops import SpanFactory
 from gateway.pipeline.cache_entry import CachedAnswer, cache_key
 from gateway.pipeline.context import CacheResult, RequestContext
 from gateway.pipeline.semantic_cache import SemanticCache, SemanticProbe
@@ -100,7 +100,8 @@ class Cache:
                 if lookup.semantic is not None:
                     ctx.outcome.cost_usd += lookup.semantic.cost_usd
                     lookup.hit = lookup.semantic.hit
-            span.set_attribute("podium.cache", lookup.result().state)
+            if span.is_recording():
+                span.set_attribute("podium.cache", lookup.result().state)
             return lookup
 
 
