@@ -42,6 +42,7 @@ from tests.conftest import (
     deployment,
 )
 from tests.support.net import free_port
+from tests.support.waiting import until
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -216,6 +217,27 @@ async def test_a_hold_for_review_is_an_event_on_the_server_span(
     [server] = by_name(gw.spans.get_finished_spans(), SERVER)
     assert events(server) == [("hold", {"plugin": "approval", "rule": "refunds"})]
     assert "podium.hop.plugin.approval.on_request.ms" in server.attributes
+
+
+async def test_a_shadow_trials_events_are_on_its_own_span(upstream: Upstream,
+                                                          make_gateway: GatewayFactory) -> None:
+    """A trial runs in a task the request started, after the request's answer: what its calls
+    see is the trial's, on its own `podium.shadow` span, never lost or put on the request's."""
+    config = base_config(upstream.url)
+    nowhere = f"http://127.0.0.1:{free_port()}/v1"
+    config["model_list"].append(deployment("trial", "sim-cand", nowhere, quality=30))
+    config["routing"] = {"breaker": {"failures": 1, "cooldown_s": 60}, "rules": [
+        {"name": "support", "match": {"model": "chat"},
+         "shadow": {"group": "trial", "share": 1.0}}]}
+    gw = await make_gateway(config)
+    await gw.client().chat.completions.create(model="chat", messages=MESSAGES)
+
+    async def trial() -> list[ReadableSpan]:
+        return by_name(gw.spans.get_finished_spans(), "podium.shadow")
+    [shadow] = await until(trial, "the shadow trial's span")
+    assert events(shadow) == [("breaker.open", {"deployment": "sim-cand", "attempt": 1})]
+    [server] = by_name(gw.spans.get_finished_spans(), SERVER)
+    assert server.events == ()
 
 
 class _CountingPropagator(TraceContextTextMapPropagator):
