@@ -16,6 +16,7 @@ from gateway.errors import PodiumError
 from gateway.follow_up import answered, task_began
 from gateway.observability import hops
 from gateway.pipeline.context import RequestContext
+from gateway.pipeline.egress import CLIENT_CLOSED, client_left
 from gateway.pipeline.identity import Principal, identity_attributes, presented_token
 from gateway.pipeline.tasks import task_tag
 from gateway.runtime import ACCESS, ACCOUNTED, GATEWAY, REQUEST_ID, Gateway, Runtime
@@ -65,6 +66,10 @@ async def accounted(request: web.Request, rt: Runtime,
         yield
     except PodiumError as err:
         ctx.outcome.failed(err)
+        raise
+    except ConnectionResetError as exc:
+        if client_left(request, exc):  # answered (and paid for), but never delivered
+            ctx.outcome.status = CLIENT_CLOSED
         raise
     finally:
         await rt.chain.on_complete(ctx, ctx.outcome)

@@ -39,7 +39,7 @@ from gateway.errors import (
     telemetry_code,
 )
 from gateway.observability.hops import RequestTrace
-from gateway.pipeline.egress import CONFIG_VERSION_HEADER, SENT
+from gateway.pipeline.egress import CLIENT_CLOSED, CONFIG_VERSION_HEADER, SENT, client_left
 from gateway.runtime import ACCESS, ACCOUNTED, GATEWAY, REQUEST_ID
 from gateway.translate import anthropic
 
@@ -161,6 +161,10 @@ async def _handled(request: web.Request, handler: Handler) -> web.StreamResponse
         response: web.StreamResponse = await handler(request)
         return response
     except Exception as exc:
+        if client_left(request, exc):  # not an error: nothing to log but this, no traceback
+            log.debug("client_disconnected", extra={
+                "request_id": request[REQUEST_ID], "endpoint": request.path})
+            return web.Response(status=CLIENT_CLOSED)  # for the span and access log only
         sent: web.StreamResponse | None = request.get(SENT)
         if sent is not None:  # the client has its answer: a later failure can only be logged
             log.exception("error after answering %s %s (request %s)",

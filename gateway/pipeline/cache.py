@@ -119,10 +119,10 @@ class CachePolicy:
 
 def policy(headers: Mapping[str, str], body: Mapping[str, Any], *, enabled: bool,
            default_ttl_s: float, nondeterministic_ok: bool, held: bool) -> CachePolicy:
-    control = {d.strip().lower() for d in headers.get("Cache-Control", "").split(",")}
-    ttl = _ttl(headers.get(TTL_HEADER), default_ttl_s)
+    ttl = _ttl(headers.get(TTL_HEADER), default_ttl_s)  # a bad value is refused, cache or not
     if not enabled:
         return CachePolicy(False, False, ttl, "cache disabled")
+    control = {d.strip().lower() for d in headers.get("Cache-Control", "").split(",")}
     if held:
         return CachePolicy(False, False, ttl, "answer held for review")
     if not deterministic(body) and not nondeterministic_ok:

@@ -41,6 +41,11 @@ class PermissionScope:
     mask_below: str | None = None            # pseudonymize for clearances below this class
     pseudonymizer: Pseudonymizer | None = None
 
+    @property
+    def routing_key(self) -> tuple[object, ...]:
+        """Everything `refusal` depends on: plans are reused between equal keys."""
+        return self.data_class, self.regions
+
     def refusal(self, dep: Deployment, extra_regions: frozenset[str] | None = None) -> str | None:
         """Why `dep` may not receive this request, or None."""
         if RANK[dep.data_clearance] < RANK[self.data_class]:
