@@ -191,7 +191,7 @@ def hops(lab: Lab) -> dict[str, Callable[[], Hop]]:
             "identity: bearer key": identity, "request context": context,
             "permissions + PII": permissions, "  of which PII detect": pii_scan,
             "route plan": route, "cache lookup (cache off)": cache_lookup,
-            "cache key (cache on)": cache_key,
+            "  cache key, when the cache is on": cache_key,
             **{f"plugin {p.name}: {h}": plugin(i, h) for h in HOOKS
                for i, p in enumerate(c["rt"].chain.plugins) if _overrides(p, h)},
             "egress body (JSON for upstream)": egress_body,

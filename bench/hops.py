@@ -153,7 +153,8 @@ def measure(work: Path, calls: int, log: Callable[[str], None]) -> dict[str, Any
 
 
 def _part(name: str) -> bool:
-    """A row that is part of the row above it (indented), not counted twice in a sum."""
+    """A row that is part of the row above it, or not in the default request (indented): not
+    in the sum."""
     return name.startswith(" ")
 
 
@@ -167,7 +168,10 @@ def markdown(h: dict[str, Any], request: int | None = None) -> str:
              f"({h['empty_loop']['instructions']:,} instructions per call) is taken off each, "
              f"and so is the child's idle work ({h.get('idle_per_s', 0):,} instructions per "
              "second: its log flusher thread) for as long as each loop ran under callgrind. "
-             f"Instructions per µs over all hops: {h['instructions_per_us'] or '-'}.", "",
+             f"Instructions per µs over all hops: {h['instructions_per_us'] or '-':,}. Native µs "
+             "are noisy on a shared machine (they are only there to convert); the counts are "
+             "not. Indented rows (↳) are a part of the row above, or not in the default "
+             "request, and stay out of the sum.", "",
              "| hop | instructions/call | µs/call (native) |", "|---|---|---|"]
     total = 0
     for row in h["rows"]:
