@@ -187,6 +187,13 @@ def hops(lab: Lab) -> dict[str, Callable[[], Hop]]:
             return metrics.record(attrs, 0.0012, 27, 16, None)
         return call
 
+    def dashboard_sample() -> Hop:
+        point, gw = get("gateway.http.dashboard:_point"), c["gw"]
+
+        async def call() -> object:
+            return point(gw)
+        return call
+
     return {"(empty loop)": lambda: _nothing, "ingress: parse + validate": ingress,
             "identity: bearer key": identity, "request context": context,
             "permissions + PII": permissions, "  of which PII detect": pii_scan,
@@ -198,6 +205,8 @@ def hops(lab: Lab) -> dict[str, Callable[[], Hop]]:
             "response translate (upstream JSON)": translate,
             "headers + JSON response": respond, "access log line": access_log,
             "Prometheus observe": prometheus, "GenAI histograms (tracing on)": genai,
+            "  dashboard history sample (background: once per 5 s, not per request)":
+                dashboard_sample,
             **span_hops(lab)}
 
 

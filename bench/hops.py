@@ -10,6 +10,7 @@ Run on its own: `python -m bench.hops [--calls N]` (prints the table)."""
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -43,7 +44,8 @@ def _child(argv: list[str], log_file: IO[bytes]) -> subprocess.Popen[bytes]:
     if can_pin():
         argv = ["taskset", "-c", GATEWAY_CPU, *argv]
     return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=log_file, cwd=ROOT, start_new_session=True)
+                            stderr=log_file, cwd=ROOT, start_new_session=True,
+                            env={**os.environ, "PYTHONHASHSEED": "0"})
 
 
 def _read(proc: subprocess.Popen[bytes], timeout_s: float = 900.0) -> dict[str, Any]:

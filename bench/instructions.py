@@ -93,7 +93,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--requests", type=int, default=200, help="measured requests per scenario")
     p.add_argument("--warmup", type=int, default=100, help="requests before measuring")
-    p.add_argument("--connections", type=int, default=8, help="concurrent connections")
+    p.add_argument("--connections", type=int, default=1,
+                   help="concurrent connections (default 1: one request at a time, so how "
+                        "requests share a loop iteration does not move the count)")
     p.add_argument("--only", help="comma-separated scenario keys: " +
                    ", ".join(c.key for c in CASES))
     p.add_argument("--hops", action=argparse.BooleanOptionalAction, default=True,
@@ -127,14 +129,16 @@ def _start(lab: Lab, case: Case, procs: Procs, work: Path) -> tuple[Scenario, ca
         state = Path(tempfile.mkdtemp(prefix=f"{case.key}-", dir=work))
         config = write_config(work / "podium-cache.yaml", {"cache": CACHE_SECTION}) \
             if case.cache else CONFIG
-        argv = callgrind.python_argv("gateway", "serve", "--config", str(config), "--host",
-                                     LOOPBACK, "--port", str(port))
+        argv = callgrind.python_argv("bench.quiet_serve", "serve", "--config", str(config),
+                                     "--host", LOOPBACK, "--port", str(port))
         env, ready = lab.podium_env(case.tracing, state), "/readyz"
     else:
         argv = callgrind.python_argv(
             "bench.bare_proxy", "--port", str(port), "--upstream",
             f"http://{LOOPBACK}:{lab.upstream_port}/v1", "--model", "mock-small")
         env, ready = None, "/health"
+    # A fixed hash seed: the same dict and set layouts, so the same instructions, every run.
+    env = {**(env or {}), "PYTHONHASHSEED": "0"}
     proc = procs.start(case.key, callgrind.wrap(argv, work, case.key), GATEWAY_CPU, env=env,
                        cwd=ROOT)
     proc.wait_ready(port, ready, timeout_s=600, interval_s=0.2)
@@ -277,7 +281,9 @@ def markdown(result: dict[str, Any]) -> str:
              "valgrind); with tracing on the block ends once every span is exported",
              "- the server's idle instructions per second (timers, measured right after the "
              "block, for up to 10 s with no request) times the block's length are taken off: "
-             "under callgrind the block lasts ~50x longer than natively",
+             "under callgrind the block lasts ~50x longer than natively; the dashboard's 5-s "
+             "history sampler does not run (`bench/quiet_serve.py`; its cost per sample is in "
+             "the hop table) and the hash seed is fixed (PYTHONHASHSEED=0)",
              "- µs-equiv. = instructions / the instructions per µs this machine ran the hop "
              f"microbenchmark at natively ({_n(rate)} per µs): a rough reading of user-space "
              "CPU only (the kernel's side of the sockets is no instruction of the process)",
