@@ -303,7 +303,8 @@ def markdown(result: dict[str, Any]) -> str:
         us = round(per / rate) if per and rate else None
         ratio = f"{row['vs_bare']}x (1/x = {1 / row['vs_bare']:.2f})" \
             if row.get("vs_bare") else "-"
-        lines.append(f"| {row['label']} | {row['on']} | {_n(per)} | {ratio} | {_n(us)} | "
+        errors = f" ({row['errors']} errors!)" if row.get("errors") else ""
+        lines.append(f"| {row['label']} | {row['on']} | {_n(per)}{errors} | {ratio} | {_n(us)} | "
                      f"{_n(row.get('upstream_calls_per_request'))} | "
                      f"{_n(row.get('spans_per_request'))} | {_idle_share(row)} |")
     if result.get("hops"):
