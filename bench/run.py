@@ -42,6 +42,10 @@ def log(message: str) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--instructions", action="store_true",
+                   help="instead of the wall-clock bench: instructions per request under "
+                        "valgrind's callgrind (bench/instructions.py; `python -m "
+                        "bench.instructions --help` for its options, which follow this one)")
     p.add_argument("--quick", action="store_true",
                    help="1 round of 3 s, short TTFB and profile runs, no soak; RESULTS.md is "
                         "left alone (for trying the harness out)")
@@ -186,6 +190,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    raw = sys.argv[1:] if argv is None else argv
+    if "--instructions" in raw:
+        from bench import instructions
+
+        return instructions.main([a for a in raw if a != "--instructions"])
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _on_signal)
     result = run(args)

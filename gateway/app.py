@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 from aiohttp import web
@@ -76,7 +77,8 @@ def build_app(config: GatewayConfig, telemetry: Telemetry | None = None,
     stores = open_stores(config)
     state = open_state(config)
     governance = Governance.from_stores(stores, state, journal_dir(config))
-    telemetry = telemetry or telemetry_mod.from_env(config.telemetry.service_name)
+    telemetry = replace(telemetry or telemetry_mod.from_env(config.telemetry.service_name),
+                        hop_spans=config.telemetry.hop_spans)
     learned = compile_learned(config, config_path.parent if config_path else None)
     app[GATEWAY] = Gateway(
         runtime=Runtime.compile(config, stores.keys, governance, telemetry.span, learned),

@@ -34,9 +34,10 @@ from aiohttp import web
 from gateway.config import Checked, ConfigError, GatewayConfig, check_text, read_text
 from gateway.config_versions import VersionTag, digest_of
 from gateway.errors import PodiumError
+from gateway.observability.hops import SpanFactory
 from gateway.observability.metrics import Metrics
 from gateway.observability.task_tally import OpenTasks
-from gateway.observability.telemetry import SpanFactory, Telemetry
+from gateway.observability.telemetry import Telemetry
 from gateway.pipeline.auth import Authenticator
 from gateway.pipeline.cache import Cache
 from gateway.pipeline.route import FeaturePolicy, Planner

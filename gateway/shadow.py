@@ -36,6 +36,7 @@ from opentelemetry.trace import Link, SpanContext, TraceFlags
 
 from gateway.config import ShadowConfig
 from gateway.errors import PodiumError, StateUnavailable
+from gateway.observability.hops import RequestTrace
 from gateway.observability.metrics import Metrics
 from gateway.observability.telemetry import Telemetry
 from gateway.pipeline.context import RequestContext
@@ -159,8 +160,11 @@ class ShadowTrials:
         rule = rule_of(run.ctx)
         name = run.trial.group or run.trial.deployment or "?"
         links = _links(run.ctx)
-        with self._telemetry.tracer.start_as_current_span(
-                "podium.shadow", context=otel_context.Context(), links=links) as span:
+        # The task inherited the request's trace record: its calls' events (a breaker's change)
+        # are the trial's, so they go on the trial's own span.
+        with (self._telemetry.tracer.start_as_current_span(
+                  "podium.shadow", context=otel_context.Context(), links=links) as span,
+              RequestTrace(span)):
             span.set_attribute("podium.shadow.rule", rule)
             span.set_attribute("podium.request_id", run.ctx.request_id)
             try:

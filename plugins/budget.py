@@ -8,7 +8,8 @@ together spend more than the budget by more than one request's underestimate. Ch
 is atomic in the shared state (one process, or Redis for a fleet), which counts reservations in
 minute buckets: the request keeps what it holds (`ctx.earmark`) and settling releases
 exactly that. Spend is durable in the ledger (`gateway/storage/`: SQLite or PostgreSQL), which
-seeds each period's counter (and reconciles it after a Redis outage).
+seeds each period's counter (and reconciles it after a Redis outage). Which budgets a caller
+is claimed against is worked out once per key, config and budget period (`prepared.py`).
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import lru_cache, partial
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.errors import BudgetExceeded, StateUnavailable
+from gateway.pipeline.identity import Principal
 from gateway.pipeline.route import most_cost
 from gateway.storage.contracts import BudgetClaim, BudgetRefusal, SharedState, SpendStore
 from gateway.storage.records import SpendRow
 from plugins.base import BasePlugin, Outcome, RequestContext
+from plugins.prepared import PerKey
 from plugins.ratelimit import home_of
 from plugins.settings import BudgetPeriod, Limits
 
@@ -57,6 +60,16 @@ def _next_month_start(day: int) -> float:
                          month=first.month % 12 + 1).timestamp()
 
 
+class Claims(NamedTuple):
+    """A caller's budget claims, good from `start` until `end` (the first period to end)."""
+    claims: tuple[BudgetClaim, ...]
+    start: float
+    end: float
+
+    def current(self) -> bool:
+        return self.start <= time.time() < self.end
+
+
 class BudgetPlugin(BasePlugin):
     name = "budget"
 
@@ -67,6 +80,7 @@ class BudgetPlugin(BasePlugin):
         self._state = state
         self._ledger = ledger
         self._max_output = max_output_tokens
+        self._prepared: PerKey[Claims] = PerKey(self._prepare)
 
     def claim(self, kind: str, name: str, limits: Limits | None,
               now: float) -> BudgetClaim | None:
@@ -101,12 +115,18 @@ class BudgetPlugin(BasePlugin):
         await self._ledger.flush()
         return await self._ledger.spent_since(column, value, since)
 
-    def _claims(self, ctx: RequestContext) -> list[BudgetClaim]:
-        p, now = ctx.principal, time.time()
-        claims = [self.claim("key", p.key_id, p.own_limits(self._keys), now)]
+    def _prepare(self, p: Principal, own: Limits | None) -> Claims:
+        now = time.time()
+        claims = [self.claim("key", p.key_id, own, now)]
         if p.team is not None:
             claims.append(self.claim("team", p.team, self._teams.get(p.team), now))
-        return [c for c in claims if c is not None]
+        kept = tuple(c for c in claims if c is not None)
+        return Claims(kept, max((c.period_start for c in kept), default=-math.inf),
+                      min((c.period_end for c in kept), default=math.inf))
+
+    def _claims(self, ctx: RequestContext) -> list[BudgetClaim]:
+        p = ctx.principal
+        return list(self._prepared.get(p, p.own_limits(self._keys), Claims.current).claims)
 
     async def on_request(self, ctx: RequestContext) -> None:
         claims = self._claims(ctx)

@@ -1,12 +1,13 @@
 """The ordered chain of plugins: built once per config (see `registry.py`), it runs each hook
-in order and gives every invocation its own span `podium.plugin.<name>`."""
+in order, each invocation a hop of the request's trace (`podium.hop.plugin.<name>.<hook>.ms`;
+a span `podium.plugin.<name>` of its own with `telemetry.hop_spans`)."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from gateway.observability.telemetry import SpanFactory
+from gateway.observability.hops import SpanFactory
 from plugins.base import BasePlugin, Hold, Outcome, Plugin, RequestContext
 
 log = logging.getLogger("podium.plugins")
@@ -28,9 +29,10 @@ class PluginChain:
         hold = None
         for plugin in self.plugins:
             if _overrides(plugin, "on_request"):
-                with self._span(f"podium.plugin.{plugin.name}") as span:
-                    span.set_attribute("podium.plugin.hook", "on_request")
+                with self._span(f"podium.plugin.{plugin.name}", "on_request") as span:
                     decided = await plugin.on_request(ctx)
+                    if decided is not None:
+                        span.add_event("hold", {"plugin": plugin.name, "rule": decided.rule})
                 hold = hold or decided
         return hold
 
@@ -41,8 +43,7 @@ class PluginChain:
     async def on_response(self, ctx: RequestContext, outcome: Outcome) -> None:
         for plugin in self.plugins:
             if _overrides(plugin, "on_response"):
-                with self._span(f"podium.plugin.{plugin.name}") as span:
-                    span.set_attribute("podium.plugin.hook", "on_response")
+                with self._span(f"podium.plugin.{plugin.name}", "on_response"):
                     await plugin.on_response(ctx, outcome)
 
     async def on_complete(self, ctx: RequestContext, outcome: Outcome) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.config import GatewayConfig
-from gateway.observability.telemetry import SpanFactory
+from gateway.observability.hops import SpanFactory
 from gateway.pipeline.identity import key_id_for
 from gateway.storage.contracts import AuditStore, ReviewStore, SharedState, SpendStore, Stores
 from gateway.storage.journal import ROTATE_S, Journal, recover

@@ -18,13 +18,17 @@ counts those moves within one request, so the first attempt is never one, and an
 failed its check but is delivered anyway (nothing later answered) adds none. A request with at
 least one is an *escalated request*: answered by a later deployment than the first because a
 check failed.
+
+A plan of one deployment with no cascade check (most requests) makes its first attempt directly
+(`_direct`, `_direct_stream`): the same steps in the same order as the walk, without its
+generators and bookkeeping of a chain; a failure a retry may mend hands over to the walk, which
+goes on from the first retry.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -38,6 +42,7 @@ from gateway.errors import (
     ProviderError,
     UpstreamRejected,
 )
+from gateway.observability import hops
 from gateway.observability.telemetry import Telemetry
 from routing.attempts import (
     CallEvents,
@@ -54,7 +59,7 @@ from routing.health import Health
 from routing.providers.base import Attempt, ChatAnswer, EmbeddingAnswer, Provider, Usage, Wire
 from routing.router import RoutePlan, Scope
 from routing.rules import RoutingConfig
-from routing.tokens import unreported_usage
+from routing.schedule import backoff, billed, schedule
 
 T = TypeVar("T")
 Check = Callable[[ChatAnswer], str | None]  # None: the answer passes; else why it does not
@@ -143,6 +148,11 @@ class Caller:
                          routing: RoutingConfig, operation: str,
                          send: Callable[[Provider, Attempt], Awaitable[Any]],
                          check: Check | None, walk: _Walk) -> CallResult[Any]:
+        if check is None and len(plan.chain) == 1:
+            direct = await self._direct(plan.chain[0], body, deadline, routing, operation, send,
+                                        walk)
+            if direct is not None:
+                return direct
         escalated, guard = None, walk.guard
         async for dep, span, attempt in self._tries(plan, body, deadline, routing, walk,
                                                     operation):
@@ -154,7 +164,7 @@ class Caller:
                 self._timed(walk, dep, operation, started, err.kind, Usage(), None)
                 await self._failed(dep, span, err, walk, routing)
                 continue
-            usage = _billed(operation, attempt, answer)
+            usage = billed(operation, attempt, answer)
             self._timed(walk, dep, operation, started, "ok", usage, answer.response_model)
             await self._succeeded(dep, span, started, walk)
             walk.cost_usd += dep.cost(usage.prompt_tokens, usage.completion_tokens)
@@ -163,7 +173,8 @@ class Caller:
             if check is not None:
                 walk.checks.append((dep.id, verdict is None))
             if verdict is not None:
-                span.add_event("cascade.escalate", {"deployment": dep.id, "reason": verdict})
+                hops.note("cascade.escalate", {"deployment": dep.id, "reason": verdict,
+                                               "attempt": walk.number})
                 walk.escalations.append(f"{dep.id}: {verdict}")
             end_ok(span, usage, answer.response_model,
                     getattr(answer, "finish_reasons", ()))
@@ -194,6 +205,10 @@ class Caller:
 
     async def _open_first(self, plan: RoutePlan, body: Mapping[str, Any], deadline: float,
                           routing: RoutingConfig, walk: _Walk) -> OpenStream:
+        if len(plan.chain) == 1:
+            direct = await self._direct_stream(plan.chain[0], body, deadline, routing, walk)
+            if direct is not None:
+                return direct
         guard = walk.guard
         async for dep, span, attempt in self._tries(plan, body, deadline, routing, walk, "chat"):
             started = asyncio.get_running_loop().time()
@@ -220,12 +235,12 @@ class Caller:
                      routing: RoutingConfig, walk: _Walk, operation: str,
                      ) -> AsyncIterator[tuple[Deployment, trace.Span, Attempt]]:
         """Yield each attempt to make, skipping what became unusable since the plan was made."""
-        for dep, retry in _schedule(plan, routing):
+        for dep, retry in schedule(plan, routing, walk.number):
             if walk.larger_than is not None and (dep.max_input_tokens or 0) <= walk.larger_than:
                 continue
             if walk.number and self.health.unavailable_reason(dep.id):
                 continue
-            if retry and not await _backoff(retry, routing, deadline):
+            if retry and not await backoff(retry, routing, deadline):
                 return
             if walk.guard is not None:
                 walk.guard.check(dep)  # the final guard: nothing leaves for an uncleared model
@@ -234,10 +249,73 @@ class Caller:
             span = self._start_span(operation, dep, body, walk.number)
             if self.health.begin(dep.id):
                 walk.probe = dep.id
-                span.add_event("breaker.half_open", {"deployment": dep.id})
+                hops.note("breaker.half_open", {"deployment": dep.id, "attempt": walk.number})
             sent = walk.guard.body_for(dep, body) if walk.guard is not None else body
             yield dep, span, self._attempt(dep, sent, deadline, walk.number, span,
                                            _wire_for(dep, walk))
+
+    def _first_attempt(self, dep: Deployment, body: Mapping[str, Any], deadline: float,
+                       walk: _Walk, operation: str) -> tuple[trace.Span, Attempt]:
+        """What `_tries` does before a plan's first attempt (no skip, no backoff to make)."""
+        if walk.guard is not None:
+            walk.guard.check(dep)  # the final guard: nothing leaves for an uncleared model
+        walk.number += 1
+        walk.attempted.append(dep.id)
+        span = self._start_span(operation, dep, body, walk.number)
+        if self.health.begin(dep.id):
+            walk.probe = dep.id
+            hops.note("breaker.half_open", {"deployment": dep.id, "attempt": walk.number})
+        sent = walk.guard.body_for(dep, body) if walk.guard is not None else body
+        return span, self._attempt(dep, sent, deadline, walk.number, span, _wire_for(dep, walk))
+
+    async def _direct(self, dep: Deployment, body: Mapping[str, Any], deadline: float,
+                      routing: RoutingConfig, operation: str,
+                      send: Callable[[Provider, Attempt], Awaitable[Any]],
+                      walk: _Walk) -> CallResult[Any] | None:
+        """The only deployment's first attempt, as `_walk_plan` makes it with no check; None
+        when it failed and a retry may follow (a failure that ends the request raises)."""
+        span, attempt = self._first_attempt(dep, body, deadline, walk, operation)
+        started = asyncio.get_running_loop().time()
+        try:
+            answer = await bounded(send(self._select(dep), attempt), attempt.timeout_s)
+        except Exception as exc:  # any failure of an attempt is classified
+            err = classify_unexpected(exc)
+            self._timed(walk, dep, operation, started, err.kind, Usage(), None)
+            await self._failed(dep, span, err, walk, routing)
+            return None
+        usage = billed(operation, attempt, answer)
+        self._timed(walk, dep, operation, started, "ok", usage, answer.response_model)
+        await self._succeeded(dep, span, started, walk)
+        walk.cost_usd += dep.cost(usage.prompt_tokens, usage.completion_tokens)
+        walk.usage += usage
+        end_ok(span, usage, answer.response_model, getattr(answer, "finish_reasons", ()))
+        return CallResult(answer, dep, walk.number, walk.failures, walk.cost_usd, walk.usage,
+                          walk.escalations, masked=bool(walk.guard and walk.guard.masks_for(dep)),
+                          attempted=walk.attempted, upstream_s=walk.upstream_s,
+                          checks=walk.checks)
+
+    async def _direct_stream(self, dep: Deployment, body: Mapping[str, Any], deadline: float,
+                             routing: RoutingConfig, walk: _Walk) -> OpenStream | None:
+        """The only deployment's first stream attempt, as `_open_first` makes it; None when it
+        failed and a retry may follow."""
+        span, attempt = self._first_attempt(dep, body, deadline, walk, "chat")
+        started = asyncio.get_running_loop().time()
+        chunks = self._select(dep).chat_stream(attempt)
+        try:
+            first = await bounded(anext(chunks), attempt.timeout_s)
+        except Exception as exc:  # any failure of an attempt is classified
+            err = classify_unexpected(exc) if not isinstance(exc, StopAsyncIteration) else \
+                ProviderError("server", "the upstream closed the stream without sending anything")
+            self._timed(walk, dep, "chat", started, err.kind, Usage(), None)
+            await self._failed(dep, span, err, walk, routing)
+            await aclose(chunks)
+            return None
+        await self._succeeded(dep, span, started, walk)
+        return OpenStream(dep, walk.number, walk.failures, first, chunks, span,
+                          masked=bool(walk.guard and walk.guard.masks_for(dep)),
+                          attempted=walk.attempted, started=started,
+                          upstream_s=walk.upstream_s, events=self._events,
+                          request=attempt.body, deadline=deadline)
 
     def _release_probe(self, walk: _Walk) -> None:
         """A probe whose attempt ended without a verdict (cancelled, or an error raised past
@@ -250,7 +328,7 @@ class Caller:
         walk.probe = None if walk.probe == dep.id else walk.probe
         change = self.health.failed(dep.id, err, routing.breaker)
         if change:
-            span.add_event(f"breaker.{change}", {"deployment": dep.id})
+            hops.note(f"breaker.{change}", {"deployment": dep.id, "attempt": walk.number})
             await self._share(dep.id, change)
         end_failed(span, err)
         failed = FailedAttempt(dep.id, err)
@@ -268,7 +346,7 @@ class Caller:
         elapsed = asyncio.get_running_loop().time() - started
         change = self.health.succeeded(dep.id, elapsed)
         if change:
-            span.add_event(f"breaker.{change}", {"deployment": dep.id})
+            hops.note(f"breaker.{change}", {"deployment": dep.id, "attempt": walk.number})
             await self._share(dep.id, change)
 
     async def _share(self, dep_id: str, state: str) -> None:
@@ -282,6 +360,8 @@ class Caller:
 
     def _start_span(self, operation: str, dep: Deployment, body: Mapping[str, Any],
                     number: int) -> trace.Span:
+        if not self._telemetry.enabled:
+            return trace.INVALID_SPAN
         span = self._telemetry.tracer.start_span(
             f"{operation} {dep.upstream_model}", kind=SpanKind.CLIENT)
         if span.is_recording():
@@ -291,7 +371,8 @@ class Caller:
     def _attempt(self, dep: Deployment, body: Mapping[str, Any], deadline: float, number: int,
                  span: trace.Span, wire: Wire | None) -> Attempt:
         headers: dict[str, str] = {}
-        self._telemetry.propagator.inject(headers, context=trace.set_span_in_context(span))
+        if self._telemetry.enabled:
+            self._telemetry.propagator.inject(headers, context=trace.set_span_in_context(span))
         remaining = max(0.001, deadline - asyncio.get_running_loop().time())
         if wire is not None:
             span.set_attribute("podium.wire", wire.api)
@@ -310,39 +391,8 @@ def _wire_for(dep: Deployment, walk: _Walk) -> Wire | None:
     return None if guard is not None and guard.masks_for(dep) else wire
 
 
-def _schedule(plan: RoutePlan, routing: RoutingConfig) -> Iterator[tuple[Deployment, int]]:
-    """The chain in order; a single-deployment plan gets retries instead of fallbacks."""
-    if len(plan.chain) == 1:
-        for retry in range(routing.retries.attempts + 1):
-            yield plan.chain[0], retry
-        return
-    for dep in plan.chain:
-        yield dep, 0
-
-
-async def _backoff(retry: int, routing: RoutingConfig, deadline: float) -> bool:
-    """Sleep before retry number `retry` (jittered, exponential); False if past the deadline."""
-    delay = routing.retries.backoff_s * (2 ** (retry - 1)) * random.uniform(0.5, 1.5)
-    if asyncio.get_running_loop().time() + delay >= deadline:
-        return False
-    await asyncio.sleep(delay)
-    return True
-
-
 def _exhausted(walk: _Walk) -> Exception:
     if not walk.failures:
         return NoDeploymentAvailable("Every deployment in the plan became unavailable "
                                      "(open circuit or rate limit) before it could be tried.")
     return AllAttemptsFailed(walk.failures)
-
-
-
-
-def _billed(operation: str, attempt: Attempt, answer: ChatAnswer | EmbeddingAnswer) -> Usage:
-    """The usage to bill: the upstream's, or a local count when it reported none (an
-    embeddings answer that counts no input tokens reported none either)."""
-    usage = answer.usage
-    if usage.reported and (operation != "embeddings" or usage.prompt_tokens > 0):
-        return usage
-    prompt, completion = unreported_usage(operation, attempt.body, answer.body)
-    return Usage(prompt, completion, reported=False)

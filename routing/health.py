@@ -6,6 +6,12 @@ probe's success closes the breaker, its failure opens it for another cool-down. 
 count as a breaker failure: it sets a cool-down of the upstream's Retry-After instead.
 
 State lives for the process, keyed by deployment id, so it survives a config reload.
+
+`version` grows with every change that can make a deployment available or unavailable to
+routing (a breaker opening, closing or going half-open, a probe abandoned, a cool-down set, a
+change adopted from another process), so the router may reuse a plan made at the same version.
+A breaker's or cool-down's time running out is no event: a plan that skipped a deployment for
+its health is never reused (see routing/router.py), so it needs none.
 """
 
 from __future__ import annotations
@@ -40,6 +46,10 @@ class Health:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._by_id: dict[str, DeploymentHealth] = {}
+        self.version = 0
+
+    def _changed(self) -> None:
+        self.version += 1
 
     def _get(self, dep_id: str) -> DeploymentHealth:
         return self._by_id.setdefault(dep_id, DeploymentHealth())
@@ -64,6 +74,7 @@ class Health:
         h = self._get(dep_id)
         if h.state == "open" and h.open_until <= self._clock() and not h.probe_in_flight:
             h.state, h.probe_in_flight = "half_open", True
+            self._changed()
             return h.state
         return None
 
@@ -74,10 +85,13 @@ class Health:
             h.probe_in_flight = False
             if h.state == "half_open":
                 h.state, h.open_until = "open", self._clock()
+            self._changed()
 
     def succeeded(self, dep_id: str, latency_s: float | None) -> BreakerState | None:
         h = self._get(dep_id)
         changed = h.state != "closed"
+        if changed or h.probe_in_flight:
+            self._changed()
         h.state, h.consecutive_failures, h.probe_in_flight = "closed", 0, False
         if latency_s is not None:
             h.latency_s = latency_s if h.latency_s is None else (
@@ -95,8 +109,10 @@ class Health:
             until = self._clock() + (open_until_wall - time.time())
             if until > self._clock() and (h.state != "open" or until > h.open_until):
                 h.state, h.open_until, h.probe_in_flight = "open", until, False
+                self._changed()
         elif state == "closed" and h.state != "closed" and not h.probe_in_flight:
             h.state, h.consecutive_failures = "closed", 0
+            self._changed()
 
     def failed(self, dep_id: str, err: ProviderError, cfg: BreakerConfig) -> BreakerState | None:
         h, now = self._get(dep_id), self._clock()
@@ -104,6 +120,7 @@ class Health:
             wait = err.retry_after_s or _DEFAULT_RATE_LIMIT_COOLDOWN_S
             h.cooling_until = max(h.cooling_until, now + wait)
             h.probe_in_flight = False
+            self._changed()
             return None
         if err.kind not in _BREAKER_KINDS:
             return self.succeeded(dep_id, None)
@@ -112,5 +129,6 @@ class Health:
         h.probe_in_flight = False
         if reopen or h.consecutive_failures >= cfg.failures:
             h.state, h.open_until = "open", now + cfg.cooldown_s
+            self._changed()
             return "open"
         return None

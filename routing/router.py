@@ -9,6 +9,14 @@ serves live traffic and `--explain`, so the explanation is the decision.
 Required quality, in increasing precedence: `routing.default.min_quality`, the first matching
 rule's (for `strategy: learned`, the quality its difficulty score calls for; see
 routing/learned/quality.py), the `x-podium-min-quality` header.
+
+Plans are reused: a router (one per config, so a reload starts afresh) keeps recent plans by
+everything a plan is made from: the matched rule, the requested model, mode, needs, prompt and
+output sizes, the header's quality, the key's allow-list, the scope's clearance and regions, and
+the health version (which moves with every breaker or cool-down change). Not reused: plans of the
+`latency` strategy (live measurements), `weighted` (a random draw per request) and `learned` (a
+score per request), plans that skipped a deployment for its health (that ends with the clock,
+not with an event), and refusals.
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from cachetools import LRUCache
 
 from gateway.errors import (
     ModelNotFound,
@@ -44,11 +54,19 @@ from routing.tokens import TokenGauge
 AUTO = "auto"
 # A rule's fallback group the caller's allow-list excludes: listed, never tried.
 NOT_ALLOWED = "not in this key's models allow-list"
+# Plans kept per router: each a few hundred bytes; one per request shape in recent traffic.
+PLAN_CACHE_SIZE = 1024
+_REUSABLE: frozenset[Strategy] = frozenset({"cheapest", "cascade"})
 
 
 class Scope(Protocol):
     def refusal(self, dep: Deployment, extra_regions: frozenset[str] | None = None) -> str | None:
         """Why `dep` may not receive the request (data clearance, region), or None."""
+        ...
+
+    @property
+    def routing_key(self) -> tuple[object, ...]:
+        """Everything `refusal` depends on, hashable: plans are reused between equal keys."""
         ...
 
 
@@ -105,15 +123,31 @@ class Router:
             thresholds += [b for b in (r.match.min_prompt_tokens, r.match.max_prompt_tokens)
                            if b is not None]
         self.tokens = TokenGauge(min(thresholds) if thresholds else None)
+        self._plans: LRUCache[tuple[object, ...], RoutePlan] = LRUCache(PLAN_CACHE_SIZE)
 
     def plan(self, req: RouteRequest, principal: Principal, health: Health, *,
              strict: bool = True) -> RoutePlan:
         """The plan for `req`; when no candidate is kept, raises the error the caller gets
         (`strict`), or returns the plan with an empty chain and that error as `refusal`."""
-        rule = self._match(req)
+        index, rule = self._matched(req)
+        settings = rule.settings if rule else self._config.default
+        strategy = settings.strategy or self._config.default.strategy or "cheapest"
+        key = _plan_key(req, principal, health, index) if strategy in _REUSABLE else None
+        if key is not None:
+            known = self._plans.get(key)
+            if known is not None:
+                return known
+        plan = self._plan(req, principal, health, rule, strategy)
+        if plan.refusal is not None and strict:
+            raise plan.refusal
+        if key is not None and plan.refusal is None and not _health_dropped(plan):
+            self._plans[key] = plan
+        return plan
+
+    def _plan(self, req: RouteRequest, principal: Principal, health: Health,
+              rule: CompiledRule | None, strategy: Strategy) -> RoutePlan:
         settings = rule.settings if rule else self._config.default
         default = self._config.default
-        strategy = settings.strategy or default.strategy or "cheapest"
         learned = (learned_decision(settings, req.difficulty, req.header_min_quality,
                                     default)
                    if strategy == "learned" and req.mode == "chat" else None)
@@ -132,8 +166,6 @@ class Router:
                            for d in self._catalog.groups[group]]
         kept = self._order([c for c in candidates if c.kept], strategy, settings.weights, health)
         refusal = None if kept else nothing_kept(req, candidates)
-        if refusal is not None and strict:
-            raise refusal
         return RoutePlan(rule=rule.name if rule else "default", strategy=strategy,
                          chain=tuple(c.deployment for c in kept), candidates=tuple(candidates),
                          min_quality=min_quality, checks=settings.cascade,
@@ -166,9 +198,15 @@ class Router:
         return [g for g in self._catalog.groups if principal.may_use(g)]
 
     def _match(self, req: RouteRequest) -> CompiledRule | None:
-        if req.facts is None:
-            return None
-        return next((r for r in self._rules if r.matches(req.facts)), None)
+        return self._matched(req)[1]
+
+    def _matched(self, req: RouteRequest) -> tuple[int, CompiledRule | None]:
+        """The first matching rule and its index; (-1, None) for the default."""
+        if req.facts is not None:
+            for i, rule in enumerate(self._rules):
+                if rule.matches(req.facts):
+                    return i, rule
+        return -1, None
 
     def _pool(self, req: RouteRequest, principal: Principal) -> Iterable[Deployment]:
         if req.model == AUTO:
@@ -245,6 +283,19 @@ class _Judge:
     def _cost(self, dep: Deployment) -> float:
         expected = self.req.max_output_tokens or self.expected_output_tokens
         return dep.cost(self.req.prompt_tokens, expected if self.req.mode == "chat" else 0)
+
+
+def _plan_key(req: RouteRequest, principal: Principal, health: Health,
+              rule_index: int) -> tuple[object, ...]:
+    # Exact sizes, not buckets: each candidate's estimated cost, and so the order, moves with
+    # them. `health` itself too, so that a router asked with another Health never mixes them.
+    return (rule_index, req.model, req.mode, req.needs, req.prompt_tokens,
+            req.max_output_tokens, req.header_min_quality, principal.allowed_models,
+            req.scope.routing_key if req.scope is not None else None, health, health.version)
+
+
+def _health_dropped(plan: RoutePlan) -> bool:
+    return any(not c.kept and c.reason.startswith(_HEALTH_WORDS) for c in plan.candidates)
 
 
 def _learned_of(settings: RouteSettings, default: RouteSettings) -> LearnedSettings | None:

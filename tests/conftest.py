@@ -125,12 +125,14 @@ async def make_gateway(tmp_path_factory: pytest.TempPathFactory,
                        ) -> AsyncIterator[GatewayFactory]:
     servers: list[TestServer] = []
 
-    async def start(config: dict[str, Any], *, ready: bool = True) -> RunningGateway:
+    async def start(config: dict[str, Any], *, ready: bool = True,
+                    tel: telemetry.Telemetry | None = None) -> RunningGateway:
+        """`tel`: tracing as given (off, say) instead of into the in-memory exporter."""
         exporter = InMemorySpanExporter()
         state = tmp_path_factory.mktemp("state")
         config = {"key_store": {"path": ":memory:"},
                   "storage": {"path": str(state / "podium.sqlite3")}, **config}
-        app = build_app(parse_config(config, env={}), telemetry.with_exporter(exporter))
+        app = build_app(parse_config(config, env={}), tel or telemetry.with_exporter(exporter))
         server = GatewayTestServer(app, host="127.0.0.1")
         await server.start_server()
         servers.append(server)

@@ -61,8 +61,9 @@ async def test_valid_tokens_become_principals_with_their_team(
         with pytest.raises(openai.PermissionDeniedError):
             await client.chat.completions.create(
                 model="premium", messages=[{"role": "user", "content": "hi"}])
+    # The identity hop's decision, on the request's SERVER span.
     [identity] = [s for s in jwt_gw.spans.get_finished_spans()
-                  if s.name == "podium.identity"][:1]
+                  if s.name == "POST /v1/chat/completions"][:1]
     assert identity.attributes["podium.key.source"] == "jwt"
     assert identity.attributes["podium.team"] == "support"
 

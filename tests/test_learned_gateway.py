@@ -72,7 +72,8 @@ async def test_the_route_span_carries_the_score_threshold_and_decision(
         upstream: Upstream, make_gateway: Any, head: Path) -> None:
     gw = await make_gateway(learned_config(upstream, head))
     await chat(gw, HARD)
-    [route] = [s for s in gw.spans.get_finished_spans() if s.name == "podium.route"]
+    [route] = [s for s in gw.spans.get_finished_spans()
+               if s.name == "POST /v1/chat/completions"]
     attrs = dict(route.attributes or {})
     assert attrs["podium.route.strategy"] == "learned"
     assert attrs["podium.route.learned.decision"] == "escalate"

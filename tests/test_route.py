@@ -206,15 +206,15 @@ async def test_weighted_strategy_follows_the_weights(upstream: Upstream,
     assert 0.8 < share < 0.97, share  # 0.9 expected; bounds far outside sampling noise
 
 
-async def test_route_span_records_every_candidate(routed: RunningGateway) -> None:
+async def test_the_trace_records_every_dropped_candidate(routed: RunningGateway) -> None:
     await routed.client().chat.completions.create(
         model="chat", messages=HI, tools=[{"type": "function", "function": {"name": "f"}}])
-    [span] = [s for s in routed.spans.get_finished_spans() if s.name == "podium.route"]
+    [span] = [s for s in routed.spans.get_finished_spans()
+              if s.name == "POST /v1/chat/completions"]
     events = {e.attributes["deployment"]: e.attributes for e in span.events
-              if e.name == "candidate"}
-    assert events["sim-tiny"]["kept"] is False
+              if e.name == "candidate.dropped"}
     assert "does not support tools" in events["sim-tiny"]["reason"]
-    assert events["sim-cheap"]["kept"] is True
+    assert "sim-cheap" not in events and "sim-cheap" in span.attributes["podium.route.chain"]
     assert span.attributes["podium.route.rule"] == "default"
 
 

@@ -132,8 +132,10 @@ async def test_streamed_hit_and_audit(semantic: RunningGateway, upstream: Upstre
     assert (hit["cache"], miss["cache"]) == ("hit", "miss")
     assert 0 < hit["cost_usd"] < miss["cost_usd"]
     assert {"plugin": "cache", "decision": "hit", "detail": "semantic"} in hit["decisions"]
-    spans = [s for s in semantic.spans.get_finished_spans() if s.name == "podium.cache.semantic"]
+    spans = sorted((s for s in semantic.spans.get_finished_spans()
+                    if s.name == "POST /v1/chat/completions"), key=lambda s: s.start_time or 0)
     assert [s.attributes["podium.cache.semantic"] for s in spans] == ["miss", "hit"]
+    assert all("podium.hop.cache.semantic.ms" in s.attributes for s in spans)
     assert spans[1].attributes["podium.cache.similarity"] >= 0.95
 
 

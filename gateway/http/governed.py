@@ -10,12 +10,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from aiohttp import web
-from opentelemetry import trace
 from opentelemetry.trace import SpanContext
 
 from gateway.errors import PodiumError
 from gateway.follow_up import answered, task_began
+from gateway.observability import hops
 from gateway.pipeline.context import RequestContext
+from gateway.pipeline.egress import CLIENT_CLOSED, client_left
 from gateway.pipeline.identity import Principal, identity_attributes, presented_token
 from gateway.pipeline.tasks import task_tag
 from gateway.runtime import ACCESS, ACCOUNTED, GATEWAY, REQUEST_ID, Gateway, Runtime
@@ -49,10 +50,10 @@ def version_attributes(request: web.Request, rt: Runtime) -> None:
     """The version of `rt` on the request's SERVER span and access-log line (the middleware
     names the version in force when the request arrived; the handler's may be newer)."""
     request[ACCESS]["config_version"] = rt.version.number
-    span = trace.get_current_span()
-    if span.is_recording():
-        span.set_attributes({"podium.config.version": rt.version.number,
-                             "podium.config.digest": rt.version.short})
+    record = hops.current()
+    if record is not None:
+        record.set_attributes({"podium.config.version": rt.version.number,
+                               "podium.config.digest": rt.version.short})
 
 
 @asynccontextmanager
@@ -66,6 +67,10 @@ async def accounted(request: web.Request, rt: Runtime,
     except PodiumError as err:
         ctx.outcome.failed(err)
         raise
+    except ConnectionResetError as exc:
+        if client_left(request, exc):  # answered (and paid for), but never delivered
+            ctx.outcome.status = CLIENT_CLOSED
+        raise
     finally:
         await rt.chain.on_complete(ctx, ctx.outcome)
         journal = request.app[GATEWAY].governance.journal
@@ -78,10 +83,12 @@ async def accounted(request: web.Request, rt: Runtime,
 def task_attributes(ctx: RequestContext, first: SpanContext | None) -> None:
     """The task on the request's SERVER span, linked to its first call's span when that one
     is in another trace (a task's calls without a shared `traceparent`)."""
-    span = trace.get_current_span()
-    if ctx.task is None or not span.is_recording():
+    record = hops.current()
+    if ctx.task is None or record is None:
         return
-    span.set_attributes({"podium.task.id": ctx.task.task, "podium.workflow": ctx.task.workflow})
+    record.set_attributes({"podium.task.id": ctx.task.task,
+                           "podium.workflow": ctx.task.workflow})
+    span = record.span
     if first is not None and first.trace_id != span.get_span_context().trace_id:
         span.add_link(first, {"podium.link": "task", "podium.task.id": ctx.task.task})
 

@@ -39,7 +39,8 @@ from gateway.errors import (
     telemetry_code,
 )
 from gateway.observability import logs
-from gateway.pipeline.egress import CONFIG_VERSION_HEADER, SENT
+from gateway.observability.hops import RequestTrace
+from gateway.pipeline.egress import CLIENT_CLOSED, CONFIG_VERSION_HEADER, SENT, client_left
 from gateway.runtime import ACCESS, ACCOUNTED, GATEWAY, REQUEST_ID
 from gateway.translate import anthropic
 
@@ -67,28 +68,39 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if request.path in _UNTRACED:
         return await _handled(request, handler)
     handler = functools.partial(_admitted, handler=handler)
+    telemetry = gw.telemetry
+    if not telemetry.enabled:  # no span, and no traceparent read: that costs too
+        return await _logged(request, handler, trace.INVALID_SPAN)
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else ""
-    parent = gw.telemetry.propagator.extract(request.headers)
-    with gw.telemetry.tracer.start_as_current_span(
+    parent = telemetry.propagator.extract(request.headers)
+    with telemetry.tracer.start_as_current_span(
         f"{request.method} {route}".strip(), context=parent, kind=SpanKind.SERVER,
         record_exception=False, set_status_on_exception=False,
     ) as span:
-        started = time.monotonic()
-        if span.is_recording():
-            span.set_attributes({"http.request.method": request.method, "http.route": route,
-                                 "url.path": request.path,
-                                 "podium.request_id": request[REQUEST_ID],
-                                 "podium.config.version": version.number,
-                                 "podium.config.digest": version.short})
-        response = await _handled(request, handler)
-        if span.is_recording():
-            span.set_attribute("http.response.status_code", response.status)
-            if response.status >= 500:
-                span.set_status(Status(StatusCode.ERROR))
-        if gw.runtime.config.logging.access_log:
-            _log_access(request, response.status, started, span)
+        if not span.is_recording():  # sampled out: the hops need not record anything either
+            return await _logged(request, handler, span)
+        # The hops write into this record; it goes onto the span in one call at the end.
+        with RequestTrace(span, telemetry.tracer if telemetry.hop_spans else None) as record:
+            record.set_attributes({"http.request.method": request.method, "http.route": route,
+                                   "url.path": request.path,
+                                   "podium.request_id": request[REQUEST_ID],
+                                   "podium.config.version": version.number,
+                                   "podium.config.digest": version.short})
+            response = await _logged(request, handler, span)
+            record.set_attribute("http.response.status_code", response.status)
+        if response.status >= 500:
+            span.set_status(Status(StatusCode.ERROR))
         return response
+
+
+async def _logged(request: web.Request, handler: Handler,
+                  span: trace.Span) -> web.StreamResponse:
+    started = time.monotonic()
+    response = await _handled(request, handler)
+    if request.app[GATEWAY].runtime.config.logging.access_log:
+        _log_access(request, response.status, started, span)
+    return response
 
 
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
@@ -150,6 +162,10 @@ async def _handled(request: web.Request, handler: Handler) -> web.StreamResponse
         response: web.StreamResponse = await handler(request)
         return response
     except Exception as exc:
+        if client_left(request, exc):  # not an error: nothing to log but this, no traceback
+            log.debug("client_disconnected", extra={
+                "request_id": request[REQUEST_ID], "endpoint": request.path})
+            return web.Response(status=CLIENT_CLOSED)  # for the span and access log only
         sent: web.StreamResponse | None = request.get(SENT)
         if sent is not None:  # the client has its answer: a later failure can only be logged
             log.exception("error after answering %s %s (request %s)",

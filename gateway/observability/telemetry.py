@@ -5,17 +5,18 @@ tests (and an embedding application) can run several gateways with separate expo
 is off unless the environment asks for it (`OTEL_TRACES_EXPORTER`, or an OTLP endpoint), and
 when off every span is a no-op that costs almost nothing.
 
-Span names: `POST /v1/chat/completions` (SERVER), `podium.<hop>` (INTERNAL) for each pipeline
-hop, `chat {model}` / `embeddings {model}` (CLIENT) for each upstream attempt, following the
-OpenTelemetry GenAI semantic conventions.
+Span names: `POST /v1/chat/completions` (SERVER) for the request, `chat {model}` /
+`embeddings {model}` (CLIENT) for each upstream attempt, following the OpenTelemetry GenAI
+semantic conventions. The in-process hops are attributes and events on the SERVER span
+(`hops.py`), or, with `telemetry.hop_spans: true`, child spans `podium.<hop>` (INTERNAL) too.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TypedDict
 
@@ -32,12 +33,11 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from gateway.observability import hops
 from gateway.observability.genai_metrics import GenAIMetrics
+from gateway.observability.hops import HopRecord
 
 log = logging.getLogger("podium.telemetry")
-# Opens a hop's span by name (`Telemetry.span`): what hops and the plugin chain are given.
-SpanFactory = Callable[[str], AbstractContextManager[trace.Span]]
-_NO_SPAN: AbstractContextManager[trace.Span] = nullcontext(trace.INVALID_SPAN)
 
 
 @dataclass(frozen=True)
@@ -46,16 +46,19 @@ class Telemetry:
     propagator: TextMapPropagator
     provider: TracerProvider | None = None
     genai: GenAIMetrics | None = None
+    hop_spans: bool = False            # a child span per in-process hop (`telemetry.hop_spans`)
 
     @property
     def enabled(self) -> bool:
         return self.provider is not None
 
-    def span(self, name: str) -> AbstractContextManager[trace.Span]:
-        """A hop's span; when tracing is off, a shared no-op that costs nothing to enter."""
+    def span(self, name: str, hook: str | None = None) -> AbstractContextManager[HopRecord]:
+        """An in-process hop, by its span name: timed and recorded on the request's SERVER span
+        (a child span of its own with `hop_spans`); when tracing is off, a shared no-op that
+        costs nothing to enter."""
         if self.provider is None:
-            return _NO_SPAN
-        return self.tracer.start_as_current_span(name)
+            return hops.NO_HOP
+        return hops.hop(name, hook)
 
     def shutdown(self) -> None:
         """Flush and stop exporting; called once when the app closes."""

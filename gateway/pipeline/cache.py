@@ -29,7 +29,7 @@ from typing import Any
 
 from gateway.config import GatewayConfig
 from gateway.errors import BadRequest
-from gateway.observability.telemetry import SpanFactory
+from gateway.observability.hops import SpanFactory
 from gateway.pipeline.cache_entry import CachedAnswer, cache_key
 from gateway.pipeline.context import CacheResult, RequestContext
 from gateway.pipeline.semantic_cache import SemanticCache, SemanticProbe
@@ -100,7 +100,8 @@ class Cache:
                 if lookup.semantic is not None:
                     ctx.outcome.cost_usd += lookup.semantic.cost_usd
                     lookup.hit = lookup.semantic.hit
-            span.set_attribute("podium.cache", lookup.result().state)
+            if span.is_recording():
+                span.set_attribute("podium.cache", lookup.result().state)
             return lookup
 
 
@@ -118,10 +119,10 @@ class CachePolicy:
 
 def policy(headers: Mapping[str, str], body: Mapping[str, Any], *, enabled: bool,
            default_ttl_s: float, nondeterministic_ok: bool, held: bool) -> CachePolicy:
-    control = {d.strip().lower() for d in headers.get("Cache-Control", "").split(",")}
-    ttl = _ttl(headers.get(TTL_HEADER), default_ttl_s)
+    ttl = _ttl(headers.get(TTL_HEADER), default_ttl_s)  # a bad value is refused, cache or not
     if not enabled:
         return CachePolicy(False, False, ttl, "cache disabled")
+    control = {d.strip().lower() for d in headers.get("Cache-Control", "").split(",")}
     if held:
         return CachePolicy(False, False, ttl, "answer held for review")
     if not deterministic(body) and not nondeterministic_ok:

@@ -2,6 +2,11 @@
 
 The headers of a model call are built in one place, `podium_headers`, from what the hops put
 on the request's context; `x-request-id` is added to every response by the HTTP middleware.
+
+A client may hang up before its answer is written: `podium serve` lets the handler finish (the
+answer is paid for, so it is accounted for), and its write then fails with a connection reset.
+That is the client's doing, not a fault: `client_left` tells it apart, and the request is
+recorded with status 499 (nginx's "client closed request") and one DEBUG log event.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ SENT: web.RequestKey[web.StreamResponse] = web.RequestKey("podium.sent", web.Str
 KIND_HEADER = "x-podium-cache-kind"
 CONFIG_VERSION_HEADER = "x-podium-config-version"
 SIMILARITY_HEADER = "x-podium-cache-similarity"
+CLIENT_CLOSED = 499
 
 
 def podium_headers(ctx: RequestContext) -> dict[str, str]:
@@ -71,6 +77,14 @@ def route_header(plan: RoutePlan) -> str:
     if learned.header_override is not None:
         parts.append(f"header-min-quality={learned.header_override}")
     return "; ".join(parts)
+
+
+def client_left(request: web.Request, exc: BaseException) -> bool:
+    """Whether `exc` is the client having hung up: a reset met while writing to a connection
+    that is closing or closed. A reset from anywhere else (an upstream, a store) is not."""
+    transport = request.transport
+    return isinstance(exc, ConnectionResetError) and (transport is None
+                                                      or transport.is_closing())
 
 
 def json_response(body: Any, headers: Mapping[str, str] | None = None,

@@ -16,10 +16,9 @@ import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from opentelemetry import trace
-
 from gateway.config import AdminKeyEntry, GatewayConfig, KeyEntry, TeamConfig
 from gateway.errors import AuthenticationFailed
+from gateway.observability.hops import HopRecord
 from plugins.settings import Limits
 
 
@@ -46,7 +45,7 @@ class Principal:
         return self.limits if self.limits is not None else config_keys.get(self.key_id)
 
 
-def identity_attributes(span: trace.Span, principal: Principal) -> None:
+def identity_attributes(span: HopRecord, principal: Principal) -> None:
     """The hop's decision on its span: which key, never the key itself."""
     if span.is_recording():
         span.set_attributes({"podium.key.id": principal.key_id,

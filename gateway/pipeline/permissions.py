@@ -14,10 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from opentelemetry import trace
-
 from gateway.config import PIIConfig
 from gateway.errors import BadRequest, PermissionDenied
+from gateway.observability.hops import HopRecord
 from gateway.pipeline.identity import Principal
 from gateway.pipeline.ingress import ChatCompletionRequest
 from gateway.pipeline.messages import SENT, Kind, request_strings, rewrite_request
@@ -41,6 +40,11 @@ class PermissionScope:
     findings: dict[str, int] = field(default_factory=dict)
     mask_below: str | None = None            # pseudonymize for clearances below this class
     pseudonymizer: Pseudonymizer | None = None
+
+    @property
+    def routing_key(self) -> tuple[object, ...]:
+        """Everything `refusal` depends on: plans are reused between equal keys."""
+        return self.data_class, self.regions
 
     def refusal(self, dep: Deployment, extra_regions: frozenset[str] | None = None) -> str | None:
         """Why `dep` may not receive this request, or None."""
@@ -69,7 +73,7 @@ class PermissionScope:
         return rewrite_request(body, SCANNED, lambda text: pseudonymizer.mask(text.value))
 
 
-def scope_attributes(span: trace.Span, scope: PermissionScope) -> None:
+def scope_attributes(span: HopRecord, scope: PermissionScope) -> None:
     """The hop's decision on its span: the class, why, and how much PII (counts, never values)."""
     if span.is_recording():
         span.set_attributes({"podium.data_class": scope.data_class,

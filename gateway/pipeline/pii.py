@@ -125,7 +125,7 @@ def _scan_steps(text: str, kinds: frozenset[str]) -> Iterator[list[Finding] | No
     carry: list[Finding] = []
     for start, end, owned in _windows(len(norm.text)):
         taken = carry
-        for findings in run_detectors(norm.text, start, end, kinds):
+        for _, findings in run_detectors(norm.text, start, end, kinds):
             taken = _merge(taken, [f for f in findings if f.start < owned])
             yield None
         new = [f for f in taken if f.start >= start]

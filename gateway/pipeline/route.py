@@ -1,8 +1,8 @@
 """Hops 3 and 5, permissions and route: a request → its scope, the router's input, its plan.
 
-`Planner` runs the two hops in order, each in its own span: the permission scope (data class,
-regions, PII), then the `RouteRequest` built from the request and the scope, then
-`Router.plan`. Live traffic, `POST /v1/route/explain` and `podium route --explain` all call it,
+`Planner` runs the two hops in order, each recorded on the request's trace: the permission
+scope (data class, regions, PII), then the `RouteRequest` built from the request and the scope,
+then `Router.plan`. Live traffic, `POST /v1/route/explain` and `podium route --explain` all call it,
 so an explanation is the decision itself, not a re-enactment of it; `explain` turns a decision
 into data.
 """
@@ -13,11 +13,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from opentelemetry import trace
-
 from gateway.config import PIIConfig
 from gateway.errors import BadRequest
-from gateway.observability.telemetry import SpanFactory
+from gateway.observability.hops import HopRecord, SpanFactory
 from gateway.pipeline.context import Reservation
 from gateway.pipeline.identity import Principal
 from gateway.pipeline.ingress import ChatCompletionRequest, EmbeddingRequest, Parsed
@@ -178,7 +176,7 @@ def embedding_reservation(decision: RouteDecision) -> Reservation:
     return Reservation(tokens, max(d.cost(tokens, 0) for d in decision.plan.chain))
 
 
-def _plan_attributes(span: trace.Span, req: RouteRequest, plan: RoutePlan) -> None:
+def _plan_attributes(span: HopRecord, req: RouteRequest, plan: RoutePlan) -> None:
     if not span.is_recording():
         return
     span.set_attributes({
@@ -191,9 +189,10 @@ def _plan_attributes(span: trace.Span, req: RouteRequest, plan: RoutePlan) -> No
         span.set_attributes({f"podium.route.learned.{k}": v
                              for k, v in learned_fields(plan.learned).items()
                              if v is not None and k != "reason"})
-    for c in plan.candidates:
-        span.add_event("candidate", {"deployment": c.deployment.id, "kept": c.kept,
-                                     "reason": c.reason, "source": c.source})
+    for c in plan.candidates:  # the kept ones are the chain
+        if not c.kept:
+            span.add_event("candidate.dropped", {"deployment": c.deployment.id,
+                                                 "reason": c.reason, "source": c.source})
 
 
 def chat_route_request(chat: ChatCompletionRequest, body: Mapping[str, Any],

@@ -34,12 +34,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from opentelemetry import trace
-
 from gateway.config import GatewayConfig, SemanticCacheConfig
 from gateway.errors import PermissionDenied, PodiumError
+from gateway.observability.hops import HopRecord, SpanFactory
 from gateway.observability.scrub import scrub
-from gateway.observability.telemetry import SpanFactory
 from gateway.pipeline.cache_entry import CachedAnswer, scope_key
 from gateway.pipeline.context import RequestContext
 from gateway.pipeline.messages import text_of
@@ -191,7 +189,7 @@ class SemanticCache:
             return found
 
     async def _find(self, found: SemanticProbe, cfg: SemanticCacheConfig, store: CacheStore,
-                    span: trace.Span) -> None:
+                    span: HopRecord) -> None:
         entries = found.index.live(found.scope)
         best = (await asyncio.to_thread(nearest, entries, found.vector)
                 if len(entries) * len(found.vector) > _INLINE_WORK

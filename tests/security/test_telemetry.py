@@ -131,7 +131,8 @@ async def test_a_jwt_subject_that_is_an_email_is_a_pseudonym_by_default(
         model="chat", messages=[{"role": "user", "content": "hi"}])
     [record] = (await _admin_get(gw, "/admin/audit"))["data"]
     [caller] = (await _admin_get(gw, "/admin/spend?group_by=key"))["data"]
-    [ident] = [s for s in gw.spans.get_finished_spans() if s.name == "podium.identity"]
+    [ident] = [s for s in gw.spans.get_finished_spans()
+               if s.name == "POST /v1/chat/completions"]
     named = [record["key_name"], record["user"], caller.get("key_name"),
              ident.attributes["podium.key.name"]]
     if identity == "hash":
