@@ -224,8 +224,6 @@ class Samples:
         for family in self.families:
             if isinstance(family, Histogram):
                 yield family.family({k: (c.counts, c.sum) for k, c in family.children.items()})
-            elif isinstance(family, Counter):
-                yield family.family({k: c.value for k, c in family.children.items()})
             else:
                 yield family.family({k: c.value for k, c in family.children.items()})
 
