@@ -99,50 +99,54 @@ def targets(rows: list[dict[str, Any]], soak: dict[str, Any] | None,
             return round(float(by[a]["rps_c32"]) / float(by[b]["rps_c32"]), 3)
         return None
 
-    for key, goal, floor in (("podium", "tracing on", 0.5), ("podium-notrace", "tracing off", 0.7)):
+    # Issue 16's bars (the moonshot in brackets); a target is met at its bar.
+    for key, goal, floor, moon in (("podium", "tracing on", 0.3, 0.5),
+                                   ("podium-notrace", "tracing off", 0.4, 0.6)):
         r = ratio(key, "bare")
-        out.append(_check(f"req/s @32, {goal} / bare proxy", f">= {floor}", r,
+        out.append(_check(f"req/s @32, {goal} / bare proxy", f">= {floor} ({moon})", r,
                           None if r is None else r >= floor,
                           f"{_fmt(by.get(key, {}).get('rps_c32'))} vs "
                           f"{_fmt(by.get('bare', {}).get('rps_c32'))} req/s"))
     bare_cpu = by.get("bare", {}).get("cpu_us_per_request")
     if otel and bare_cpu:
-        # At 0.5x the bare proxy's req/s on one core, a whole request may cost 2x its CPU.
-        budget = round(bare_cpu / 0.5, 1)
+        # At 0.3x the bare proxy's req/s on one core, a request may cost 1/0.3 of its CPU.
+        budget = round(bare_cpu / 0.3, 1)
         out.append(_check("OpenTelemetry SDK floor per traced request (info)",
                           f"vs {budget:g} µs budget", otel["floor_us_per_request"], None,
                           f"{otel['spans_per_request']:g} spans x ("
                           f"{otel['create_us_per_span']} µs create + "
                           f"{otel['encode_us_per_span']} µs encode), in-process "
                           "(bench/otel_floor.py); the budget is the whole request's CPU at "
-                          "0.5x the bare proxy's req/s"))
+                          "0.3x the bare proxy's req/s"))
     r = ratio("podium", "litellm")
-    out.append(_check("req/s @32, Podium / LiteLLM proxy", ">= 30", r,
-                      None if r is None else r >= 30,
+    out.append(_check("req/s @32, Podium / LiteLLM proxy (tracing on)", ">= 20 (40)", r,
+                      None if r is None else r >= 20,
                       "LiteLLM proxy " + (skipped.get("litellm") or "measured")))
-    for key, what in (("podium", "tracing on"), ("podium-notrace", "tracing off")):
+    for key, what, bar in (("podium", "tracing on", 0.7), ("podium-notrace", "tracing off", None)):
         if key in by and "upstream" in by:
+            goal = f"<= {bar} ms (0.5)" if bar else "info"
             added = round(by[key]["p50_c1_ms"] - by["upstream"]["p50_c1_ms"], 3)
-            out.append(_check(f"added p50 @1 connection ({what})", "<= 1.0 ms", added,
-                              added <= 1.0, f"{by[key]['p50_c1_ms']} - "
+            out.append(_check(f"added p50 @1 connection ({what})", goal, added,
+                              None if bar is None else added <= bar, f"{by[key]['p50_c1_ms']} - "
                               f"{by['upstream']['p50_c1_ms']} ms (upstream directly)"))
             added = round(by[key]["ttfb_p50_ms"] - by["upstream"]["ttfb_p50_ms"], 3)
-            out.append(_check(f"added stream TTFB p50 ({what})", "<= 1.0 ms", added,
-                              added <= 1.0, f"{by[key]['ttfb_p50_ms']} - "
+            out.append(_check(f"added stream TTFB p50 ({what})", goal, added,
+                              None if bar is None else added <= bar,
+                              f"{by[key]['ttfb_p50_ms']} - "
                               f"{by['upstream']['ttfb_p50_ms']} ms (upstream directly)"))
     cache = by.get("podium-cache")
     r = ratio("podium-cache", "bare")
     if cache is None:
-        out.append(_check("cache-hit req/s / bare proxy", ">= 1.0", None, None,
+        out.append(_check("cache-hit req/s / bare proxy", ">= 0.6 (1.0)", None, None,
                           f"cache scenario {skipped.get('podium-cache')}"))
     else:
         served = (cache["upstream_calls_per_request"] or 0) < 0.05
-        out.append(_check("cache-hit req/s / bare proxy", ">= 1.0", r,
-                          bool(served and r is not None and r >= 1.0),
+        out.append(_check("cache-hit req/s / bare proxy", ">= 0.6 (1.0)", r,
+                          bool(served and r is not None and r >= 0.6),
                           f"{cache['upstream_calls_per_request']} upstream calls per request"
                           + ("" if served else ": NOT served from the cache")))
     if soak:
-        out.append(_check(f"RSS after {soak['requests']:,} requests", "<= 120 MB",
+        out.append(_check(f"RSS after {soak['requests']:,} requests", "<= 120 MB (90)",
                           soak["rss_end_mb"], soak["rss_end_mb"] <= 120,
                           " → ".join(f"{p['requests']:,}: {p['rss_mb']} MB"
                                      for p in soak["points"])))
@@ -159,12 +163,12 @@ def targets(rows: list[dict[str, Any]], soak: dict[str, Any] | None,
     one = by.get("podium-notrace")
     if two and one and one["rps_c32"]:
         scale = round(two["rps_c32"] / one["rps_c32"], 2)
-        out.append(_check("--workers 2 / 1 worker, req/s @32", "near-linear (info)", scale,
-                          None, f"CPU/req {two['cpu_us_per_request']} vs "
+        out.append(_check("--workers 2 / 1 worker, req/s @32", ">= 1.7 (1.9)", scale,
+                          scale >= 1.7, f"CPU/req {two['cpu_us_per_request']} vs "
                           f"{one['cpu_us_per_request']} µs; 2 cores shared with the load "
                           "generator and upstream"))
     else:
-        out.append(_check("--workers 2 / 1 worker", "near-linear (info)", None, None,
+        out.append(_check("--workers 2 / 1 worker", ">= 1.7 (1.9)", None, None,
                           f"2-worker scenario {skipped.get('podium-2w')}"))
     return out
 
