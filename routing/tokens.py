@@ -118,6 +118,12 @@ def _message_texts(messages: Iterable[Mapping[str, Any]]) -> tuple[list[str], in
     fixed = _PER_REPLY
     for message in messages:
         fixed += _PER_MESSAGE
+        if isinstance(message, dict):
+            content = message.get("content")
+            # The usual message, text and no tool calls: its content is its only counted string.
+            if isinstance(content, str) and not isinstance(message.get("tool_calls"), list):
+                texts.append(content)
+                continue
         for text in strings(message, _COUNTED):
             if text.kind == "image":
                 fixed += _PER_IMAGE
