@@ -92,10 +92,16 @@ class IdleMap(Generic[V]):
 
     def touch(self, key: str, now: float) -> V:
         """The value for `key` (made if absent), marked as used at `now`."""
-        self._forget_idle(now)
-        item = self._items.pop(key, None)
-        value = self._make() if item is None else item[1]
-        self._items[key] = (now, value)
+        items = self._items
+        if items:
+            self._forget_idle(now)
+        item = items.get(key)
+        if item is None:
+            value = self._make()
+        else:
+            value = item[1]
+            items.move_to_end(key)  # newest last, as a pop and re-insert would leave it
+        items[key] = (now, value)
         return value
 
     def peek(self, key: str) -> V | None:
