@@ -102,13 +102,16 @@ class TokenGauge:
         return self._size(list(texts), 0, 0)
 
     def _size(self, texts: list[str], fixed: int, headroom: int) -> Size:
-        sizes = [_utf8_len(t) for t in texts]
-        bound = fixed + sum(sizes)
+        bound = estimate = fixed   # the bytes (a bound on the tokens), and the estimate
+        for t in texts:
+            n = len(t) if t.isascii() else len(t.encode("utf-8", "surrogatepass"))  # _utf8_len
+            bound += n
+            estimate += -(-n // _BYTES_PER_TOKEN)
         limit = self.exact_from
         if limit is None or bound + headroom < limit:
             if limit is not None and _PREFETCH_AT * bound + headroom >= limit:
                 _prefetch()  # conversations grow: the next prompt may need an exact count
-            return Size(fixed + sum(-(-n // _BYTES_PER_TOKEN) for n in sizes), False)
+            return Size(estimate, False)
         return Size(fixed + sum(count_text(t) for t in texts), True)
 
 

@@ -26,7 +26,7 @@ from gateway.storage.contracts import WindowCheck
 from gateway.storage.memory_state import MemoryState
 from routing.health import Health
 from routing.router import RouteRequest
-from routing.tokens import TokenGauge
+from routing.tokens import TokenGauge, count_text
 from tests.conftest import Upstream
 from tests.test_dashboard import generate_traffic
 from tests.test_dashboard_window import start
@@ -72,7 +72,11 @@ def _walked_size(messages: list[Any], gauge: TokenGauge, headroom: int) -> tuple
                 fixed += 85
             else:
                 texts.append(t.value)
-    return gauge._size(texts, fixed, headroom)
+    sizes = [len(t.encode("utf-8", "surrogatepass")) for t in texts]
+    limit, bound = gauge.exact_from, fixed + sum(sizes)
+    if limit is None or bound + headroom < limit:
+        return fixed + sum(-(-n // 4) for n in sizes), False
+    return fixed + sum(count_text(t) for t in texts), True
 
 
 @settings(max_examples=400, deadline=None)
