@@ -57,6 +57,11 @@ NOT_ALLOWED = "not in this key's models allow-list"
 # Plans kept per router: each a few hundred bytes; one per request shape in recent traffic.
 PLAN_CACHE_SIZE = 1024
 _REUSABLE: frozenset[Strategy] = frozenset({"cheapest", "cascade"})
+_DEFAULT_MATCH: tuple[int, None] = (-1, None)
+
+
+# The rule a request matched and its index in the config; (-1, None) for the default.
+Matched = tuple[int, CompiledRule | None]
 
 
 class Scope(Protocol):
@@ -126,10 +131,11 @@ class Router:
         self._plans: LRUCache[tuple[object, ...], RoutePlan] = LRUCache(PLAN_CACHE_SIZE)
 
     def plan(self, req: RouteRequest, principal: Principal, health: Health, *,
-             strict: bool = True) -> RoutePlan:
+             strict: bool = True, matched: Matched | None = None) -> RoutePlan:
         """The plan for `req`; when no candidate is kept, raises the error the caller gets
-        (`strict`), or returns the plan with an empty chain and that error as `refusal`."""
-        index, rule = self._matched(req)
+        (`strict`), or returns the plan with an empty chain and that error as `refusal`.
+        `matched`: `match(req)` when the caller already has it (rules are matched once)."""
+        index, rule = matched if matched is not None else self.match(req)
         settings = rule.settings if rule else self._config.default
         strategy = settings.strategy or self._config.default.strategy or "cheapest"
         key = _plan_key(req, principal, health, index) if strategy in _REUSABLE else None
@@ -181,12 +187,13 @@ class Router:
         found = self.learned_rule(req)
         return found[1] if found is not None else None
 
-    def learned_rule(self, req: RouteRequest) -> tuple[str, LearnedSettings] | None:
+    def learned_rule(self, req: RouteRequest,
+                     matched: Matched | None = None) -> tuple[str, LearnedSettings] | None:
         """The name ("default" when no rule matches) and learned section of the rule this
-        chat request matches, if its strategy is learned; else None."""
+        chat request matches, if its strategy is learned; else None. `matched` as in `plan`."""
         if req.mode != "chat":
             return None
-        rule = self._match(req)
+        rule = (matched if matched is not None else self.match(req))[1]
         settings = rule.settings if rule else self._config.default
         strategy = settings.strategy or self._config.default.strategy
         section = _learned_of(settings, self._config.default)
@@ -197,16 +204,14 @@ class Router:
     def visible_groups(self, principal: Principal) -> list[str]:
         return [g for g in self._catalog.groups if principal.may_use(g)]
 
-    def _match(self, req: RouteRequest) -> CompiledRule | None:
-        return self._matched(req)[1]
-
-    def _matched(self, req: RouteRequest) -> tuple[int, CompiledRule | None]:
-        """The first matching rule and its index; (-1, None) for the default."""
+    def match(self, req: RouteRequest) -> Matched:
+        """The first matching rule and its index; (-1, None) for the default. It depends on
+        `req.facts` only, so it holds for a copy of `req` with another `difficulty`."""
         if req.facts is not None:
             for i, rule in enumerate(self._rules):
                 if rule.matches(req.facts):
                     return i, rule
-        return -1, None
+        return _DEFAULT_MATCH
 
     def _pool(self, req: RouteRequest, principal: Principal) -> Iterable[Deployment]:
         if req.model == AUTO:

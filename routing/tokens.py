@@ -102,13 +102,16 @@ class TokenGauge:
         return self._size(list(texts), 0, 0)
 
     def _size(self, texts: list[str], fixed: int, headroom: int) -> Size:
-        sizes = [_utf8_len(t) for t in texts]
-        bound = fixed + sum(sizes)
+        bound = estimate = fixed   # the bytes (a bound on the tokens), and the estimate
+        for t in texts:
+            n = len(t) if t.isascii() else len(t.encode("utf-8", "surrogatepass"))  # _utf8_len
+            bound += n
+            estimate += -(-n // _BYTES_PER_TOKEN)
         limit = self.exact_from
         if limit is None or bound + headroom < limit:
             if limit is not None and _PREFETCH_AT * bound + headroom >= limit:
                 _prefetch()  # conversations grow: the next prompt may need an exact count
-            return Size(fixed + sum(-(-n // _BYTES_PER_TOKEN) for n in sizes), False)
+            return Size(estimate, False)
         return Size(fixed + sum(count_text(t) for t in texts), True)
 
 
@@ -118,6 +121,12 @@ def _message_texts(messages: Iterable[Mapping[str, Any]]) -> tuple[list[str], in
     fixed = _PER_REPLY
     for message in messages:
         fixed += _PER_MESSAGE
+        if isinstance(message, dict):
+            content = message.get("content")
+            # The usual message, text and no tool calls: its content is its only counted string.
+            if isinstance(content, str) and not isinstance(message.get("tool_calls"), list):
+                texts.append(content)
+                continue
         for text in strings(message, _COUNTED):
             if text.kind == "image":
                 fixed += _PER_IMAGE

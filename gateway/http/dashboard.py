@@ -11,9 +11,10 @@ Browsers cannot send a bearer header when navigating, so a correct admin key typ
 form is exchanged for a session cookie (`gateway/http/sessions.py`: random, kept server side,
 ended by logout). The key itself is never in a cookie, a URL, a log or the page.
 
-The snapshot is cumulative (counters since the process started, summed over workers through
-`Metrics.exposition()`), plus the window every tile shows and, on request, the last hour of
-history (`dashboard_window.py`), so a reload of the page keeps its charts.
+The snapshot is cumulative (counters since the process started, summed over workers: the
+samples `Metrics.exposition()` renders, read from its registry directly), plus the window every
+tile shows and, on request, the last hour of history (`dashboard_window.py`), so a reload of
+the page keeps its charts.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from gateway.http.dashboard_window import (
     Point,
     Samples,
     buckets,
-    parse_exposition,
+    collected,
     quantile,
     sample_forever,
     sum_by,
@@ -198,8 +199,7 @@ async def data(request: web.Request) -> web.Response:
 
 
 def _point(gw: Gateway, samples: Samples | None = None) -> Point:
-    samples = samples if samples is not None else parse_exposition(
-        gw.metrics.exposition().decode())
+    samples = samples if samples is not None else collected(gw.metrics.registry)
     return Point.of(samples, time.time(), {d.id: d.group for d in gw.runtime.catalog.deployments})
 
 
@@ -226,7 +226,7 @@ async def snapshot(gw: Gateway, history: History, window_s: int = WINDOWS_S[0],
     """Everything the page shows: cumulative counters, the window every tile shows, current
     state; with the last hour of points when asked."""
     await gw.sync_breakers()
-    samples = parse_exposition(gw.metrics.exposition().decode())
+    samples = collected(gw.metrics.registry)
     point = _point(gw, samples)
     catalog = gw.runtime.catalog.deployments
     requests = "podium_requests_total"

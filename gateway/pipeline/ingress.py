@@ -204,16 +204,19 @@ def refuse_control_fields(body: dict[str, Any]) -> None:
 
 def refuse_deep_nesting(body: Any) -> None:
     """400 for JSON nested deeper than MAX_DEPTH; iterative, so any depth is safe to check."""
+    # Only containers are stacked, each with its depth; a plain loop, no generator per level.
     stack: list[tuple[Any, int]] = [(body, 1)]
+    pop, push = stack.pop, stack.append
     while stack:
-        value, depth = stack.pop()
+        value, depth = pop()
         if depth > MAX_DEPTH:
             raise BadRequest(f"The request body is nested more than {MAX_DEPTH} levels deep.",
                              code="too_deeply_nested")
-        if isinstance(value, dict):
-            stack.extend((v, depth + 1) for v in value.values() if isinstance(v, dict | list))
-        elif isinstance(value, list):
-            stack.extend((v, depth + 1) for v in value if isinstance(v, dict | list))
+        children = value.values() if isinstance(value, dict) else (
+            value if isinstance(value, list) else ())
+        for v in children:
+            if isinstance(v, dict | list):
+                push((v, depth + 1))
 
 
 def validate_call(model: type[T], body: dict[str, Any]) -> Parsed[T]:

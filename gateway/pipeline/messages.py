@@ -101,6 +101,10 @@ def request_strings(body: Mapping[str, Any], kinds: frozenset[Kind]) -> Iterator
 
 def text_of(message: Any, separator: str = " ") -> str:
     """A message's spoken text: its string content, or its text parts joined."""
+    if isinstance(message, dict):
+        content = message.get("content")
+        if isinstance(content, str):  # the usual message: its content is all it says
+            return content
     return separator.join(t.value for t in strings(message, SPOKEN))
 
 

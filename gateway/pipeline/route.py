@@ -106,12 +106,14 @@ class Planner:
         record = live and self.features.allows(scope)
         messages = parsed.body["messages"]
         with self.span("podium.route") as span:
-            learned = self.router.learned_rule(req)
+            matched = self.router.match(req)  # once: the learned check and the plan share it
+            learned = self.router.learned_rule(req, matched)
             assessed = (await self.learned.assess(learned[0], messages, record, live)
                         if learned is not None else None)
             if assessed is not None:
                 req = replace(req, difficulty=assessed.difficulty)
-            plan = self.router.plan(req, principal, self.health, strict=self.strict)
+            plan = self.router.plan(req, principal, self.health, strict=self.strict,
+                                    matched=matched)
             _plan_attributes(span, req, plan)
         kept = assessed.features if assessed is not None else None
         if kept is None and record and plan.strategy == "cascade":

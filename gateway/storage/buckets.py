@@ -40,7 +40,7 @@ class SlidingWindow:
     def advance(self, now: float) -> int:
         """Move the window to `now`: buckets that fell out of it are emptied. Returns the
         current bucket index."""
-        head = self.bucket_at(now)
+        head = math.floor(now / self._width)  # bucket_at(now), without the call
         if head <= self.head:
             return self.head       # a clock that steps back keeps the newer window
         if head - self.head >= self._n:
@@ -92,10 +92,18 @@ class IdleMap(Generic[V]):
 
     def touch(self, key: str, now: float) -> V:
         """The value for `key` (made if absent), marked as used at `now`."""
-        self._forget_idle(now)
-        item = self._items.pop(key, None)
-        value = self._make() if item is None else item[1]
-        self._items[key] = (now, value)
+        items = self._items
+        if items:
+            first = next(iter(items.values()))
+            if first[0] <= now - self._idle_s:  # the oldest is idle: forget what is
+                self._forget_idle(now)
+        item = items.get(key)
+        if item is None:
+            value = self._make()
+        else:
+            value = item[1]
+            items.move_to_end(key)  # newest last, as a pop and re-insert would leave it
+        items[key] = (now, value)
         return value
 
     def peek(self, key: str) -> V | None:

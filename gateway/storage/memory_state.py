@@ -94,12 +94,23 @@ class MemoryState:
 
     async def admit(self, home: str, checks: list[WindowCheck]) -> Admission:
         now = self.clock()
-        windows = [self._windows.touch(c.key, now) for c in checks]
-        head = max((w.advance(now) for w in windows), default=None)
-        wait, full = max(((w.wait(c.amount, c.limit, now), c.key)
-                          for w, c in zip(windows, checks, strict=True)), default=(0.0, None))
-        if wait > 0:
-            return Admission(wait, full, None)
+        touch = self._windows.touch
+        windows = [touch(c.key, now) for c in checks]
+        head: int | None = None
+        for w in windows:
+            at = w.advance(now)
+            if head is None or at > head:
+                head = at
+        # The longest wait, ties to the greatest key (as max over (wait, key) pairs).
+        longest: tuple[float, str] | None = None
+        for w, c in zip(windows, checks, strict=True):
+            if w.total + c.amount <= c.limit:
+                continue                  # fits now: wait() would say 0.0
+            waited = (w.wait(c.amount, c.limit, now), c.key)
+            if waited[0] > 0 and (longest is None or waited > longest):
+                longest = waited
+        if longest is not None:
+            return Admission(longest[0], longest[1], None)
         for window, check in zip(windows, checks, strict=True):
             window.add(check.amount)
         return Admission(0.0, None, head)
@@ -116,8 +127,15 @@ class MemoryState:
         for claim in claims:  # awaits only here, before the atomic check-and-reserve below
             await self._load_spent(claim)
         now = self.clock()
-        rings = [self._reserved.touch(c.scope, now) for c in claims]
-        head = max((r.advance(now) for r in rings), default=self._bucket(now))
+        touch = self._reserved.touch
+        rings = [touch(c.scope, now) for c in claims]
+        head: int | None = None
+        for r in rings:
+            at = r.advance(now)
+            if head is None or at > head:
+                head = at
+        if head is None:
+            head = self._bucket(now)
         for claim, ring in zip(claims, rings, strict=True):
             spent = self._spent.touch(claim.scope, now)[1]
             if spent + ring.total + amount > claim.budget_usd:
