@@ -42,6 +42,7 @@ _SMALL = [bytes((n,)) for n in range(128)]
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _FLAGS_HAS_IS_REMOTE, _FLAGS_IS_REMOTE = 0x100, 0x200
 _KEY_CACHE_MAX = 4096
+_STRING_CACHE_MAX = 4096
 
 
 def _varint(n: int) -> bytes:
@@ -99,6 +100,9 @@ def _int64(v: int) -> bytes:
 
 
 _KEYS: dict[str, bytes] = {}
+# (field tag, key, string value) -> the encoded attribute field. Only exact `str` values: equal
+# values of other types can differ on the wire (True == 1 == 1.0, 0.0 == -0.0).
+_STRINGS: dict[tuple[bytes, str, str], bytes] = {}
 
 
 def _key_value(key: str, v: Any) -> bytes:
@@ -122,12 +126,19 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> list[bytes]
         # per key; the attributes of an ended span (events, links, resource) no longer change.
         items = attributes._dict
     out = []
-    keys, small = _KEYS, _SMALL
+    keys, small, strings = _KEYS, _SMALL, _STRINGS
     for key, v in items.items():
-        # The common cases inline (a string, a float, a small int, a bool; a short key); any
-        # other value through `_value`.
-        prefix = keys.get(key)
+        # A string value seen before: its whole field from the cache (most of a request's
+        # strings repeat from request to request: the route, the key, the team, the model...).
         t = type(v)
+        if t is str:
+            field = strings.get((tag, key, v))
+            if field is not None:
+                out.append(field)
+                continue
+        # The common cases inline (a string, a float, an int, a bool, a tuple); any other
+        # value through `_value`.
+        prefix = keys.get(key)
         try:
             if prefix is None:
                 if len(keys) >= _KEY_CACHE_MAX:
@@ -139,14 +150,23 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> list[bytes]
                 body = b"\x0a" + (small[n] if n < 128 else _varint(n)) + raw
             elif t is float:
                 body = b"\x21" + _pack_double(v)
-            elif t is int and 0 <= v < 128:
-                body = b"\x18" + small[v]
+            elif t is int and 0 <= v <= _INT64_MAX:
+                body = b"\x18" + (small[v] if v < 128 else _varint(v))
+            elif t is bool:
+                body = b"\x10\x01" if v else b"\x10\x00"
+            elif t is tuple:  # what the SDK turns every sequence value into
+                body = _field(b"\x2a", b"".join([_field(b"\x0a", _value(x)) for x in v]))
             else:
                 body = _value(v)
             n = len(body)
             kv = prefix + b"\x12" + (small[n] if n < 128 else _varint(n)) + body
             n = len(kv)
-            out.append(tag + (small[n] if n < 128 else _varint(n)) + kv)
+            field = tag + (small[n] if n < 128 else _varint(n)) + kv
+            if t is str:
+                if len(strings) >= _STRING_CACHE_MAX:  # a unique value each time (an id)
+                    strings.clear()                     # fills it: start again
+                strings[(tag, key, v)] = field
+            out.append(field)
         except Exception as error:  # the SDK's behaviour: drop the key, keep the span
             log.exception("Failed to encode key %s: %s", key, error)
     return out
