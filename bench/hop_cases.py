@@ -247,11 +247,11 @@ def span_hops(lab: Lab) -> dict[str, Callable[[], Hop]]:
 
     def encode() -> Hop:
         """Podium's exporter's encoder (gateway/observability/otlp_wire.py)."""
-        encode_request = get("gateway.observability.otlp_wire:encode_request")
+        encode = get("gateway.observability.otlp_wire:SpanEncoder")().encode
         spans = lab.spans
 
         async def call() -> object:
-            return encode_request(spans)
+            return encode(spans)
         return call
 
     def sdk_encode() -> Hop:

@@ -34,7 +34,7 @@ from opentelemetry.util.types import Attributes
 from gateway.app import build_app
 from gateway.config import parse_config
 from gateway.observability import telemetry
-from gateway.observability.otlp_wire import OTLPWireSpanExporter, encode_request
+from gateway.observability.otlp_wire import OTLPWireSpanExporter, SpanEncoder
 from tests.conftest import APP_KEY, Upstream, base_config
 from tests.support.waiting import until
 
@@ -104,6 +104,11 @@ def _span(draw: st.DrawFn) -> ReadableSpan:
         start_time=draw(st.one_of(st.none(), _time)), end_time=draw(st.one_of(st.none(), _time)))
 
 
+# One encoder for every example, as an exporter keeps one: what it caches from earlier batches
+# (keys, string values, resources, scopes) must never change a later batch's bytes.
+_ENCODER = SpanEncoder()
+
+
 def _sdk(spans: Any) -> ExportTraceServiceRequest:
     message: ExportTraceServiceRequest = ExportTraceServiceRequest.FromString(
         encode_spans(spans).SerializeToString())
@@ -115,7 +120,7 @@ def _sdk(spans: Any) -> ExportTraceServiceRequest:
 def test_random_spans_encode_to_the_sdks_message(spans: list[ReadableSpan]) -> None:
     logging.disable(logging.ERROR)  # both encoders log each value they cannot encode
     try:
-        ours = ExportTraceServiceRequest.FromString(encode_request(spans))
+        ours = ExportTraceServiceRequest.FromString(_ENCODER.encode(spans))
         assert ours == _sdk(spans)
     finally:
         logging.disable(logging.NOTSET)
@@ -126,7 +131,7 @@ def test_dropped_attribute_counts_are_encoded() -> None:
     span = ReadableSpan(name="s", context=SpanContext(1, 2, False), attributes=attrs,
                         resource=_resources[0], events=[Event("e", BoundedAttributes(
                             1, {"x": 1, "y": 2}), 5)], start_time=1, end_time=2)
-    ours = ExportTraceServiceRequest.FromString(encode_request([span]))
+    ours = ExportTraceServiceRequest.FromString(_ENCODER.encode([span]))
     assert ours.resource_spans[0].scope_spans[0].spans[0].dropped_attributes_count == 1
     assert ours.resource_spans[0].scope_spans[0].spans[0].events[0].dropped_attributes_count == 1
     assert ours == _sdk([span])
