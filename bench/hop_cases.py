@@ -246,6 +246,16 @@ def span_hops(lab: Lab) -> dict[str, Callable[[], Hop]]:
         return call
 
     def encode() -> Hop:
+        """Podium's exporter's encoder (gateway/observability/otlp_wire.py)."""
+        encode = get("gateway.observability.otlp_wire:SpanEncoder")().encode
+        spans = lab.spans
+
+        async def call() -> object:
+            return encode(spans)
+        return call
+
+    def sdk_encode() -> Hop:
+        """The SDK's own OTLP encoder on the same spans, for comparison."""
         encode_spans = get("opentelemetry.exporter.otlp.proto.common.trace_encoder:"
                             "encode_spans")
         spans = lab.spans
@@ -255,7 +265,8 @@ def span_hops(lab: Lab) -> dict[str, Callable[[], Hop]]:
         return call
 
     return {f"spans on the loop ({len(lab.spans)}, replayed)": on_loop,
-            "span export: OTLP encode (export thread)": encode}
+            "span export: OTLP encode (export thread)": encode,
+            "  SDK's OTLP encoder on the same spans, for comparison": sdk_encode}
 
 
 def _overrides(plugin: object, hook: str) -> bool:

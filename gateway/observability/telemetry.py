@@ -120,9 +120,11 @@ def _otlp_exporter(env: Mapping[str, str]) -> SpanExporter:
                 or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf")
     if protocol != "http/protobuf":
         log.warning("OTLP protocol %r is not installed; using http/protobuf", protocol)
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from gateway.observability.otlp_wire import OTLPWireSpanExporter
 
-    return OTLPSpanExporter()  # reads the endpoint, headers and timeout from OTEL_* itself
+    # The SDK's OTLP exporter with a leaner encoder (otlp_wire.py); it reads the endpoint,
+    # headers, compression and timeout from OTEL_* itself.
+    return OTLPWireSpanExporter()
 
 
 def _otlp_metrics(env: Mapping[str, str]) -> MetricReader | None:
