@@ -242,21 +242,12 @@ class Caller:
                 continue
             if retry and not await backoff(retry, routing, deadline):
                 return
-            if walk.guard is not None:
-                walk.guard.check(dep)  # the final guard: nothing leaves for an uncleared model
-            walk.number += 1
-            walk.attempted.append(dep.id)
-            span = self._start_span(operation, dep, body, walk.number)
-            if self.health.begin(dep.id):
-                walk.probe = dep.id
-                hops.note("breaker.half_open", {"deployment": dep.id, "attempt": walk.number})
-            sent = walk.guard.body_for(dep, body) if walk.guard is not None else body
-            yield dep, span, self._attempt(dep, sent, deadline, walk.number, span,
-                                           _wire_for(dep, walk))
+            yield dep, *self._first_attempt(dep, body, deadline, walk, operation)
 
     def _first_attempt(self, dep: Deployment, body: Mapping[str, Any], deadline: float,
                        walk: _Walk, operation: str) -> tuple[trace.Span, Attempt]:
-        """What `_tries` does before a plan's first attempt (no skip, no backoff to make)."""
+        """Begin an attempt once it is decided (for `_tries`, after its skips and backoff; for
+        the direct path, a plan's first attempt): the final guard, the span, a probe."""
         if walk.guard is not None:
             walk.guard.check(dep)  # the final guard: nothing leaves for an uncleared model
         walk.number += 1

@@ -96,11 +96,7 @@ class MemoryState:
         now = self.clock()
         touch = self._windows.touch
         windows = [touch(c.key, now) for c in checks]
-        head: int | None = None
-        for w in windows:
-            at = w.advance(now)
-            if head is None or at > head:
-                head = at
+        head = _advance_all(windows, now)
         # The longest wait, ties to the greatest key (as max over (wait, key) pairs).
         longest: tuple[float, str] | None = None
         for w, c in zip(windows, checks, strict=True):
@@ -129,11 +125,7 @@ class MemoryState:
         now = self.clock()
         touch = self._reserved.touch
         rings = [touch(c.scope, now) for c in claims]
-        head: int | None = None
-        for r in rings:
-            at = r.advance(now)
-            if head is None or at > head:
-                head = at
+        head = _advance_all(rings, now)
         if head is None:
             head = self._bucket(now)
         for claim, ring in zip(claims, rings, strict=True):
@@ -184,3 +176,13 @@ class MemoryState:
 
     async def close(self) -> None:
         return None
+
+
+def _advance_all(windows: list[SlidingWindow], now: float) -> int | None:
+    """Bring each window up to `now`; the newest bucket among them (None for no window)."""
+    head: int | None = None
+    for w in windows:
+        at = w.advance(now)
+        if head is None or at > head:
+            head = at
+    return head
