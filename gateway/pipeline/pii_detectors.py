@@ -6,7 +6,7 @@ Every pattern here is built so that Python's backtracking engine stays linear in
 - unbounded runs are possessive (`++`, `{n,m}+`) or bounded, so a failed match never backtracks
   through the run it consumed;
 - no nested unbounded quantifiers.
-`tests/security/test_pii_dos.py` times each detector on adversarial inputs at two sizes and
+`tests/security/test_no_stall.py` times each detector on adversarial inputs at two sizes and
 fails if the cost grows faster than linearly. Checksums (Luhn, mod-97) and validators keep
 ordinary numbers from being taken for cards, IBANs or phones.
 
