@@ -153,22 +153,13 @@ class Caller:
                                         walk)
             if direct is not None:
                 return direct
-        escalated, guard = None, walk.guard
+        escalated = None
         async for dep, span, attempt in self._tries(plan, body, deadline, routing, walk,
                                                     operation):
-            started = asyncio.get_running_loop().time()
-            try:
-                answer = await bounded(send(self._select(dep), attempt), attempt.timeout_s)
-            except Exception as exc:  # any failure of an attempt is classified
-                err = classify_unexpected(exc)
-                self._timed(walk, dep, operation, started, err.kind, Usage(), None)
-                await self._failed(dep, span, err, walk, routing)
+            got = await self._sent(dep, span, attempt, walk, routing, operation, send)
+            if got is None:
                 continue
-            usage = billed(operation, attempt, answer)
-            self._timed(walk, dep, operation, started, "ok", usage, answer.response_model)
-            await self._succeeded(dep, span, started, walk)
-            walk.cost_usd += dep.cost(usage.prompt_tokens, usage.completion_tokens)
-            walk.usage += usage
+            answer, usage = got
             verdict = check(answer) if check else None
             if check is not None:
                 walk.checks.append((dep.id, verdict is None))
@@ -178,11 +169,7 @@ class Caller:
                 walk.escalations.append(f"{dep.id}: {verdict}")
             end_ok(span, usage, answer.response_model,
                     getattr(answer, "finish_reasons", ()))
-            result = CallResult(answer, dep, walk.number, walk.failures, walk.cost_usd,
-                                walk.usage, walk.escalations,
-                                masked=bool(guard and guard.masks_for(dep)),
-                                attempted=walk.attempted, upstream_s=walk.upstream_s,
-                                checks=walk.checks)
+            result = _result(answer, dep, walk)
             if verdict is None:
                 return result
             escalated = result
@@ -266,6 +253,19 @@ class Caller:
         """The only deployment's first attempt, as `_walk_plan` makes it with no check; None
         when it failed and a retry may follow (a failure that ends the request raises)."""
         span, attempt = self._first_attempt(dep, body, deadline, walk, operation)
+        got = await self._sent(dep, span, attempt, walk, routing, operation, send)
+        if got is None:
+            return None
+        answer, usage = got
+        end_ok(span, usage, answer.response_model, getattr(answer, "finish_reasons", ()))
+        return _result(answer, dep, walk)
+
+    async def _sent(self, dep: Deployment, span: trace.Span, attempt: Attempt, walk: _Walk,
+                    routing: RoutingConfig, operation: str,
+                    send: Callable[[Provider, Attempt], Awaitable[Any]],
+                    ) -> tuple[Any, Usage] | None:
+        """Make one attempt and account for it (time, health, spend); the answer and its usage,
+        or None when it failed and the walk may go on (a failure that ends the request raises)."""
         started = asyncio.get_running_loop().time()
         try:
             answer = await bounded(send(self._select(dep), attempt), attempt.timeout_s)
@@ -279,11 +279,7 @@ class Caller:
         await self._succeeded(dep, span, started, walk)
         walk.cost_usd += dep.cost(usage.prompt_tokens, usage.completion_tokens)
         walk.usage += usage
-        end_ok(span, usage, answer.response_model, getattr(answer, "finish_reasons", ()))
-        return CallResult(answer, dep, walk.number, walk.failures, walk.cost_usd, walk.usage,
-                          walk.escalations, masked=bool(walk.guard and walk.guard.masks_for(dep)),
-                          attempted=walk.attempted, upstream_s=walk.upstream_s,
-                          checks=walk.checks)
+        return answer, usage
 
     async def _direct_stream(self, dep: Deployment, body: Mapping[str, Any], deadline: float,
                              routing: RoutingConfig, walk: _Walk) -> OpenStream | None:
@@ -371,6 +367,12 @@ class Caller:
         return Attempt(deployment=dep, body={**body, "model": dep.upstream_model},
                        headers=headers, timeout_s=min(dep.timeout_s, remaining), number=number,
                        wire=wire)
+
+
+def _result(answer: Any, dep: Deployment, walk: _Walk) -> CallResult[Any]:
+    return CallResult(answer, dep, walk.number, walk.failures, walk.cost_usd, walk.usage,
+                      walk.escalations, masked=bool(walk.guard and walk.guard.masks_for(dep)),
+                      attempted=walk.attempted, upstream_s=walk.upstream_s, checks=walk.checks)
 
 
 def _wire_for(dep: Deployment, walk: _Walk) -> Wire | None:
