@@ -17,6 +17,7 @@ A snapshot (`snapshot()`) is the same samples as plain JSON-ready data, for `--w
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from typing import Any, Generic, Literal, TypeVar
@@ -75,7 +76,7 @@ class GaugeChild:
         self.at = time.time()
 
 
-class _Family(Generic[C]):
+class _Family(ABC, Generic[C]):
     kind: str
 
     def __init__(self, name: str, help_text: str, labelnames: Sequence[str]) -> None:
@@ -84,8 +85,9 @@ class _Family(Generic[C]):
         if not self.labelnames:        # an unlabelled metric is shown from the start, at zero
             self.children[()] = self._new()
 
+    @abstractmethod
     def _new(self) -> C:
-        raise NotImplementedError
+        """A fresh child of this family's kind."""
 
     def labels(self, *values: str) -> C:
         child = self.children.get(values)
