@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlite3
 
 from gateway.storage.records import ConfigVersion
-from gateway.storage.sqlite import sqlite_connect
+from gateway.storage.sqlite import SqliteFile
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS config_versions (
@@ -24,18 +24,8 @@ CREATE TABLE IF NOT EXISTS config_versions (
 _SELECT = "SELECT " + ", ".join(ConfigVersion.COLUMNS) + " FROM config_versions"
 
 
-class ConfigVersions:
-    def __init__(self, path: str) -> None:
-        self._path = path
-        self._db: sqlite3.Connection | None = None
-
-    async def start(self) -> None:
-        self._db = sqlite_connect(self._path, _SCHEMA)
-
-    async def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+class ConfigVersions(SqliteFile):
+    schema, what = _SCHEMA, "config version store"
 
     async def record(self, draft: ConfigVersion) -> ConfigVersion:
         db = self._conn()
@@ -70,7 +60,3 @@ class ConfigVersions:
         row = db.execute(_SELECT + " ORDER BY number DESC LIMIT 1").fetchone()
         return ConfigVersion.from_row(row) if row else None
 
-    def _conn(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise RuntimeError("the config version store is not open")
-        return self._db

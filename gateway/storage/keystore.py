@@ -13,7 +13,7 @@ import time
 
 from gateway.pipeline.identity import DigestIndex
 from gateway.storage.records import StoredKey
-from gateway.storage.sqlite import sqlite_connect
+from gateway.storage.sqlite import SqliteFile, sqlite_connect
 from plugins.settings import Limits
 
 _SCHEMA = """
@@ -34,10 +34,11 @@ _MIGRATIONS = (("limits", "ALTER TABLE keys ADD COLUMN limits TEXT"),)
 _COLUMNS = "id, digest, name, team, user, models, created_at, revoked_at, limits"
 
 
-class KeyStore:
+class KeyStore(SqliteFile):
+    schema, what = _SCHEMA, "key store"
+
     def __init__(self, path: str) -> None:
-        self._path = path
-        self._db: sqlite3.Connection | None = None
+        super().__init__(path)
         self._version = -1
         self._index = DigestIndex()
 
@@ -52,11 +53,6 @@ class KeyStore:
                     if "duplicate column" not in str(exc):
                         raise
         self._reload()
-
-    async def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
 
     async def find(self, digest: str) -> StoredKey | None:
         if self._db is None:
@@ -88,10 +84,6 @@ class KeyStore:
         self._reload()
         return cur.rowcount == 1
 
-    def _conn(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise RuntimeError("the key store is not open")
-        return self._db
 
     def _reload(self) -> None:
         db = self._conn()

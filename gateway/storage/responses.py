@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 
 from gateway.storage.contracts import ResponseStore
 from gateway.storage.records import StoredResponse
-from gateway.storage.sqlite import sqlite_connect
+from gateway.storage.sqlite import SqliteFile, sqlite_connect
 
 log = logging.getLogger("podium.responses")
 
@@ -29,12 +28,10 @@ _INDEX = "CREATE INDEX IF NOT EXISTS responses_expiry ON responses (expires_at)"
 _COLUMNS = ", ".join(StoredResponse.COLUMNS)
 
 
-class ResponseLog:
+class ResponseLog(SqliteFile):
     """`ResponseStore` in the SQLite file of the other durable stores (`storage.path`)."""
 
-    def __init__(self, path: str) -> None:
-        self._path = path
-        self._db: sqlite3.Connection | None = None
+    schema, what = _SCHEMA, "response store"
 
     async def start(self) -> None:
         db = sqlite_connect(self._path, _SCHEMA)
@@ -43,11 +40,6 @@ class ResponseLog:
         # fsync per commit: one small write per response on the loop, like the review queue.
         db.execute("PRAGMA synchronous=NORMAL")
         self._db = db
-
-    async def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
 
     async def put(self, stored: StoredResponse) -> None:
         placeholders = ", ".join("?" * len(StoredResponse.COLUMNS))
@@ -70,10 +62,6 @@ class ResponseLog:
         return self._conn().execute("DELETE FROM responses WHERE expires_at <= ?",
                                     (now,)).rowcount
 
-    def _conn(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise RuntimeError("the response store is not open")
-        return self._db
 
 
 async def sweep(store: ResponseStore, interval_s: float) -> None:

@@ -3,11 +3,10 @@ machine share them, as they share keys. The PostgreSQL twin is `postgres_session
 
 from __future__ import annotations
 
-import sqlite3
 import time
 
 from gateway.storage.records import DashboardSession
-from gateway.storage.sqlite import sqlite_connect
+from gateway.storage.sqlite import SqliteFile
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dashboard_sessions (
@@ -18,18 +17,8 @@ CREATE TABLE IF NOT EXISTS dashboard_sessions (
 )"""
 
 
-class SqliteSessions:
-    def __init__(self, path: str) -> None:
-        self._path = path
-        self._db: sqlite3.Connection | None = None
-
-    async def start(self) -> None:
-        self._db = sqlite_connect(self._path, _SCHEMA)
-
-    async def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+class SqliteSessions(SqliteFile):
+    schema, what = _SCHEMA, "session store"
 
     async def open(self, digest: str, session: DashboardSession) -> None:
         db = self._conn()
@@ -47,7 +36,3 @@ class SqliteSessions:
         cur = self._conn().execute("DELETE FROM dashboard_sessions WHERE digest = ?", (digest,))
         return cur.rowcount == 1
 
-    def _conn(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise RuntimeError("the session store is not open")
-        return self._db

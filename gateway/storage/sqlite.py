@@ -33,6 +33,31 @@ def sqlite_connect(path: str, schema: str) -> sqlite3.Connection:
     return db
 
 
+class SqliteFile:
+    """An embedded store on one connection (`sqlite_connect`), opened at start and closed at
+    shutdown; a subclass names its schema and what it is, for the error when used unopened."""
+
+    schema: str
+    what: str
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._db: sqlite3.Connection | None = None
+
+    async def start(self) -> None:
+        self._db = sqlite_connect(self._path, self.schema)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError(f"the {self.what} is not open")
+        return self._db
+
+
 
 class BatchedSQLiteStore(Generic[T]):
     """An embedded store appended to in batches by a writer thread and read on the event loop,
