@@ -14,9 +14,11 @@ import os
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -175,6 +177,17 @@ def _origin(config: GatewayConfig, path: Path | None, text: str | None) -> Confi
     return ConfigOrigin(text, str(path) if path is not None else "(text)")
 
 
+@asynccontextmanager
+async def _running(work: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
+    """A background task for as long as the block runs; cancelled and awaited after it."""
+    task = asyncio.create_task(work, name=name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def _versions_ctx(app: web.Application) -> AsyncIterator[None]:
     """Record (or, in a pool's worker, join) the config version at start, then follow the
     store's latest version for as long as the process serves."""
@@ -184,10 +197,8 @@ async def _versions_ctx(app: web.Application) -> AsyncIterator[None]:
         return
     await gw.versions.start()
     await gw.start_version(app[ORIGIN], in_pool=WORKER_ENV in os.environ)
-    follower = asyncio.create_task(_follow_forever(gw), name="podium-config-follow")
-    yield
-    follower.cancel()
-    await asyncio.gather(follower, return_exceptions=True)
+    async with _running(_follow_forever(gw), "podium-config-follow"):
+        yield
     await gw.versions.close()
 
 
@@ -206,10 +217,8 @@ async def _follow_forever(gw: Gateway) -> None:
 
 async def _tasks_ctx(app: web.Application) -> AsyncIterator[None]:
     """Finish idle tasks into the per-task metrics, once a second."""
-    task = asyncio.create_task(_finish_tasks_forever(app[GATEWAY]), name="podium-tasks")
-    yield
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    async with _running(_finish_tasks_forever(app[GATEWAY]), "podium-tasks"):
+        yield
 
 
 async def _finish_tasks_forever(gw: Gateway) -> None:
@@ -232,20 +241,15 @@ async def _shadow_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _responses_ctx(app: web.Application) -> AsyncIterator[None]:
     gw = app[GATEWAY]
     await gw.responses.start()
-    sweeper = asyncio.create_task(
-        sweep(gw.responses, gw.runtime.config.responses.sweep_interval_s),
-        name="podium-responses-sweep")
-    yield
-    sweeper.cancel()
-    await asyncio.gather(sweeper, return_exceptions=True)
+    async with _running(sweep(gw.responses, gw.runtime.config.responses.sweep_interval_s),
+                        "podium-responses-sweep"):
+        yield
     await gw.responses.close()
 
 
 async def _orphan_ctx(app: web.Application) -> AsyncIterator[None]:
-    watcher = asyncio.create_task(watch_supervisor(os.getppid()), name="podium-watch-parent")
-    yield
-    watcher.cancel()
-    await asyncio.gather(watcher, return_exceptions=True)
+    async with _running(watch_supervisor(os.getppid()), "podium-watch-parent"):
+        yield
 
 
 async def _sighup_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -280,10 +284,8 @@ async def _calibration_ctx(app: web.Application) -> AsyncIterator[None]:
     """Learned rules with a target share recalibrate on their schedule from this process's
     own recent scores (each worker from its share of the traffic: see docs/learned-router.md
     for why that is not shared through Redis)."""
-    task = asyncio.create_task(_recalibrate_forever(app[GATEWAY]), name="podium-calibration")
-    yield
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    async with _running(_recalibrate_forever(app[GATEWAY]), "podium-calibration"):
+        yield
 
 
 async def _recalibrate_forever(gw: Gateway) -> None:
