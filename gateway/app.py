@@ -24,7 +24,7 @@ from aiohttp import web
 
 from gateway.config import GatewayConfig, read_text
 from gateway.config_versions import text_of
-from gateway.follow_up import finish_idle_tasks
+from gateway.followup.requests import finish_idle_tasks
 from gateway.http import (
     admin,
     chat,

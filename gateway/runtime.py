@@ -34,6 +34,7 @@ from aiohttp import web
 from gateway.config import Checked, ConfigError, GatewayConfig, check_text, read_text
 from gateway.config_versions import VersionTag, digest_of
 from gateway.errors import PodiumError
+from gateway.followup.shadow import ShadowTrials
 from gateway.observability.hops import SpanFactory
 from gateway.observability.metrics import Metrics
 from gateway.observability.task_tally import OpenTasks
@@ -42,7 +43,6 @@ from gateway.pipeline.auth import Authenticator
 from gateway.pipeline.cache import Cache
 from gateway.pipeline.route import FeaturePolicy, Planner
 from gateway.pipeline.semantic_cache import SemanticCache
-from gateway.shadow import ShadowTrials
 from gateway.storage.contracts import (
     ConfigVersionStore,
     KeyStoreBackend,

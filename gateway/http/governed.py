@@ -13,7 +13,7 @@ from aiohttp import web
 from opentelemetry.trace import SpanContext
 
 from gateway.errors import PodiumError
-from gateway.follow_up import answered, task_began
+from gateway.followup.requests import answered, task_began
 from gateway.observability import hops
 from gateway.pipeline.context import RequestContext
 from gateway.pipeline.egress import CLIENT_CLOSED, client_left

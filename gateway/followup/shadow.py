@@ -36,11 +36,17 @@ from opentelemetry.trace import Link, SpanContext, TraceFlags
 
 from gateway.config import ShadowConfig
 from gateway.errors import PodiumError, StateUnavailable
+from gateway.followup.shadow_records import (
+    SHADOW_KEY,
+    Verdict,
+    rule_of,
+    shadow_pair,
+    spend_row,
+)
 from gateway.observability.hops import RequestTrace
 from gateway.observability.metrics import Metrics
 from gateway.observability.telemetry import Telemetry
 from gateway.pipeline.context import RequestContext
-from gateway.shadow_records import SHADOW_KEY, Verdict, rule_of, shadow_pair, spend_row
 from gateway.storage.contracts import (
     BudgetClaim,
     BudgetRefusal,

@@ -1,7 +1,7 @@
 """What follows a governed request, once it is accounted and the client has its answer: its
 task's running totals (gateway/observability/task_tally.py) and, if it was drawn for one, its
-shadow trial (gateway/shadow.py). The accounting (gateway/http/governed.py) calls `task_began`
-as it starts and `answered` as it ends; the app finishes idle tasks once a second.
+shadow trial (gateway/followup/shadow.py). The accounting (gateway/http/governed.py) calls
+`task_began` as it starts and `answered` as it ends; the app finishes idle tasks once a second.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import time
 from opentelemetry import trace
 from opentelemetry.trace import SpanContext
 
+from gateway.followup.shadow import TrialInputs
 from gateway.observability.task_tally import CallFacts
 from gateway.pipeline.context import RequestContext
 from gateway.runtime import Gateway, Runtime, feature_policy
-from gateway.shadow import TrialInputs
 
 
 def task_began(gw: Gateway, rt: Runtime, ctx: RequestContext) -> SpanContext | None:
